@@ -1,0 +1,32 @@
+# Set-up and entry points. `make run` and `make test` do everything a fresh machine needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIPELINE ?= fashion-dcgan
+ARGS ?=
+
+.PHONY: run test bench data
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Offline Fashion-MNIST from Debian (only when missing; needs root, as on these machines).
+data:
+	@test -d /usr/share/datasets/fashion-mnist || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || \
+	    echo "note: could not install dataset-fashion-mnist; tapeline will need tfds or --set data.source"; \
+	  fi; }
+
+run: $(STAMP) data
+	$(VENV)/bin/tapeline run $(PIPELINE) $(ARGS)
+
+test: $(STAMP) data
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
+
+bench: $(STAMP) data
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -1,0 +1,1 @@
+"""The artifact store: versioned stage outputs, manifests, fingerprints, locks, verify and gc."""

@@ -1,0 +1,1 @@
+"""Prefect orchestration: flows from stage graphs, tasks around components, deployments, CLI."""

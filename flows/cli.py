@@ -1,0 +1,177 @@
+"""The tapeline command line: parse, then call library code."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from artifacts.errors import UserError
+
+DEFAULT_ROOT = "tapeline-artifacts"
+
+
+def default_root() -> str:
+    return os.environ.get("TAPELINE_ROOT") or os.path.abspath(DEFAULT_ROOT)
+
+
+def _store(root: str):
+    from artifacts import gfile
+    from artifacts.store import ArtifactStore
+
+    if gfile.is_local(root) and not os.path.exists(root):
+        os.makedirs(root, exist_ok=True)
+        # ignored by git in any repository the user runs from
+        with open(os.path.join(root, ".gitignore"), "w") as f:
+            f.write("*\n")
+    return ArtifactStore(root)
+
+
+def cmd_pipelines(args) -> int:
+    from pipelines import config as cfglib
+    from pipelines.registry import all_pipelines
+
+    for name, p in all_pipelines().items():
+        print(f"{name:18s} {' -> '.join(p.stages)}")
+        print(f"{'':18s} {p.summary}")
+        if args.keys:
+            for key, value in cfglib.flat(p.default_config()).items():
+                print(f"{'':20s}{key} = {value}")
+    return 0
+
+
+def cmd_artifacts(args) -> int:
+    store = _store(args.root)
+    names = [args.pipeline] if args.pipeline else store.pipelines()
+    out = {}
+    for p in names:
+        out[p] = {"champion": store.champion(p), "stages": {
+            s: [{"version": a.version, "uri": a.uri, "fingerprint": a.fingerprint,
+                 "created": a.manifest.get("created")} for a in store.versions(p, s)]
+            for s in store.stages(p)}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not any(v["stages"] for v in out.values()):
+        print(f"no artifacts under {store.root}")
+    for p, info in out.items():
+        champ = info["champion"]
+        print(f"{p}" + (f"  champion: {champ['version']} ({_metrics_text(champ.get('metrics', {}))})"
+                        if champ else "  champion: none"))
+        for s, versions in info["stages"].items():
+            for v in versions:
+                print(f"  {s:11s} {v['version']}  {v['uri']}")
+    return 0
+
+
+def _metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def cmd_verify(args) -> int:
+    from artifacts.maintenance import verify
+
+    checked, damaged = verify(_store(args.root))
+    for d in damaged:
+        print(f"DAMAGED {d.uri}: {'; '.join(d.problems)}")
+    print(f"verified {checked} artifacts: {checked - len(damaged)} ok, {len(damaged)} damaged")
+    return 1 if damaged else 0
+
+
+def cmd_gc(args) -> int:
+    from artifacts.maintenance import gc
+
+    removed = gc(_store(args.root), keep=args.keep, dry_run=args.dry_run)
+    for uri in removed:
+        print(("would remove " if args.dry_run else "removed ") + uri)
+    print(f"{len(removed)} {'to remove' if args.dry_run else 'removed'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipelines.registry import get
+
+    pipeline = get(args.pipeline)
+    pipeline.config(args.set)  # bad keys and values fail here, before anything runs or imports
+    from flows.pipeline_flow import run_pipeline
+
+    summary = run_pipeline(pipeline.name, args.set, _store(args.root).root)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        for key, st in summary["stages"].items():
+            print(f"{key:28s} {'reused' if st['reused'] else 'built '}  {st['uri']}")
+        print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
+        print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from pipelines.graph import plan
+    from pipelines.registry import get
+
+    pipeline = get(args.pipeline)
+    rows = plan(_store(args.root), pipeline, pipeline.config(args.set))
+    for row in rows:
+        print(f"{row['key']:28s} {row['action']:18s} {row['why']}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from flows.serve import serve
+
+    serve(args.root)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tapeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help, root=True):
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(fn=fn)
+        if root:
+            p.add_argument("--root", default=default_root(),
+                           help="artifact root URI (default: $TAPELINE_ROOT or ./tapeline-artifacts)")
+        return p
+
+    p = add("pipelines", cmd_pipelines, "list pipelines and their stages", root=False)
+    p.add_argument("--keys", action="store_true", help="also list every config key and default")
+    for name, fn, help in (("run", cmd_run, "run a pipeline's flow"),
+                           ("plan", cmd_plan, "per stage: reuse / resume / run, and why")):
+        p = add(name, fn, help)
+        p.add_argument("pipeline")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        if name == "run":
+            p.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    p = add("artifacts", cmd_artifacts, "committed versions")
+    p.add_argument("pipeline", nargs="?")
+    p.add_argument("--json", action="store_true")
+    add("verify", cmd_verify, "re-hash every committed artifact")
+    p = add("gc", cmd_gc, "drop what no champion or recent run needs")
+    p.add_argument("--keep", type=int, default=5, help="keep what the last N runs used")
+    p.add_argument("--dry-run", action="store_true")
+    add("serve", cmd_serve, "serve the deployments with their schedules")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("tapeline: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        user = UserError.find(exc)
+        if user is None:
+            traceback.print_exc()
+            return 1
+        print(f"tapeline: error: {user.line()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

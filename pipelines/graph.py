@@ -1,0 +1,145 @@
+"""A pipeline's stage graph: nodes, their fingerprints, running one, and planning them all."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from artifacts import gfile
+from artifacts.fingerprint import code_digest, digest, stage_fingerprint
+from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
+from pipelines.base import RECIPE_STAGES, Pipeline
+from pipelines.registry import get
+
+# input name -> upstream stage (same pipeline) for every stage
+STAGE_INPUTS: dict[str, dict[str, str]] = {
+    "ingest": {},
+    "validate": {"examples": "ingest"},
+    "preprocess": {"examples": "ingest", "statistics": "validate"},
+    "train": {"transformed": "preprocess"},
+    "evaluate": {"model": "train", "transformed": "preprocess"},
+    "render": {"model": "train", "evaluation": "evaluate"},
+    "animate": {"rendering": "render"},
+    "promote": {"model": "train", "evaluation": "evaluate"},
+}
+# what the upstream (feature classifier) pipeline contributes
+UPSTREAM_STAGES = ("ingest", "validate", "preprocess", "train")
+
+
+@dataclass(frozen=True)
+class Node:
+    pipeline: Pipeline
+    cfg: Any
+    stage: str
+    inputs: Mapping[str, str]  # input name -> node key
+
+    @property
+    def key(self) -> str:
+        return f"{self.pipeline.name}/{self.stage}"
+
+    @property
+    def component(self):
+        return importlib.import_module(f"components.{self.stage}")
+
+    def params(self) -> dict:
+        return self.pipeline.stage_params(self.cfg, self.stage)
+
+    def code(self) -> str:
+        parts = {"component": code_digest(f"components.{self.stage}")}
+        if self.stage in RECIPE_STAGES or self.stage == "evaluate":
+            parts["recipe"] = code_digest(self.pipeline.module)
+        return digest(parts)
+
+
+def nodes(pipeline: Pipeline, cfg: Any) -> list[Node]:
+    """Topological order: the upstream classifier's stages first, then the pipeline's own."""
+    out: list[Node] = []
+    extra: dict[str, str] = {}
+    if pipeline.upstream is not None:
+        up_name, up_cfg = pipeline.upstream(cfg)
+        up = get(up_name)
+        out += [n for n in nodes(up, up_cfg) if n.stage in UPSTREAM_STAGES]
+        extra = {"classifier": f"{up_name}/train", "classifier_transform": f"{up_name}/preprocess"}
+    for stage in pipeline.stages:
+        inputs = {name: f"{pipeline.name}/{up}" for name, up in STAGE_INPUTS[stage].items()
+                  if up in pipeline.stages}
+        if stage == "evaluate":
+            inputs.update(extra)
+        out.append(Node(pipeline, cfg, stage, inputs))
+    return out
+
+
+def source_ref(node: Node) -> InputRef:
+    from components.ingest import resolve_source
+
+    return resolve_source(node.cfg)
+
+
+def fingerprints(nodes_: list[Node]) -> dict[str, tuple[str, dict]]:
+    """node key -> (fingerprint, {input name: fingerprint}) without building anything: an
+    artifact's fingerprint is its stage fingerprint, so the whole chain is known up front."""
+    out: dict[str, tuple[str, dict]] = {}
+    for n in nodes_:
+        if n.stage == "ingest":
+            ins = {"source": source_ref(n).fingerprint}
+        else:
+            ins = {name: out[key][0] for name, key in n.inputs.items()}
+        out[n.key] = (stage_fingerprint(n.stage, n.code(), n.params(), ins), ins)
+    return out
+
+
+def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact]) -> StageRun:
+    """Reuse or build one stage; done holds the artifacts of every earlier node."""
+    if node.stage == "ingest":
+        inputs: dict[str, Artifact | InputRef] = {"source": source_ref(node)}
+    else:
+        inputs = {name: done[key] for name, key in node.inputs.items()}
+    params, code = node.params(), node.code()
+    fp = stage_fingerprint(node.stage, code, params, {k: v.fingerprint for k, v in inputs.items()})
+    comp = node.component
+    return store.get_or_build(
+        node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
+        code=code, build=lambda w: comp.run(w, inputs, node.cfg, node.pipeline))
+
+
+def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
+    """Per node: reuse / resume from step N / run, and which part of the fingerprint changed."""
+    ns = nodes(pipeline, cfg)
+    fps = fingerprints(ns)
+    rows = []
+    for n in ns:
+        fp, ins = fps[n.key]
+        if store.find(n.pipeline.name, n.stage, fp) is not None:
+            rows.append({"key": n.key, "action": "reuse", "why": f"committed {fp[:12]}"})
+            continue
+        progress = gfile.join(store.work_dir(n.pipeline.name, n.stage, fp), "progress.json")
+        if gfile.exists(progress):
+            step = gfile.read_json(progress)["step"]
+            rows.append({"key": n.key, "action": f"resume from step {step}",
+                         "why": "checkpoint in work dir"})
+            continue
+        rows.append({"key": n.key, "action": "run", "why": _why(store, n, n.params(), ins)})
+    return rows
+
+
+def _why(store: ArtifactStore, n: Node, params: dict, ins: dict) -> str:
+    versions = store.versions(n.pipeline.name, n.stage)
+    if not versions:
+        return "never built"
+    last = versions[-1].manifest
+    if not store.find(n.pipeline.name, n.stage, last["fingerprint"]) and \
+            last["fingerprint"] == stage_fingerprint(n.stage, n.code(), params, ins):
+        return "committed artifact damaged: rebuild"
+    reasons = []
+    changed = sorted(k for k in params.keys() | last["params"].keys()
+                     if params.get(k) != last["params"].get(k))
+    if changed:
+        reasons.append("params changed: " + ", ".join(
+            f"{k} {last['params'].get(k)!r} -> {params.get(k)!r}" for k in changed))
+    if last.get("code_digest") != n.code():
+        reasons.append("code changed")
+    old_ins = {k: v["fingerprint"] for k, v in last.get("inputs", {}).items()}
+    changed_in = sorted(k for k in ins if ins[k] != old_ins.get(k))
+    if changed_in:
+        reasons.append("input data changed: " + ", ".join(changed_in))
+    return "; ".join(reasons) or "committed artifact damaged: rebuild"

@@ -1,0 +1,109 @@
+"""mnist-classifier: the MLP of the Keras guide "Writing a training loop from scratch"."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.base import Pipeline
+from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
+                                TrainConfig, ValidateConfig)
+
+KIND = "classifier"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = (64, 64)
+    learning_rate: float = 1e-3
+    activity_regularization: float = 0.0  # the guide's layer: 1e-2 adds 1e-2 * sum(inputs) to the loss
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = DataConfig(source="tfds:mnist", normalize="unit", val_holdout=10000)
+    validate: ValidateConfig = ValidateConfig()
+    train: TrainConfig = TrainConfig(epochs=2, batch_size=32, shuffle_buffer=1024)
+    model: ModelConfig = ModelConfig()
+    eval: EvalConfig = EvalConfig()
+    render: RenderConfig = RenderConfig()
+    beam: BeamConfig = BeamConfig()
+    flow: FlowConfig = FlowConfig()
+
+
+def build_network(cfg: Config, info: DataInfo):
+    """(training model, inference model): they share every weight; the inference one has no
+    regularization layer, so a user loads it with plain Keras."""
+    import keras
+
+    from pipelines.layers import ActivityRegularization
+
+    h, w, c = info.image_shape
+    inputs = keras.Input(shape=(h * w * c,), name="digits")
+    dense = [keras.layers.Dense(u, activation="relu", name=f"dense_{i + 1}")
+             for i, u in enumerate(cfg.model.hidden)]
+    head = keras.layers.Dense(info.num_classes, name="predictions", dtype="float32")
+    x, y = inputs, inputs
+    for i, layer in enumerate(dense):
+        x, y = layer(x), layer(y)
+        if i == 0 and cfg.model.activity_regularization:
+            x = ActivityRegularization(cfg.model.activity_regularization)(x)
+    return keras.Model(inputs, head(x), name="classifier_train"), keras.Model(inputs, head(y), name="classifier")
+
+
+def build(cfg: Config, info: DataInfo) -> TrainSetup:
+    import keras
+    import tensorflow as tf
+
+    model, inference = build_network(cfg, info)
+    optimizer = keras.optimizers.Adam(cfg.model.learning_rate)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def batch(rec):
+        return tf.reshape(rec["image"], [tf.shape(rec["image"])[0], -1]), rec["label"]
+
+    def step(b):
+        x, y = b
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            ce = loss_fn(y, logits)
+            loss = ce + tf.add_n(model.losses) if model.losses else ce
+        minimize(tape, loss, model.trainable_weights, optimizer)
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                              tf.cast(y, tf.int32)), tf.float32))
+        return {"loss": loss, "accuracy": acc}
+
+    def val_step(b):
+        x, y = b
+        logits = model(x, training=False)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                                 tf.cast(y, tf.int32)), tf.float32))
+        return {"val_correct": correct, "val_count": tf.cast(tf.shape(y)[0], tf.float32)}
+
+    return TrainSetup(networks={"classifier": model}, optimizers={"classifier": optimizer},
+                      step=step, batch=batch, export={"classifier": inference}, val_step=val_step,
+                      val_split="val" if cfg.data.val_holdout else None)
+
+
+def features(model):
+    """The penultimate layer: the feature space for Fréchet distance of the GANs."""
+    import keras
+
+    return keras.Model(model.inputs, model.layers[-2].output)
+
+
+PIPELINE = Pipeline(
+    name="mnist-classifier", module=__name__, default_config=Config,
+    summary="Keras guide MLP 784-64-64-10, Adam 1e-3, batch 32; train/val accuracy",
+    stages=("ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"))
+
+
+def feature_config(data: DataConfig, seed: int) -> Config:
+    """The classifier a GAN pipeline evaluates in: same source and sizes, the seed's recipe.
+    Its train split must not be the GAN's test split, so no split is held out twice."""
+    import dataclasses
+
+    return Config(seed=seed, data=dataclasses.replace(
+        Config().data, source=data.source, max_examples=data.max_examples,
+        image_size=data.image_size, channels=data.channels,
+        val_holdout=min(Config().data.val_holdout, (data.max_examples or 10 ** 9) // 5)))

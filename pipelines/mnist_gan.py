@@ -1,0 +1,125 @@
+"""mnist-gan: the end-to-end GAN of the Keras guide "Writing a training loop from scratch"."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines import mnist_classifier
+from pipelines.base import Pipeline
+from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
+                                TrainConfig, ValidateConfig)
+
+KIND = "gan"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_dim: int = 128
+    d_learning_rate: float = 3e-4
+    g_learning_rate: float = 4e-4
+    label_noise: float = 0.05  # "an important trick" (the guide)
+    num_fixed_samples: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = DataConfig(source="tfds:mnist", normalize="unit",
+                                  train_splits=("train", "test"))
+    validate: ValidateConfig = ValidateConfig()
+    # The guide runs 1 epoch and says "in practice you need at least 20 to generate nice digits".
+    train: TrainConfig = TrainConfig(epochs=20, batch_size=64, shuffle_buffer=1024, sample_every=500)
+    model: ModelConfig = ModelConfig()
+    eval: EvalConfig = EvalConfig()
+    render: RenderConfig = RenderConfig()
+    beam: BeamConfig = BeamConfig()
+    flow: FlowConfig = FlowConfig()
+
+
+def build_networks(cfg: Config, info: DataInfo):
+    import keras
+    from keras import layers
+
+    h, w, c = info.image_shape
+    s = h // 4
+    discriminator = keras.Sequential([
+        keras.Input(shape=(h, w, c)),
+        layers.Conv2D(64, 3, strides=2, padding="same"),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.Conv2D(128, 3, strides=2, padding="same"),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.GlobalMaxPooling2D(),
+        layers.Dense(1, dtype="float32"),
+    ], name="discriminator")
+    generator = keras.Sequential([
+        keras.Input(shape=(cfg.model.latent_dim,)),
+        layers.Dense(s * s * 128),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.Reshape((s, s, 128)),
+        layers.Conv2DTranspose(128, 4, strides=2, padding="same"),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.Conv2DTranspose(128, 4, strides=2, padding="same"),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.Conv2D(c, 7, padding="same", activation="sigmoid", dtype="float32"),
+    ], name="generator")
+    return generator, discriminator
+
+
+def build(cfg: Config, info: DataInfo) -> TrainSetup:
+    import keras
+    import tensorflow as tf
+
+    generator, discriminator = build_networks(cfg, info)
+    d_opt = keras.optimizers.Adam(cfg.model.d_learning_rate)
+    g_opt = keras.optimizers.Adam(cfg.model.g_learning_rate)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    rng = tf.random.Generator.from_seed(cfg.seed)
+    fixed_z = tf.random.stateless_normal([cfg.model.num_fixed_samples, cfg.model.latent_dim],
+                                         seed=[cfg.seed, 1])
+    latent = cfg.model.latent_dim
+
+    def step(real):
+        n = tf.shape(real)[0]
+        fake = generator(rng.normal([n, latent]))
+        images = tf.concat([fake, real], axis=0)
+        # 1 = fake, 0 = real, as in the guide
+        labels = tf.concat([tf.ones([n, 1]), tf.zeros([n, 1])], axis=0)
+        labels += cfg.model.label_noise * rng.uniform(tf.shape(labels))
+        with tf.GradientTape() as tape:
+            d_loss = bce(labels, discriminator(images))
+        minimize(tape, d_loss, discriminator.trainable_weights, d_opt)
+
+        misleading = tf.zeros([n, 1])  # "all real"
+        with tf.GradientTape() as tape:
+            g_loss = bce(misleading, discriminator(generator(rng.normal([n, latent]))))
+        minimize(tape, g_loss, generator.trainable_weights, g_opt)
+        return {"d_loss": d_loss, "g_loss": g_loss}
+
+    return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
+                      optimizers={"generator": g_opt, "discriminator": d_opt},
+                      step=step, batch=lambda rec: rec["image"],
+                      export={"generator": generator, "discriminator": discriminator},
+                      rngs={"noise": rng}, sample=lambda: generator(fixed_z, training=False))
+
+
+def generate(nets, z):
+    return nets["generator"](z, training=False)
+
+
+def real_logit(nets, images):
+    """Discriminator logit oriented so that > 0 means 'judged real' (this D labels fakes 1)."""
+    return -nets["discriminator"](images, training=False)
+
+
+def upstream(cfg: Config):
+    """The feature classifier for evaluation, trained on the same data by mnist-classifier."""
+    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed)
+
+
+PIPELINE = Pipeline(
+    name="mnist-gan", module=__name__, default_config=Config, upstream=upstream,
+    summary="Keras guide GAN: conv D with GlobalMaxPooling, G 7x7x128 + 2 Conv2DTranspose, latent 128")
+
+
+def latent_dim(cfg: Config) -> int:
+    return cfg.model.latent_dim

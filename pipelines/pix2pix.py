@@ -1,0 +1,154 @@
+"""pix2pix: the TensorFlow pix2pix tutorial (U-Net generator, PatchGAN, BCE + 100 x L1)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipelines.base import Pipeline
+from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
+                                TrainConfig, ValidateConfig)
+
+KIND = "translation"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    learning_rate: float = 2e-4
+    beta_1: float = 0.5
+    l1_lambda: float = 100.0
+    num_fixed_samples: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    # The tutorial's facades, where its get_file() extracts them; --set data.source=paired:DIR otherwise.
+    data: DataConfig = DataConfig(source="paired:~/.keras/datasets/facades", image_size=256,
+                                  channels=3, layout="paired", normalize="symmetric", jitter=True,
+                                  jitter_copies=10, eval_split="val")
+    validate: ValidateConfig = ValidateConfig()
+    train: TrainConfig = TrainConfig(epochs=150, batch_size=1, shuffle_buffer=400,
+                                     sample_every=1000, checkpoint_every_epochs=20, steps_per_call=20)
+    model: ModelConfig = ModelConfig()
+    eval: EvalConfig = EvalConfig()
+    render: RenderConfig = RenderConfig()
+    beam: BeamConfig = BeamConfig()
+    flow: FlowConfig = FlowConfig()
+
+
+def _init():
+    import keras
+
+    return keras.initializers.RandomNormal(0.0, 0.02)
+
+
+def down(filters, bn=True):
+    import keras
+    from keras import layers
+
+    block = keras.Sequential([layers.Conv2D(filters, 4, strides=2, padding="same",
+                                            kernel_initializer=_init(), use_bias=False)])
+    if bn:
+        block.add(layers.BatchNormalization())
+    block.add(layers.LeakyReLU())
+    return block
+
+
+def up(filters, dropout=False, seed=None):
+    import keras
+    from keras import layers
+
+    block = keras.Sequential([layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
+                                                     kernel_initializer=_init(), use_bias=False),
+                              layers.BatchNormalization()])
+    if dropout:
+        block.add(layers.Dropout(0.5, seed=seed))
+    block.add(layers.ReLU())
+    return block
+
+
+def build_generator(size: int, channels: int, seed: int):
+    """U-Net: depth log2(size) (8 at 256 px), skips between mirrored levels, tanh output."""
+    import keras
+    from keras import layers
+
+    depth = int(math.log2(size))
+    down_filters = [64, 128, 256] + [512] * (depth - 3)
+    up_filters = ([512] * (depth - 4) + [256, 128, 64])
+    downs = [down(f, bn=i > 0) for i, f in enumerate(down_filters)]
+    ups = [up(f, dropout=i < 3, seed=seed + i) for i, f in enumerate(up_filters)]
+    inputs = keras.Input(shape=(size, size, channels))
+    x, skips = inputs, []
+    for d in downs:
+        x = d(x)
+        skips.append(x)
+    for u, skip in zip(ups, reversed(skips[:-1])):
+        x = layers.Concatenate()([u(x), skip])
+    outputs = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", kernel_initializer=_init(),
+                                     activation="tanh", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="generator")
+
+
+def build_discriminator(size: int, channels: int):
+    """PatchGAN: 30x30 logits at 256 px."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape=(size, size, channels), name="input_image")
+    tar = keras.Input(shape=(size, size, channels), name="target_image")
+    x = layers.Concatenate()([inp, tar])
+    x = down(128)(down(64, bn=False)(x))
+    x = down(256)(x)
+    x = layers.ZeroPadding2D()(x)
+    x = layers.Conv2D(512, 4, strides=1, kernel_initializer=_init(), use_bias=False)(x)
+    x = layers.LeakyReLU()(layers.BatchNormalization()(x))
+    x = layers.ZeroPadding2D()(x)
+    out = layers.Conv2D(1, 4, strides=1, kernel_initializer=_init(), dtype="float32")(x)
+    return keras.Model([inp, tar], out, name="discriminator")
+
+
+def build(cfg: Config, info: DataInfo) -> TrainSetup:
+    import keras
+    import tensorflow as tf
+
+    size, _, channels = info.image_shape
+    generator = build_generator(size, channels, cfg.seed)
+    discriminator = build_discriminator(size, channels)
+    g_opt = keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1)
+    d_opt = keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    fixed = tf.constant(info.fixed_inputs) if info.fixed_inputs is not None else None
+
+    def step(batch):
+        inp, target = batch
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            gen = generator(inp, training=True)
+            real_out = discriminator([inp, target], training=True)
+            fake_out = discriminator([inp, gen], training=True)
+            gan_loss = bce(tf.ones_like(fake_out), fake_out)
+            l1_loss = tf.reduce_mean(tf.abs(target - gen))
+            g_total = gan_loss + cfg.model.l1_lambda * l1_loss
+            d_loss = bce(tf.ones_like(real_out), real_out) + bce(tf.zeros_like(fake_out), fake_out)
+        minimize(g_tape, g_total, generator.trainable_weights, g_opt)
+        minimize(d_tape, d_loss, discriminator.trainable_weights, d_opt)
+        return {"gen_total_loss": g_total, "gen_gan_loss": gan_loss, "gen_l1_loss": l1_loss,
+                "disc_loss": d_loss}
+
+    # The tutorial samples with training=True: batch statistics and dropout, as in the paper.
+    sample = (lambda: generator(fixed, training=True)) if fixed is not None else None
+    return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
+                      optimizers={"generator": g_opt, "discriminator": d_opt}, step=step,
+                      batch=lambda rec: (rec["input"], rec["image"]),
+                      export={"generator": generator, "discriminator": discriminator},
+                      sample=sample)
+
+
+def translate(nets, inputs):
+    return nets["generator"](inputs, training=True)
+
+
+PIPELINE = Pipeline(
+    name="pix2pix", module=__name__, default_config=Config,
+    summary="pix2pix: random jitter, U-Net (8 down / 7 up), PatchGAN 30x30, BCE + 100 x L1",
+    stages=("ingest", "validate", "preprocess", "train", "evaluate", "render", "animate", "promote"))

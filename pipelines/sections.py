@@ -1,0 +1,102 @@
+"""Config sections shared by every pipeline; each pipeline sets the seed tutorial's values."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from artifacts.errors import UserError
+
+
+def require(cond: bool, key: str, value, fix: str) -> None:
+    if not cond:
+        raise UserError(f"bad value {value!r} for {key}", "--set", fix)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "tfds:mnist"            # tfds:NAME[?split=a,b] | idx:DIR | paired:DIR
+    max_examples: int | None = None       # per split; None = all
+    image_size: int = 28                  # side of the square images the networks see
+    channels: int = 1
+    layout: Literal["image", "paired"] = "image"  # paired: target left, input right
+    train_splits: tuple[str, ...] = ("train",)    # what the trainer reads (mnist-gan: train,test)
+    eval_split: str = "test"
+    val_holdout: int = 0                  # last N train examples become split "val"
+    normalize: Literal["unit", "symmetric", "raw"] = "unit"  # [0,1] | [-1,1] | 0..255
+    jitter: bool = False                  # pix2pix random jitter on the train split
+    jitter_resize: int | None = None      # None: image_size * 286 / 256, the tutorial's ratio
+    jitter_copies: int = 1                # K variants; epoch e trains on copy e mod K
+
+    def check(self) -> None:
+        require(self.max_examples is None or self.max_examples > 0, "data.max_examples",
+                self.max_examples, "use a positive count or none")
+        require(self.image_size >= 8, "data.image_size", self.image_size, "use 8 or more")
+        require(self.channels in (1, 3), "data.channels", self.channels, "use 1 or 3")
+        require(self.jitter_copies >= 1, "data.jitter_copies", self.jitter_copies, "use 1 or more")
+        require(self.val_holdout >= 0, "data.val_holdout", self.val_holdout, "use 0 or more")
+        require(bool(self.train_splits), "data.train_splits", self.train_splits, "name at least one split")
+
+    @property
+    def resize_for_jitter(self) -> int:
+        return self.jitter_resize or round(self.image_size * 286 / 256)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    duplicates: Literal["error", "warn"] = "error"  # the same image in two splits leaks the test set
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None          # stop earlier than epochs * steps-per-epoch
+    batch_size: int = 32
+    shuffle_buffer: int = 1024
+    checkpoint_every: int = 1000          # steps; a crash loses at most this much work
+    checkpoint_every_epochs: int = 0      # the seeds' epoch schedule (dcgan 5, pix2pix 20); 0 = off
+    keep_checkpoints: int = 2
+    sample_every: int = 0                 # steps between fixed-seed sample snapshots; 0 = epoch ends only
+    summary_every: int = 100              # steps between tf.summary scalars
+    log_every: int = 200                  # steps between plain log lines (no terminal)
+    steps_per_call: int = 50              # steps inside one tf.function call (fewer host syncs)
+    strategy: Literal["default", "mirrored"] = "default"
+    mixed_precision: bool = False
+    xla: bool = False
+    deterministic: bool = True            # tf op determinism: bit-exact resume
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "shuffle_buffer", "checkpoint_every", "steps_per_call",
+                    "summary_every", "log_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            require(value > 0, f"train.{key}", value, "use a positive integer")
+        require(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps,
+                "use a positive step count or none")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 10000              # generated samples for Fréchet distance / classifier score
+    tolerance: float = 0.0                # how much worse than the champion still blesses
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    gif_frame_seconds: float = 0.1
+    max_triptychs: int = 4
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    runner: str = "DirectRunner"          # FlinkRunner, SparkRunner, DataflowRunner, ...
+    options: str = ""                     # extra Beam flags, e.g. "--direct_num_workers=2"
+    shards: int = 4                       # TFRecord shards per split (the unit of parallel work)
+
+    def check(self) -> None:
+        require(self.shards >= 1, "beam.shards", self.shards, "use 1 or more")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    retries: int = 0                      # Prefect flow-level retries; each retry resumes
+    retry_delay_seconds: int = 10

@@ -1,0 +1,46 @@
+"""Shared fixtures: TensorFlow and Prefect's test server start once per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+MNIST = SHARED / "mnist"
+PEOPLE = SHARED / "pix2pix-people"
+CORRUPT = SHARED / "corrupt" / "truncated-train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(params=["local", "ram"])
+def root(request, tmp_path) -> str:
+    """An artifact root: a local folder, or TensorFlow's in-memory filesystem."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return f"ram://tapeline-test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def local_root(tmp_path) -> str:
+    return str(tmp_path / "root")
+
+
+def run_py(code: str, *args: str, timeout: float = 600, env: dict | None = None,
+           **kw) -> subprocess.CompletedProcess:
+    """Run python code in a fresh process with the repo importable."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, **kw)
+
+
+def tapeline(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_py("import sys; from flows.cli import main; sys.exit(main())", *args,
+                  timeout=timeout, env=env)
