@@ -1,0 +1,1 @@
+"""One module per stage: plain Python functions, no Prefect import."""

@@ -1,0 +1,91 @@
+"""ingest (ExampleGen): a source URI -> TFRecord shards of tf.train.Example per split, via Beam."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from artifacts import gfile
+from artifacts.errors import UserError
+from artifacts.store import InputRef
+from components import beam_run, records, sources
+
+OUTPUT = "Examples"
+INPUTS = {"source": "a data source URI (tfds:, idx:, paired:) with a digest of its content"}
+
+
+@dataclass(frozen=True)
+class Params:
+    source: str
+    max_examples: int | None
+    layout: str
+    shards: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "Params":
+        return cls(cfg.data.source, cfg.data.max_examples, cfg.data.layout, cfg.beam.shards)
+
+
+def resolve_source(cfg) -> InputRef:
+    r = sources.resolve(cfg.data.source)
+    return InputRef(r.uri, r.digest)
+
+
+class _WriteShard:
+    """Beam DoFn body: one element = one shard of one split; reads, checks, writes it."""
+
+    def __init__(self, resolved: sources.Resolved, out_dir: str, layout: str):
+        self.r, self.out, self.layout = resolved, out_dir, layout
+
+    @beam_run.user_errors
+    def __call__(self, unit):
+        split, shard, nshards, start, end = unit
+        images, labels, fmt = sources.load_split(self.r, split)
+        ids = sources.example_ids(self.r, split, start, end)
+        recs = []
+        for i, ex_id in zip(range(start, end), ids):
+            ex = {"id": f"{self.r.uri}#{ex_id}", "index": i}
+            if fmt == "raw":
+                img = images[i]
+                ex.update(image=img.tobytes(), format="raw", shape=img.shape)
+            else:
+                data = images[i]
+                if self.layout == "paired":
+                    h, w = sources.check_pair(f"{self.r.location}/{ex_id}", data)
+                    ex.update(shape=(h, w, 3))
+                ex.update(image=data, format="encoded")
+            if labels is not None:
+                ex["label"] = int(labels[i])
+            recs.append(records.encode(ex))
+        path = gfile.join(self.out, split, records.shard_name(shard, nshards))
+        if records.write_shard(path, recs) != end - start:
+            raise RuntimeError(f"shard {path} is short")
+        yield path
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    import apache_beam as beam
+
+    p = Params.from_config(cfg)
+    r = sources.resolve(p.source)
+    if p.layout == "paired" and r.kind != "paired":
+        raise UserError(f"{pipeline.name} needs side-by-side pairs, got {r.kind}: data", "data.source",
+                        "give --set data.source=paired:DIR")
+    units, counts = [], {}
+    for s in r.splits:
+        n = min(s.count, p.max_examples) if p.max_examples else s.count
+        if n == 0:
+            raise UserError(f"split {s.name!r} is empty", r.uri, "give a source with examples in every split")
+        counts[s.name] = n
+        ranges = records.shard_ranges(n, p.shards)
+        gfile.makedirs(out.file(s.name))
+        units += [(s.name, i, len(ranges), a, b) for i, (a, b) in enumerate(ranges)]
+
+    def build(pl):
+        return (pl | "Shards" >> beam.Create(units)
+                | "Write" >> beam.FlatMap(_WriteShard(r, out.path, p.layout)))
+
+    beam_run.run(cfg, build)
+    missing = [u for u in units if not gfile.exists(out.file(u[0], records.shard_name(u[1], u[2])))]
+    if missing:  # a runner that dropped work must not commit a partial artifact
+        raise RuntimeError(f"ingest shards missing after the Beam run: {missing}")
+    gfile.write_json(out.file("splits.json"), {"source": r.uri, "kind": r.kind, "splits": counts})
+    out.metadata.update(splits=counts, source=r.uri)

@@ -1,0 +1,184 @@
+"""validate (StatisticsGen + ExampleValidator): per-split statistics with Beam, and anomalies."""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from artifacts import gfile
+from artifacts.errors import UserError
+from components import beam_run, records
+
+OUTPUT = "ExampleStatistics"
+INPUTS = {"examples": "Examples"}
+
+
+@dataclass(frozen=True)
+class Params:
+    layout: str
+    duplicates: str        # error | warn
+    require_labels: bool
+
+    @classmethod
+    def from_config(cls, cfg, pipeline) -> "Params":
+        from pipelines.registry import recipe
+
+        return cls(cfg.data.layout, cfg.validate.duplicates, recipe(pipeline).KIND == "classifier")
+
+
+def _pixels(ex: dict) -> np.ndarray | None:
+    """Decoded pixels of one example, or None when they cannot be decoded."""
+    data = ex["image"]
+    if ex.get("format") == b"raw":
+        shape = tuple(ex["shape"])
+        if len(data) != int(np.prod(shape)):
+            return None
+        return np.frombuffer(data, np.uint8).reshape(shape)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception:
+        return None
+
+
+def shard_stats(item):
+    """Partial statistics of one shard file: (split, partial). Pixels are reduced per shard
+    in one numpy pass per shape, not per example."""
+    split, path = item
+    s = {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
+         "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
+         "hashes": {}, "undecodable": []}
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for rec in records.read_shard(path):
+        ex = records.decode(rec)
+        s["count"] += 1
+        s["formats"][ex.get("format", b"?").decode()] += 1
+        if "label" in ex:
+            s["labels"][int(ex["label"])] += 1
+        else:
+            s["unlabeled"] += 1
+        px = _pixels(ex)
+        if px is None:
+            s["undecodable"].append(ex["id"].decode())
+            continue
+        px = px if px.ndim == 3 else px[..., None]
+        by_shape.setdefault(px.shape, []).append(px)
+        s["hashes"][hashlib.sha256(px.tobytes()).hexdigest()] = ex["id"].decode()
+    for shape, arrays in by_shape.items():
+        v = np.stack(arrays)
+        s["shapes"][str(list(shape))] += len(arrays)
+        s["px_n"] += v.size
+        s["px_sum"] += float(v.sum(dtype=np.float64))
+        s["px_sumsq"] += float(np.square(v, dtype=np.float64).sum())
+        s["px_min"] = min(s["px_min"], int(v.min()))
+        s["px_max"] = max(s["px_max"], int(v.max()))
+    return split, s
+
+
+def merge_stats(parts):
+    out = None
+    for p in parts:
+        if out is None:
+            out = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in p.items()}
+            continue
+        for k in ("count", "unlabeled", "px_n", "px_sum", "px_sumsq"):
+            out[k] += p[k]
+        for k in ("shapes", "formats", "labels"):
+            out[k].update(p[k])
+        out["hashes"].update(p["hashes"])
+        out["undecodable"] += p["undecodable"]
+        out["px_min"], out["px_max"] = min(out["px_min"], p["px_min"]), max(out["px_max"], p["px_max"])
+    return out
+
+
+class _Save:
+    def __init__(self, work: str):
+        self.work = work
+
+    def __call__(self, kv):
+        import pickle
+
+        split, s = kv
+        gfile.write_bytes(gfile.join(self.work, f"{split}.pkl"), pickle.dumps(s))
+
+
+def summarize(s: dict) -> dict:
+    n = s["px_n"]
+    mean = s["px_sum"] / n if n else 0.0
+    std = float(np.sqrt(max(s["px_sumsq"] / n - mean * mean, 0.0))) if n else 0.0
+    return {"count": s["count"], "shapes": dict(s["shapes"]), "formats": dict(s["formats"]),
+            "pixels": {"min": s["px_min"] if n else None, "max": s["px_max"] if n else None,
+                       "mean": mean, "std": std},
+            "labels": {str(k): v for k, v in sorted(s["labels"].items())}, "unlabeled": s["unlabeled"]}
+
+
+def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
+    out = []
+
+    def add(severity, kind, split, message):
+        out.append({"severity": severity, "kind": kind, "split": split, "message": message})
+
+    for split, s in stats.items():
+        if s["count"] == 0:
+            add("error", "empty_split", split, f"split {split!r} has no examples")
+        if s["undecodable"]:
+            add("error", "undecodable", split, f"{len(s['undecodable'])} undecodable images, first "
+                f"{s['undecodable'][0]}")
+        if p.require_labels and s["unlabeled"]:
+            add("error", "missing_label", split, f"{s['unlabeled']} examples without a label")
+        if p.layout == "image" and len(s["shapes"]) > 1:
+            add("error", "shape_mismatch", split, f"several shapes in one split: {dict(s['shapes'])}")
+        if p.layout == "paired" and any(not k.endswith(", 3]") for k in s["shapes"]):
+            add("error", "shape_mismatch", split, f"pairs must be RGB: {dict(s['shapes'])}")
+    if p.layout == "image":
+        shapes = {k for s in stats.values() for k in s["shapes"]}
+        if len(shapes) > 1:
+            add("error", "shape_mismatch", "*", f"splits differ in shape: {sorted(shapes)}")
+    splits = sorted(stats)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            common = stats[a]["hashes"].keys() & stats[b]["hashes"].keys()
+            if common:
+                h = sorted(common)[0]
+                add(p.duplicates, "duplicate_across_splits", f"{a},{b}",
+                    f"{len(common)} images in both {a} and {b}, e.g. {stats[a]['hashes'][h]} = "
+                    f"{stats[b]['hashes'][h]}")
+    return out
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    import pickle
+
+    import apache_beam as beam
+
+    p = Params.from_config(cfg, pipeline)
+    examples = inputs["examples"]
+    splits = gfile.read_json(examples.path("splits.json"))["splits"]
+    items = [(s, f) for s in splits for f in gfile.glob(examples.path(s, "data-*.tfrecord"))]
+    gfile.makedirs(out.work_dir)
+
+    def build(pl):
+        return (pl | "Shards" >> beam.Create(items)
+                | "ShardStats" >> beam.Map(shard_stats)
+                | "MergePerSplit" >> beam.CombinePerKey(merge_stats)
+                | "Save" >> beam.Map(_Save(out.work_dir)))
+
+    beam_run.run(cfg, build)
+    raw = {s: pickle.loads(gfile.read_bytes(gfile.join(out.work_dir, f"{s}.pkl"))) for s in splits}
+    stats = {s: summarize(v) for s, v in raw.items()}
+    found = anomalies(raw, p)
+    errors = [a for a in found if a["severity"] == "error"]
+    if errors:
+        e = errors[0]
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UserError(f"validation failed: {e['message']}{more}", f"{examples.uri}, split {e['split']}",
+                        "fix the data, or --set validate.duplicates=warn for duplicates")
+    gfile.write_json(out.file("statistics.json"), stats)
+    gfile.write_json(out.file("anomalies.json"), found)
+    out.metadata.update(counts={s: v["count"] for s, v in stats.items()},
+                        warnings=len(found))
