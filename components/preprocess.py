@@ -1,0 +1,172 @@
+"""preprocess (Transform): decode, resize, jitter, normalize with Beam; records the transform."""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from artifacts import gfile
+from artifacts.errors import UserError
+from components import beam_run, records
+
+OUTPUT = "TransformedExamples"
+INPUTS = {"examples": "Examples", "statistics": "ExampleStatistics"}
+NORMALIZE = {"unit": (1 / 255.0, 0.0), "symmetric": (1 / 127.5, -1.0), "raw": (1.0, 0.0)}
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    layout: str
+    size: int
+    channels: int
+    normalize: str
+    jitter_splits: tuple[str, ...]
+    jitter_resize: int
+    copies: int
+    val_holdout: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "Params":
+        d = cfg.data
+        return cls(cfg.seed, d.layout, d.image_size, d.channels, d.normalize,
+                   tuple(d.train_splits) if d.jitter else (), d.resize_for_jitter,
+                   d.jitter_copies if d.jitter else 1, d.val_holdout)
+
+
+def resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """tf.image.resize(..., NEAREST_NEIGHBOR) (half-pixel centres), in numpy."""
+    ih, iw = img.shape[:2]
+    rows = np.minimum(((np.arange(h) + 0.5) * ih / h).astype(np.int64), ih - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * iw / w).astype(np.int64), iw - 1)
+    return img[rows][:, cols]
+
+
+def example_rng(seed: int, example_id: str, copy: int) -> np.random.Generator:
+    """Stateless: the same (seed, id, copy) always draws the same jitter, on any worker."""
+    key = hashlib.sha256(f"{seed}|{example_id}|{copy}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(key[:8], "little"))
+
+
+def jitter_pair(inp, tar, p: Params, rng: np.random.Generator):
+    """The tutorial's random jitter: resize to 286, the same random 256 crop, the same mirror."""
+    r, s = p.jitter_resize, p.size
+    inp, tar = resize_nearest(inp, r, r), resize_nearest(tar, r, r)
+    top, left = rng.integers(0, r - s + 1, size=2)
+    inp, tar = inp[top:top + s, left:left + s], tar[top:top + s, left:left + s]
+    if rng.random() < 0.5:
+        inp, tar = inp[:, ::-1], tar[:, ::-1]
+    return inp, tar
+
+
+def _decode_rgb(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise UserError(f"undecodable image: {e}", where, "replace or remove the file") from None
+
+
+def _image(ex: dict, p: Params) -> np.ndarray:
+    if ex["format"] == b"raw":
+        img = np.frombuffer(ex["image"], np.uint8).reshape(tuple(ex["shape"]))
+    else:
+        img = _decode_rgb(ex["image"], ex["id"].decode())
+    if img.shape[2] != p.channels:
+        img = img.mean(axis=2, keepdims=True).astype(np.uint8) if p.channels == 1 else \
+            np.repeat(img, 3, axis=2)
+    if img.shape[:2] != (p.size, p.size):
+        from PIL import Image
+
+        mode = "L" if p.channels == 1 else "RGB"
+        resized = Image.fromarray(img.squeeze(-1) if p.channels == 1 else img, mode).resize(
+            (p.size, p.size), Image.BILINEAR)
+        img = np.asarray(resized).reshape(p.size, p.size, p.channels)
+    return img
+
+
+class _TransformShard:
+    """Beam DoFn body: one element = (split, shard, copy); writes that shard's output."""
+
+    def __init__(self, p: Params, out_dir: str, holdout_from: int | None):
+        self.p, self.out, self.holdout_from = p, out_dir, holdout_from
+
+    @beam_run.user_errors
+    def __call__(self, unit):
+        split, path, shard, nshards, copy = unit
+        p, outs = self.p, {}
+        for rec in records.read_shard(path):
+            ex = records.decode(rec)
+            ex_id = ex["id"].decode()
+            new = {"id": ex_id, "index": ex["index"]}
+            if "label" in ex:
+                new["label"] = ex["label"]
+            if p.layout == "paired":
+                pair = _decode_rgb(ex["image"], ex_id)
+                half = pair.shape[1] // 2
+                tar, inp = pair[:, :half], pair[:, half:]
+                if split in p.jitter_splits:
+                    inp, tar = jitter_pair(inp, tar, p, example_rng(p.seed, ex_id, copy))
+                else:
+                    inp, tar = resize_nearest(inp, p.size, p.size), resize_nearest(tar, p.size, p.size)
+                new.update(image=np.ascontiguousarray(tar).tobytes(), input=np.ascontiguousarray(inp).tobytes())
+            else:
+                new["image"] = _image(ex, p).tobytes()
+            dest = "val" if self.holdout_from is not None and split == "train" and \
+                ex["index"] >= self.holdout_from else split
+            outs.setdefault(dest, []).append(records.encode(new))
+        for dest in ({split, "val"} if self.holdout_from is not None and split == "train" else {split}):
+            d = gfile.join(self.out, dest, f"copy-{copy}")
+            gfile.makedirs(d)
+            records.write_shard(gfile.join(d, records.shard_name(shard, nshards)), outs.get(dest, []))
+        yield split
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    import apache_beam as beam
+
+    p = Params.from_config(cfg)
+    examples = inputs["examples"]
+    counts = dict(gfile.read_json(examples.path("splits.json"))["splits"])
+    stats = gfile.read_json(inputs["statistics"].path("statistics.json"))
+    holdout_from = None
+    if p.val_holdout:
+        if "val" in counts:
+            raise UserError("data.val_holdout would replace the source's own val split", examples.uri,
+                            "--set data.val_holdout=0")
+        if p.val_holdout >= counts.get("train", 0):
+            raise UserError(f"data.val_holdout={p.val_holdout} leaves no training examples "
+                            f"(train has {counts.get('train', 0)})", "--set", "use a smaller holdout")
+        holdout_from = counts["train"] - p.val_holdout
+        counts = {**counts, "train": holdout_from, "val": p.val_holdout}
+    missing = [s for s in cfg.data.train_splits + (cfg.data.eval_split,) if s not in counts]
+    if missing:
+        raise UserError(f"split(s) {missing} not in the data (it has {sorted(counts)})", examples.uri,
+                        "--set data.train_splits=... / data.eval_split=... to splits that exist")
+    copies = {s: (p.copies if s in p.jitter_splits else 1) for s in counts}
+    units = []
+    for split in gfile.read_json(examples.path("splits.json"))["splits"]:
+        files = gfile.glob(examples.path(split, "data-*.tfrecord"))
+        units += [(split, f, i, len(files), k) for i, f in enumerate(files) for k in range(copies[split])]
+
+    def build(pl):
+        return pl | "Shards" >> beam.Create(units) | "Transform" >> beam.FlatMap(_TransformShard(p, out.path, holdout_from))
+
+    beam_run.run(cfg, build)
+    scale, offset = NORMALIZE[p.normalize]
+    transform = {
+        "layout": p.layout, "image_shape": [p.size, p.size, p.channels],
+        "normalize": {"name": p.normalize, "scale": scale, "offset": offset},
+        "resize": "nearest" if p.layout == "paired" else "bilinear",
+        "jitter": {"splits": list(p.jitter_splits), "resize": p.jitter_resize, "crop": p.size,
+                   "mirror": 0.5, "seed": p.seed} if p.jitter_splits else None,
+        "copies": copies, "splits": counts,
+        "labeled": any(v["labels"] for v in stats.values()),
+        "num_classes": max((int(k) for v in stats.values() for k in v["labels"]), default=-1) + 1,
+    }
+    gfile.write_json(out.file("transform.json"), transform)
+    out.metadata.update(splits=counts, copies=copies)
