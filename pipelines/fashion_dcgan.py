@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pipelines import mnist_classifier
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
 
@@ -75,8 +75,8 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
     import tensorflow as tf
 
     generator, discriminator = build_networks(cfg, info)
-    g_opt = keras.optimizers.Adam(cfg.model.g_learning_rate)
-    d_opt = keras.optimizers.Adam(cfg.model.d_learning_rate)
+    g_opt = optimizer(keras.optimizers.Adam(cfg.model.g_learning_rate))
+    d_opt = optimizer(keras.optimizers.Adam(cfg.model.d_learning_rate))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     rng = tf.random.Generator.from_seed(cfg.seed)
     seed_noise = tf.random.stateless_normal([cfg.model.num_fixed_samples, cfg.model.noise_dim],
@@ -99,7 +99,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
 
     return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
                       optimizers={"generator": g_opt, "discriminator": d_opt},
-                      step=step, batch=lambda rec: rec["image"],
+                      step=step, metrics=("g_loss", "d_loss", "real_accuracy", "fake_accuracy"), batch=lambda rec: rec["image"],
                       export={"generator": generator, "discriminator": discriminator},
                       rngs={"noise": rng}, sample=lambda: generator(seed_noise, training=False))
 

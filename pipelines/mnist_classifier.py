@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
 
@@ -56,7 +56,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
     import tensorflow as tf
 
     model, inference = build_network(cfg, info)
-    optimizer = keras.optimizers.Adam(cfg.model.learning_rate)
+    opt = optimizer(keras.optimizers.Adam(cfg.model.learning_rate))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def batch(rec):
@@ -68,7 +68,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
             logits = model(x, training=True)
             ce = loss_fn(y, logits)
             loss = ce + tf.add_n(model.losses) if model.losses else ce
-        minimize(tape, loss, model.trainable_weights, optimizer)
+        minimize(tape, loss, model.trainable_weights, opt)
         acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                               tf.cast(y, tf.int32)), tf.float32))
         return {"loss": loss, "accuracy": acc}
@@ -80,8 +80,8 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
                                                  tf.cast(y, tf.int32)), tf.float32))
         return {"val_correct": correct, "val_count": tf.cast(tf.shape(y)[0], tf.float32)}
 
-    return TrainSetup(networks={"classifier": model}, optimizers={"classifier": optimizer},
-                      step=step, batch=batch, export={"classifier": inference}, val_step=val_step,
+    return TrainSetup(networks={"classifier": model}, optimizers={"classifier": opt},
+                      step=step, metrics=("loss", "accuracy"), batch=batch, export={"classifier": inference}, val_step=val_step,
                       val_split="val" if cfg.data.val_holdout else None)
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pipelines import mnist_classifier
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
 
@@ -70,8 +70,8 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
     import tensorflow as tf
 
     generator, discriminator = build_networks(cfg, info)
-    d_opt = keras.optimizers.Adam(cfg.model.d_learning_rate)
-    g_opt = keras.optimizers.Adam(cfg.model.g_learning_rate)
+    d_opt = optimizer(keras.optimizers.Adam(cfg.model.d_learning_rate))
+    g_opt = optimizer(keras.optimizers.Adam(cfg.model.g_learning_rate))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     rng = tf.random.Generator.from_seed(cfg.seed)
     fixed_z = tf.random.stateless_normal([cfg.model.num_fixed_samples, cfg.model.latent_dim],
@@ -97,7 +97,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
 
     return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
                       optimizers={"generator": g_opt, "discriminator": d_opt},
-                      step=step, batch=lambda rec: rec["image"],
+                      step=step, metrics=("d_loss", "g_loss"), batch=lambda rec: rec["image"],
                       export={"generator": generator, "discriminator": discriminator},
                       rngs={"noise": rng}, sample=lambda: generator(fixed_z, training=False))
 

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize
+from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
 
@@ -115,8 +115,8 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
     size, _, channels = info.image_shape
     generator = build_generator(size, channels, cfg.seed)
     discriminator = build_discriminator(size, channels)
-    g_opt = keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1)
-    d_opt = keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1)
+    g_opt = optimizer(keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1))
+    d_opt = optimizer(keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     fixed = tf.constant(info.fixed_inputs) if info.fixed_inputs is not None else None
 

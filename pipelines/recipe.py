@@ -20,6 +20,7 @@ class TrainSetup:
     networks: Mapping[str, Any]           # keras.Model by name
     optimizers: Mapping[str, Any]
     step: Callable[[Any], dict]           # one replica's step: batch -> {metric: scalar}
+    metrics: tuple[str, ...]              # the names step returns, in log order
     batch: Callable[[dict], Any]          # parsed record dict -> what step takes
     export: Mapping[str, Any]             # models a user loads without tapeline (.keras)
     rngs: Mapping[str, Any] = field(default_factory=dict)  # tf.random.Generator by name
@@ -35,8 +36,18 @@ def replica_scale() -> float:
     return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def optimizer(opt):
+    """Wrap in a LossScaleOptimizer under the mixed_float16 policy (one per network)."""
+    import keras
+
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
 def minimize(tape, loss, variables, optimizer) -> None:
     """Gradient step that works with and without a LossScaleOptimizer (mixed precision)."""
-    scaled = optimizer.scale_loss(loss * replica_scale())
+    with tape:  # re-enter: the scaling must be recorded for the gradient to flow
+        scaled = optimizer.scale_loss(loss * replica_scale())
     grads = tape.gradient(scaled, variables)
     optimizer.apply(grads, variables)

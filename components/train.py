@@ -1,0 +1,303 @@
+"""train (Trainer): the one scratch-loop engine that runs every recipe's train step."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+
+import numpy as np
+
+from artifacts import gfile
+from artifacts.errors import UserError
+from components import records
+
+OUTPUT = "Model"
+INPUTS = {"transformed": "TransformedExamples"}
+log = logging.getLogger("tapeline.train")
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def _strategy(name: str):
+    import tensorflow as tf
+
+    if name != "mirrored":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) >= 2:
+        return tf.distribute.MirroredStrategy()
+    cpus = tf.config.list_physical_devices("CPU")
+    try:  # no GPUs: two logical CPUs, so the same code path is exercised
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:
+        pass  # already initialized with its own device layout
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+
+
+def _seed_states(networks) -> list:
+    """Keras 3 layers with randomness (Dropout) keep a SeedGenerator whose state must be saved."""
+    out = []
+    for net in networks.values():
+        for layer in net._flatten_layers(include_self=False):
+            sg = getattr(layer, "seed_generator", None)
+            if sg is not None:
+                out.append(sg.state)
+    return out
+
+
+def _dataset(art, transform, cfg, setup, steps_per_epoch: int):
+    """Epoch e reads jitter copy e mod K. Each copy is one long-lived dataset that reshuffles
+    on every pass (seeded), so the stream is deterministic and its iterator checkpointable."""
+    import tensorflow as tf
+
+    t = cfg.train
+    copies = min(transform["copies"][s] for s in cfg.data.train_splits)
+    parse = records.parse_fn(transform)
+    streams = []
+    for k in range(copies):
+        files = [f for s in cfg.data.train_splits for f in records.split_files(art, s, k)]
+        d = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        d = d.shuffle(t.shuffle_buffer, seed=cfg.seed * 1009 + k, reshuffle_each_iteration=True)
+        streams.append(d.batch(t.batch_size).map(setup.batch).repeat())
+    if copies == 1:
+        return streams[0].prefetch(2)
+    choice = tf.data.Dataset.range(t.epochs).flat_map(
+        lambda e: tf.data.Dataset.from_tensors(e % copies).repeat(steps_per_epoch))
+    return tf.data.Dataset.choose_from_datasets(streams, choice).prefetch(2)
+
+
+def _fixed_inputs(art, transform, cfg, n):
+    if transform["layout"] != "paired":
+        return None
+    return np.stack([ex["input"].numpy() for ex in records.dataset(art, cfg.data.eval_split).take(n)])
+
+
+class _Progress:
+    """tqdm bar on a terminal; plain log lines every log_every steps otherwise."""
+
+    def __init__(self, total: int, start: int, every: int):
+        self.total, self.every, self.t0, self.s0 = total, every, time.time(), start
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, epoch: int, last: dict):
+        rate = (step - self.s0) / max(time.time() - self.t0, 1e-9)
+        text = " ".join(f"{k}={v:.4g}" for k, v in last.items())
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(f"epoch {epoch} {text}", refresh=True)
+        elif step == self.total or step // self.every != (step - 1) // self.every or step - self.s0 < 2:
+            print(f"train step {step}/{self.total} epoch {epoch} {rate:.1f} steps/s {text}", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    import keras
+    import tensorflow as tf
+
+    from pipelines.recipe import DataInfo
+    from pipelines.registry import recipe
+
+    t = cfg.train
+    art = inputs["transformed"]
+    transform = records.load_transform(art)
+    work = out.work_dir
+    gfile.makedirs(work)
+    identity = {"fingerprint": work.rstrip("/").rsplit("/", 1)[-1], "params": pipeline.stage_params(cfg, "train"),
+                "data": art.fingerprint}
+    cfg_path = gfile.join(work, "config.json")
+    if gfile.exists(cfg_path) and gfile.read_json(cfg_path) != json.loads(json.dumps(identity)):
+        raise UserError("checkpoint was written by another training config or data", work,
+                        "delete the work directory or rerun with the original --set values")
+    gfile.write_json(cfg_path, identity)
+
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy("mixed_float16" if t.mixed_precision else "float32")
+    strategy = _strategy(t.strategy)
+    n_train = sum(transform["splits"][s] for s in cfg.data.train_splits)
+    if n_train == 0:
+        raise UserError("no training examples", art.uri, "check data.train_splits")
+    steps_per_epoch = math.ceil(n_train / t.batch_size)
+    total = t.epochs * steps_per_epoch
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    mod = recipe(pipeline)
+    info = DataInfo(tuple(transform["image_shape"]), max(transform["num_classes"], 1), n_train,
+                    _fixed_inputs(art, transform, cfg, getattr(cfg.model, "num_fixed_samples", 4)))
+    try:
+        with strategy.scope():
+            setup = mod.build(cfg, info)
+            for name, opt in setup.optimizers.items():
+                opt.build(setup.networks[name].trainable_variables)
+            step_var = tf.Variable(0, dtype=tf.int64, name="step")
+        ds = _dataset(art, transform, cfg, setup, steps_per_epoch)
+        dist = strategy.experimental_distribute_dataset(ds) if t.strategy == "mirrored" else ds
+        iterator = iter(dist)
+        ckpt = tf.train.Checkpoint(step=step_var, iterator=iterator, seed_states=_seed_states(setup.networks),
+                                   **{f"net_{k}": v for k, v in setup.networks.items()},
+                                   **{f"opt_{k}": v for k, v in setup.optimizers.items()},
+                                   **{f"rng_{k}": v for k, v in setup.rngs.items()})
+        manager = tf.train.CheckpointManager(ckpt, gfile.join(work, "checkpoints"), max_to_keep=t.keep_checkpoints)
+        history = {k: [] for k in setup.metrics}
+        epoch_log: list[dict] = []
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            saved = np.load(gfile.join(work, f"history-{int(step_var.numpy())}.npz").replace("file://", ""))
+            history = {k: list(saved[k]) for k in setup.metrics}
+            epoch_log = json.loads(str(saved["epochs"]))
+            log.info("resumed from step %d", int(step_var.numpy()))
+        _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
+              work, total, steps_per_epoch)
+        _export(out, setup, history, epoch_log, work, total, steps_per_epoch)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
+          work, total, steps_per_epoch):
+    t = cfg.train
+    names = setup.metrics
+    step_fn = tf.function(setup.step, jit_compile=True) if t.xla else setup.step
+
+    @tf.function
+    def run_steps(it, n):
+        # a tuple reassigned each iteration: autograph carries it as the loop state
+        tas = tuple(tf.TensorArray(tf.float32, size=n) for _ in names)
+        for i in tf.range(n):
+            m = strategy.run(step_fn, args=(next(it),))
+            tas = tuple(ta.write(i, tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32))
+                        for ta, k in zip(tas, names))
+            step_var.assign_add(1)
+        return {k: ta.stack() for k, ta in zip(names, tas)}
+
+    sample_fn = tf.function(setup.sample) if setup.sample else None
+    writer = tf.summary.create_file_writer(gfile.join(work, "logs"))
+    samples_dir = gfile.join(work, "samples")
+    gfile.makedirs(samples_dir)
+    ck_epochs = t.checkpoint_every_epochs * steps_per_epoch
+    step = int(step_var.numpy())
+    progress = _Progress(total, step, t.log_every)
+    started = time.time()
+
+    def due(s: int, every: int) -> bool:
+        return every > 0 and s % every == 0
+
+    try:
+        while step < total:
+            marks = [total, (step // steps_per_epoch + 1) * steps_per_epoch]
+            for every in (t.checkpoint_every, ck_epochs, t.sample_every, t.summary_every):
+                if every > 0:
+                    marks.append((step // every + 1) * every)
+            n = min(min(marks) - step, t.steps_per_call)
+            values = {k: v.numpy() for k, v in run_steps(iterator, tf.constant(n)).items()}
+            bad = [(i, k) for k in names for i in np.flatnonzero(~np.isfinite(values[k]))]
+            if bad:
+                i, k = min(bad)
+                last = manager.latest_checkpoint
+                raise TrainingDiverged(f"training diverged: {k} is {values[k][i]} at step {step + i + 1}",
+                                       work, f"the last good checkpoint ({last or 'none'}) is kept; "
+                                       "lower the learning rate and rerun")
+            for k in names:
+                history[k].extend(values[k].tolist())
+            step += n
+            epoch = (step - 1) // steps_per_epoch + 1
+            last = {k: float(values[k][-1]) for k in names}
+            if due(step, t.summary_every) or step == total:
+                with writer.as_default(step=step):
+                    for k, v in last.items():
+                        tf.summary.scalar(k, v)
+            epoch_end = step % steps_per_epoch == 0 or step == total
+            if epoch_end and setup.val_step is not None:
+                last.update(_validate(tf, setup, art, cfg, transform))
+            if epoch_end:
+                first = (epoch - 1) * steps_per_epoch
+                rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
+                rec.update({k: v for k, v in last.items() if k.startswith("val_")})
+                epoch_log.append(rec)
+                with writer.as_default(step=step):
+                    for k, v in rec.items():
+                        if k not in ("epoch", "step"):
+                            tf.summary.scalar(f"epoch/{k}", v)
+            if sample_fn and (due(step, t.sample_every) or epoch_end):
+                arr = sample_fn().numpy()
+                gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
+            if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total:
+                _save_history(work, step, history, epoch_log)
+                manager.save(checkpoint_number=step)
+                gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
+                _prune_histories(work, manager)
+            progress.update(step, epoch, last)
+    finally:
+        progress.close()
+        writer.flush()
+    gfile.write_json(gfile.join(work, "timing.json"), {"seconds": time.time() - started})
+
+
+def _validate(tf, setup, art, cfg, transform) -> dict:
+    ds = records.dataset(art, setup.val_split).batch(1000).map(setup.batch)
+    fn = tf.function(setup.val_step)
+    totals: dict[str, float] = {}
+    for b in ds:
+        for k, v in fn(b).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return {"val_accuracy": totals["val_correct"] / max(totals["val_count"], 1)}
+
+
+def _npy(arr) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _save_history(work, step, history, epoch_log):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, epochs=json.dumps(epoch_log), **{k: np.asarray(v, np.float32) for k, v in history.items()})
+    gfile.write_bytes(gfile.join(work, f"history-{step}.npz"), buf.getvalue())
+
+
+def _prune_histories(work, manager):
+    keep = {f"history-{p.rsplit('-', 1)[-1]}.npz" for p in manager.checkpoints}
+    for path in gfile.glob(gfile.join(work, "history-*.npz")):
+        if path.rsplit("/", 1)[-1] not in keep:
+            gfile.remove(path)
+
+
+def _export(out, setup, history, epoch_log, work, total, steps_per_epoch):
+    import tempfile
+
+    gfile.makedirs(out.file("models"))
+    for name, model in setup.export.items():
+        # .keras files are zip archives written through a local path
+        with tempfile.TemporaryDirectory() as tmp:
+            local = f"{tmp}/{name}.keras"
+            model.save(local)
+            gfile.copy(local, out.file("models", f"{name}.keras"))
+    _save_history(out.path, total, history, epoch_log)
+    gfile.copy(gfile.join(out.path, f"history-{total}.npz"), out.file("history.npz"))
+    gfile.remove(gfile.join(out.path, f"history-{total}.npz"))
+    gfile.write_json(out.file("epochs.json"), epoch_log)
+    for sub in ("samples", "logs"):
+        for rel in gfile.walk_files(gfile.join(work, sub)) if gfile.isdir(gfile.join(work, sub)) else []:
+            dst = out.file(sub, rel)
+            gfile.makedirs(dst.rsplit("/", 1)[0])
+            gfile.copy(gfile.join(work, sub, rel), dst)
+    timing = gfile.read_json(gfile.join(work, "timing.json"))
+    out.metadata.update(steps=total, epochs=math.ceil(total / steps_per_epoch),
+                        final={k: float(v[-1]) for k, v in history.items() if v},
+                        last_session_seconds=round(timing["seconds"], 2))
