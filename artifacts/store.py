@@ -81,6 +81,7 @@ class Writer:
     def __init__(self, path: str, work_dir: str):
         self.path, self.work_dir = path, work_dir
         self.metadata: dict[str, Any] = {}  # small facts the manifest should carry (counts, metrics)
+        self.on_commit: Callable[[Artifact], None] | None = None  # runs once the artifact is committed
 
     def file(self, *parts: str) -> str:
         return gfile.join(self.path, *parts)
@@ -216,7 +217,10 @@ class ArtifactStore:
             with self.writer(pipeline, stage, fingerprint, type=type, params=params,
                              inputs=inputs, code=code) as w:
                 build(w)
-        return StageRun(self.find(pipeline, stage, fingerprint), reused=False)
+            art = self.find(pipeline, stage, fingerprint)
+            if w.on_commit is not None:
+                w.on_commit(art)
+        return StageRun(art, reused=False)
 
     # -- champions and runs -----------------------------------------------------------------
     def champion(self, pipeline: str) -> dict | None:

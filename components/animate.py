@@ -1,0 +1,38 @@
+"""animate: the GIF of the sample grids, with the DCGAN tutorial's square-root frame schedule."""
+from __future__ import annotations
+
+import io
+import math
+
+from artifacts import gfile
+
+OUTPUT = "Animation"
+INPUTS = {"rendering": "Rendering"}
+
+
+def sqrt_schedule(n: int) -> list[int]:
+    """Indices of kept frames: frame i is kept when round(2*sqrt(i)) exceeds the rounded value
+    of the last kept one; the last frame is appended once more at the end (the tutorial)."""
+    kept, last = [], -1
+    for i in range(n):
+        frame = round(2 * math.sqrt(i))
+        if frame > last:
+            last = frame
+            kept.append(i)
+    return kept + [n - 1] if n else []
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    import imageio.v2 as imageio
+
+    rendering = inputs["rendering"]
+    frames = gfile.read_json(rendering.path("frames.json"))
+    if not frames:
+        raise RuntimeError("no sample grids to animate: train.sample_every produced no snapshots")
+    order = sqrt_schedule(len(frames))
+    images = [imageio.imread(io.BytesIO(gfile.read_bytes(rendering.path("grids", frames[i])))) for i in order]
+    buf = io.BytesIO()
+    imageio.mimsave(buf, images, format="GIF", duration=cfg.render.gif_frame_seconds, loop=0)
+    gfile.write_bytes(out.file("training.gif"), buf.getvalue())
+    gfile.write_json(out.file("frames.json"), [frames[i] for i in order])
+    out.metadata.update(frames=len(order))

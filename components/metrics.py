@@ -1,0 +1,49 @@
+"""Evaluation metrics: Fréchet distance, classifier score, PSNR/SSIM helpers, blessing rules."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2) between two feature sets (rows)."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
+    if not np.isfinite(covmean).all():  # near-singular: regularize, as the FID reference code does
+        eps = np.eye(sa.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
+    covmean = covmean.real
+    return float(max(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(covmean), 0.0))
+
+
+def classifier_score(logits: np.ndarray) -> float:
+    """exp(E_x KL(p(y|x) || p(y))): the Inception score, computed with our own classifier."""
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    py = p.mean(0, keepdims=True)
+    kl = (p * (np.log(p + 1e-12) - np.log(py + 1e-12))).sum(1)
+    return float(np.exp(kl.mean()))
+
+
+# which metric decides, and whether higher is better, per kind of recipe
+PRIMARY = {"classifier": ("accuracy", True), "gan": ("frechet_distance", False),
+           "translation": ("l1", False)}
+
+
+def bless(kind: str, metrics: dict, champion: dict | None, tolerance: float) -> tuple[bool, str]:
+    key, higher = PRIMARY[kind]
+    value = metrics[key]
+    if not np.isfinite(value):
+        return False, f"{key} is not finite"
+    if champion is None:
+        return True, f"no champion yet; {key}={value:.4g}"
+    best = champion["metrics"].get(key)
+    if best is None:
+        return True, f"champion has no {key}"
+    ok = value >= best - tolerance if higher else value <= best + tolerance
+    word = "not lower" if higher else "not higher"
+    return ok, (f"{key}={value:.4g} vs champion {best:.4g} (tolerance {tolerance}): "
+                + (f"{word}, blessed" if ok else f"worse, not blessed"))

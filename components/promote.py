@@ -1,0 +1,34 @@
+"""promote (Pusher): a blessed model becomes the pipeline's champion; an unblessed one never does."""
+from __future__ import annotations
+
+from artifacts import gfile
+from artifacts.store import ArtifactStore
+from components import metrics
+
+OUTPUT = "PushedModel"
+INPUTS = {"model": "Model", "evaluation": "ModelEvaluation"}
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    from pipelines.registry import recipe
+
+    model, evaluation = inputs["model"], inputs["evaluation"]
+    result = gfile.read_json(evaluation.path("metrics.json"))
+    blessing = gfile.read_json(evaluation.path("blessing.json"))
+    store = ArtifactStore(out.path.rsplit("/", 3)[0])
+    champion = store.champion(pipeline.name)
+    # judged again against the champion of now: another run may have promoted since evaluate
+    ok, why = metrics.bless(recipe(pipeline).KIND, result, champion, cfg.eval.tolerance)
+    pushed = blessing["blessed"] and ok
+    record = {"pushed": pushed, "why": why if blessing["blessed"] else blessing["why"],
+              "model": model.uri, "evaluation": evaluation.uri}
+    if pushed:
+        gfile.makedirs(out.file("exported"))
+        for path in gfile.glob(model.path("models", "*.keras")):
+            gfile.copy(path, out.file("exported", path.rsplit("/", 1)[-1]))
+    gfile.write_json(out.file("push.json"), record)
+    out.metadata.update(pushed=pushed)
+    out.on_commit = (lambda art: store.set_champion(pipeline.name, {
+        "version": art.version, "uri": art.uri, "metrics": result, "why": why,
+        "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
+        "exported": art.path("exported")})) if pushed else None

@@ -1,0 +1,141 @@
+"""render: sample grids, pix2pix triptychs, history plots, confusion matrix (PNG + TensorBoard)."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+
+from artifacts import gfile
+from components import records
+
+OUTPUT = "Rendering"
+INPUTS = {"model": "Model", "evaluation": "ModelEvaluation"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _to_uint8(x: np.ndarray, normalize: dict) -> np.ndarray:
+    raw = (x - normalize["offset"]) / normalize["scale"]
+    return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
+
+
+def grid(images: np.ndarray) -> np.ndarray:
+    """N images (H, W, C) as one square-ish grid, like the tutorials' 4x4 subplot figure."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.zeros((rows * h, cols * w, c), images.dtype)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        out[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
+    return out
+
+
+def _png(path: str, img: np.ndarray) -> None:
+    plt = _plt()
+    buf = io.BytesIO()
+    plt.imsave(buf, img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+               vmin=0, vmax=255, format="png")
+    gfile.write_bytes(path, buf.getvalue())
+
+
+def _fig(path: str, fig) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    _plt().close(fig)
+    gfile.write_bytes(path, buf.getvalue())
+
+
+def history_plot(path: str, history: dict, epochs: list[dict]) -> None:
+    """The DCGAN tutorial's plots: losses, and (if recorded) accuracies, per step and per epoch."""
+    plt = _plt()
+    acc = [k for k in history if "accuracy" in k]
+    loss = [k for k in history if k not in acc]
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(12 if acc else 6, 4), squeeze=False)
+    for ax, keys, title in ((axes[0][0], loss, "loss"),) + (((axes[0][1], acc, "accuracy"),) if acc else ()):
+        for k in keys:
+            ax.plot(np.arange(1, len(history[k]) + 1), history[k], label=k, alpha=0.8)
+        for k in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
+            ax.plot([e["step"] for e in epochs], [e[k] for e in epochs], "o-", label=k) if title == "accuracy" or not acc else None
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend()
+    _fig(path, fig)
+
+
+def confusion_plot(path: str, confusion: list[list[int]]) -> None:
+    plt = _plt()
+    m = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    _fig(path, fig)
+
+
+def triptych(path: str, inp, tar, pred) -> None:
+    """The tutorial's generate_images: input, ground truth, prediction side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    for ax, img, title in zip(axes, (inp, tar, pred), ("Input Image", "Ground Truth", "Predicted Image")):
+        ax.imshow(img)
+        ax.set_title(title)
+        ax.axis("off")
+    _fig(path, fig)
+
+
+def run(out, inputs, cfg, pipeline) -> None:
+    import tensorflow as tf
+
+    model = inputs["model"]
+    data = np.load(io.BytesIO(gfile.read_bytes(model.path("history.npz"))))
+    epochs = json.loads(str(data["epochs"]))
+    history = {k: data[k] for k in data.files if k != "epochs"}
+    gfile.makedirs(out.file("grids"))
+    history_plot(out.file("history.png"), history, epochs)
+    writer = tf.summary.create_file_writer(out.file("logs"))
+    details = inputs["evaluation"].path("details.json")
+    if gfile.exists(details):
+        confusion_plot(out.file("confusion.png"), gfile.read_json(details)["confusion"])
+    transform_uri = inputs["model"].manifest["inputs"]["transformed"]["uri"]
+    from artifacts.store import ArtifactStore
+
+    transform_art = ArtifactStore(transform_uri.rsplit("/", 3)[0]).load(transform_uri)
+    transform = records.load_transform(transform_art)
+    norm = transform["normalize"]
+    samples = gfile.glob(model.path("samples", "*.npy"))
+    fixed = None
+    if transform["layout"] == "paired" and samples:
+        n = np.load(io.BytesIO(gfile.read_bytes(samples[0]))).shape[0]
+        ex = list(records.dataset(transform_art, cfg.data.eval_split).take(n).as_numpy_iterator())
+        fixed = [(_to_uint8(e["input"], norm), _to_uint8(e["image"], norm)) for e in ex]
+    frames = []
+    for path in samples:
+        step = int(path.rsplit("/", 1)[-1][:-4])
+        arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path))), norm)
+        name = f"step-{step:08d}.png"
+        if fixed is None:
+            g = grid(arr)
+            _png(out.file("grids", name), g)
+        else:
+            for i in range(min(cfg.render.max_triptychs, len(arr))):
+                triptych(out.file("grids", name if i == 0 else f"step-{step:08d}-{i}.png"),
+                         fixed[i][0], fixed[i][1], arr[i])
+            g = np.concatenate([fixed[0][0], fixed[0][1], arr[0]], axis=1)
+        frames.append(name)
+        with writer.as_default(step=step):
+            tf.summary.image("samples", g[None].astype(np.float32) / 255.0)
+    writer.flush()
+    gfile.write_json(out.file("frames.json"), frames)
+    out.metadata.update(frames=len(frames))
