@@ -139,6 +139,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
     sample = (lambda: generator(fixed, training=True)) if fixed is not None else None
     return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
                       optimizers={"generator": g_opt, "discriminator": d_opt}, step=step,
+                      metrics=("gen_total_loss", "gen_gan_loss", "gen_l1_loss", "disc_loss"),
                       batch=lambda rec: (rec["input"], rec["image"]),
                       export={"generator": generator, "discriminator": discriminator},
                       sample=sample)
