@@ -1,0 +1,86 @@
+"""Whole flows through Prefect's test harness: every artifact, then a second run that reuses all."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artifacts import gfile
+from tests.conftest import MNIST, PEOPLE, tapeline
+
+TINY = {
+    "fashion-dcgan": ["data.source=idx:/usr/share/datasets/fashion-mnist", "data.max_examples=300",
+                      "train.batch_size=32", "train.max_steps=8", "train.sample_every=2",
+                      "train.shuffle_buffer=300", "eval.num_samples=200"],
+    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", "data.image_size=32",
+                "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2", "train.steps_per_call=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.mark.parametrize("pipeline", sorted(TINY))
+def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
+    from flows.pipeline_flow import run_pipeline
+
+    root = str(tmp_path / "root")
+    first = run_pipeline(pipeline, TINY[pipeline], root)
+    stages = first["stages"]
+    assert not any(s["reused"] for s in stages.values())
+    assert first["blessed"] is True and first["champion"]
+    render = stages[f"{pipeline}/render"]["uri"]
+    pngs = gfile.glob(f"{render}/grids/*.png") + [f"{render}/history.png"]
+    for png in pngs:
+        with Image.open(png) as im:
+            im.verify()
+    with Image.open(sorted(gfile.glob(f"{render}/grids/*.png"))[0]) as im:
+        expected = (4 * 28, 4 * 28) if pipeline == "fashion-dcgan" else None
+        assert expected is None or im.size == expected
+    gif = stages[f"{pipeline}/animate"]["uri"] + "/training.gif"
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(gif)
+    kept = json.load(open(stages[f"{pipeline}/animate"]["uri"] + "/frames.json"))
+    from components.animate import sqrt_schedule
+
+    grids = json.load(open(f"{render}/frames.json"))
+    assert kept == [grids[i] for i in sqrt_schedule(len(grids))] and kept[-1] == grids[-1]
+    # Pillow merges a repeated final frame into one held twice as long
+    distinct = [k for i, k in enumerate(kept) if i == 0 or kept[i - 1] != k]
+    assert len(frames) == len(distinct) >= 2
+    champion = json.load(open(f"{root}/{pipeline}/champion.json"))
+    assert gfile.glob(champion["exported"] + "/generator.keras")
+
+    second = run_pipeline(pipeline, TINY[pipeline], root)
+    assert all(s["reused"] for s in second["stages"].values())
+    assert {k: v["uri"] for k, v in second["stages"].items()} == {k: v["uri"] for k, v in stages.items()}
+    assert np.isclose(second["metrics"][next(iter(second["metrics"]))],
+                      first["metrics"][next(iter(first["metrics"]))])
+
+
+def test_plan_reports_reuse_and_what_changed(tmp_path):
+    root = str(tmp_path / "root")
+    sets = [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=3"]
+    args = ["--root", root] + [x for s in sets for x in ("--set", s)]
+    assert tapeline("run", "mnist-classifier", *args).returncode == 0
+    plan = tapeline("plan", "mnist-classifier", *args, "--set", "model.learning_rate=0.01")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    rows = {line.split()[0]: line for line in plan.stdout.splitlines() if line.strip()}
+    assert " reuse " in rows["mnist-classifier/preprocess"]
+    assert "model.learning_rate 0.001 -> 0.01" in rows["mnist-classifier/train"]
+
+
+def test_sqrt_frame_schedule_matches_the_tutorial():
+    from components.animate import sqrt_schedule
+
+    # the tutorial's loop over 10 files: keeps 0,1,2,4,6,8 (round(2*sqrt(i)) grows), then the last
+    assert sqrt_schedule(10) == [0, 1, 2, 4, 6, 8, 9]
+    assert sqrt_schedule(9) == [0, 1, 2, 4, 6, 8, 8]
