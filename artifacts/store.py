@@ -78,8 +78,8 @@ def _now() -> dt.datetime:
 class Writer:
     """An artifact being written: payload goes under .path, resumable state under .work_dir."""
 
-    def __init__(self, path: str, work_dir: str):
-        self.path, self.work_dir = path, work_dir
+    def __init__(self, path: str, work_dir: str, store: "ArtifactStore"):
+        self.path, self.work_dir, self.store = path, work_dir, store
         self.metadata: dict[str, Any] = {}  # small facts the manifest should carry (counts, metrics)
         self.on_commit: Callable[[Artifact], None] | None = None  # runs once the artifact is committed
 
@@ -172,7 +172,7 @@ class ArtifactStore:
         created = _now()
         version = f"{created:%Y%m%dT%H%M%S%f}-{fingerprint[:12]}"
         path = gfile.join(self.stage_root(pipeline, stage), version)
-        w = Writer(path, self.work_dir(pipeline, stage, fingerprint))
+        w = Writer(path, self.work_dir(pipeline, stage, fingerprint), self)
         gfile.makedirs(path)
         gfile.write_bytes(gfile.join(path, PENDING), fingerprint.encode())
         try:

@@ -6,7 +6,6 @@ import tempfile
 import numpy as np
 
 from artifacts import gfile
-from artifacts.store import ArtifactStore
 from components import metrics, records
 
 OUTPUT = "ModelEvaluation"
@@ -17,8 +16,6 @@ INPUTS = {"model": "Model", "transformed": "TransformedExamples",
 
 def load_models(model_art) -> dict:
     import keras
-
-    from pipelines import layers  # noqa: F401  registers nothing, but keeps custom layers importable
 
     out = {}
     for path in gfile.glob(model_art.path("models", "*.keras")):
@@ -126,8 +123,7 @@ def run(out, inputs, cfg, pipeline) -> None:
         result, extra = evaluate_gan(nets, art, cfg, mod, inputs)
     else:
         result, extra = evaluate_translation(nets, art, cfg, mod)
-    store = ArtifactStore(out.path.rsplit("/", 3)[0])
-    champion = store.champion(pipeline.name)
+    champion = out.store.champion(pipeline.name)
     blessed, why = metrics.bless(mod.KIND, result, champion, cfg.eval.tolerance)
     gfile.write_json(out.file("metrics.json"), result)
     gfile.write_json(out.file("blessing.json"), {"blessed": blessed, "why": why,

@@ -46,4 +46,4 @@ def bless(kind: str, metrics: dict, champion: dict | None, tolerance: float) -> 
     ok = value >= best - tolerance if higher else value <= best + tolerance
     word = "not lower" if higher else "not higher"
     return ok, (f"{key}={value:.4g} vs champion {best:.4g} (tolerance {tolerance}): "
-                + (f"{word}, blessed" if ok else f"worse, not blessed"))
+                + (f"{word}, blessed" if ok else "worse, not blessed"))

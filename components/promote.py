@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from artifacts import gfile
-from artifacts.store import ArtifactStore
 from components import metrics
 
 OUTPUT = "PushedModel"
@@ -15,7 +14,7 @@ def run(out, inputs, cfg, pipeline) -> None:
     model, evaluation = inputs["model"], inputs["evaluation"]
     result = gfile.read_json(evaluation.path("metrics.json"))
     blessing = gfile.read_json(evaluation.path("blessing.json"))
-    store = ArtifactStore(out.path.rsplit("/", 3)[0])
+    store = out.store
     champion = store.champion(pipeline.name)
     # judged again against the champion of now: another run may have promoted since evaluate
     ok, why = metrics.bless(recipe(pipeline).KIND, result, champion, cfg.eval.tolerance)

@@ -1,7 +1,6 @@
 """tf.train.Example encoding shared by the data stages, and the tf.data reader the others use."""
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 import numpy as np
@@ -123,7 +122,3 @@ def dataset(artifact, split: str, copy: int = 0):
     files = split_files(artifact, split, copy)
     return tf.data.TFRecordDataset(files).map(parse_fn(load_transform(artifact)),
                                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def to_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True)

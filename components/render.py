@@ -61,11 +61,14 @@ def history_plot(path: str, history: dict, epochs: list[dict]) -> None:
     acc = [k for k in history if "accuracy" in k]
     loss = [k for k in history if k not in acc]
     fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(12 if acc else 6, 4), squeeze=False)
-    for ax, keys, title in ((axes[0][0], loss, "loss"),) + (((axes[0][1], acc, "accuracy"),) if acc else ()):
+    panels = [(axes[0][0], loss, "loss")] + ([(axes[0][1], acc, "accuracy")] if acc else [])
+    val_keys = [k for k in (epochs[0] if epochs else {}) if k.startswith("val_")]
+    for ax, keys, title in panels:
         for k in keys:
             ax.plot(np.arange(1, len(history[k]) + 1), history[k], label=k, alpha=0.8)
-        for k in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
-            ax.plot([e["step"] for e in epochs], [e[k] for e in epochs], "o-", label=k) if title == "accuracy" or not acc else None
+        if ax is panels[-1][0]:  # epoch-end validation beside the accuracies (or the loss)
+            for k in val_keys:
+                ax.plot([e["step"] for e in epochs], [e[k] for e in epochs], "o-", label=k)
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.legend()
@@ -108,10 +111,7 @@ def run(out, inputs, cfg, pipeline) -> None:
     details = inputs["evaluation"].path("details.json")
     if gfile.exists(details):
         confusion_plot(out.file("confusion.png"), gfile.read_json(details)["confusion"])
-    transform_uri = inputs["model"].manifest["inputs"]["transformed"]["uri"]
-    from artifacts.store import ArtifactStore
-
-    transform_art = ArtifactStore(transform_uri.rsplit("/", 3)[0]).load(transform_uri)
+    transform_art = out.store.load(model.manifest["inputs"]["transformed"]["uri"])
     transform = records.load_transform(transform_art)
     norm = transform["normalize"]
     samples = gfile.glob(model.path("samples", "*.npy"))

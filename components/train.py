@@ -1,6 +1,7 @@
 """train (Trainer): the one scratch-loop engine that runs every recipe's train step."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -154,7 +155,7 @@ def run(out, inputs, cfg, pipeline) -> None:
         epoch_log: list[dict] = []
         if manager.latest_checkpoint:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            saved = np.load(gfile.join(work, f"history-{int(step_var.numpy())}.npz").replace("file://", ""))
+            saved = np.load(io.BytesIO(gfile.read_bytes(gfile.join(work, f"history-{int(step_var.numpy())}.npz"))))
             history = {k: list(saved[k]) for k in setup.metrics}
             epoch_log = json.loads(str(saved["epochs"]))
             log.info("resumed from step %d", int(step_var.numpy()))
@@ -234,7 +235,7 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
                 arr = sample_fn().numpy()
                 gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
             if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total:
-                _save_history(work, step, history, epoch_log)
+                _save_history(gfile.join(work, f"history-{step}.npz"), history, epoch_log)
                 manager.save(checkpoint_number=step)
                 gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
                 _prune_histories(work, manager)
@@ -256,19 +257,15 @@ def _validate(tf, setup, art, cfg, transform) -> dict:
 
 
 def _npy(arr) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, arr)
     return buf.getvalue()
 
 
-def _save_history(work, step, history, epoch_log):
-    import io
-
+def _save_history(path, history, epoch_log):
     buf = io.BytesIO()
     np.savez(buf, epochs=json.dumps(epoch_log), **{k: np.asarray(v, np.float32) for k, v in history.items()})
-    gfile.write_bytes(gfile.join(work, f"history-{step}.npz"), buf.getvalue())
+    gfile.write_bytes(path, buf.getvalue())
 
 
 def _prune_histories(work, manager):
@@ -288,9 +285,7 @@ def _export(out, setup, history, epoch_log, work, total, steps_per_epoch):
             local = f"{tmp}/{name}.keras"
             model.save(local)
             gfile.copy(local, out.file("models", f"{name}.keras"))
-    _save_history(out.path, total, history, epoch_log)
-    gfile.copy(gfile.join(out.path, f"history-{total}.npz"), out.file("history.npz"))
-    gfile.remove(gfile.join(out.path, f"history-{total}.npz"))
+    _save_history(out.file("history.npz"), history, epoch_log)
     gfile.write_json(out.file("epochs.json"), epoch_log)
     for sub in ("samples", "logs"):
         for rel in gfile.walk_files(gfile.join(work, sub)) if gfile.isdir(gfile.join(work, sub)) else []:

@@ -46,7 +46,7 @@ class Node:
 
     def code(self) -> str:
         parts = {"component": code_digest(f"components.{self.stage}")}
-        if self.stage in RECIPE_STAGES or self.stage == "evaluate":
+        if self.stage in RECIPE_STAGES:
             parts["recipe"] = code_digest(self.pipeline.module)
         return digest(parts)
 

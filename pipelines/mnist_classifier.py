@@ -1,7 +1,7 @@
 """mnist-classifier: the MLP of the Keras guide "Writing a training loop from scratch"."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipelines.base import Pipeline
 from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
-import textwrap
 
 from artifacts.fingerprint import code_digest, files_digest, module_closure, stage_fingerprint
 

@@ -6,14 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from artifacts import gfile
 from artifacts.maintenance import gc, verify
 from artifacts.store import ArtifactStore, InputRef
-from tests.conftest import REPO, run_py
+from tests.conftest import REPO
 
 SRC = InputRef("idx:/data", "f" * 64)
 
