@@ -71,11 +71,13 @@ def _decode_rgb(data: bytes, where: str) -> np.ndarray:
         raise UserError(f"undecodable image: {e}", where, "replace or remove the file") from None
 
 
-def _image(ex: dict, p: Params) -> np.ndarray:
-    if ex["format"] == b"raw":
-        img = np.frombuffer(ex["image"], np.uint8).reshape(tuple(ex["shape"]))
+def _image(data: bytes, fmt: bytes, shape: list, ex_id: str, p: Params) -> np.ndarray:
+    if fmt == b"raw":
+        img = np.frombuffer(data, np.uint8).reshape(shape)
+        if img.shape == (p.size, p.size, p.channels):
+            return img
     else:
-        img = _decode_rgb(ex["image"], ex["id"].decode())
+        img = _decode_rgb(data, ex_id)
     if img.shape[2] != p.channels:
         img = img.mean(axis=2, keepdims=True).astype(np.uint8) if p.channels == 1 else \
             np.repeat(img, 3, axis=2)
@@ -99,14 +101,15 @@ class _TransformShard:
     def __call__(self, unit):
         split, path, shard, nshards, copy = unit
         p, outs = self.p, {}
-        for rec in records.read_shard(path):
-            ex = records.decode(rec)
-            ex_id = ex["id"].decode()
-            new = {"id": ex_id, "index": ex["index"]}
-            if "label" in ex:
-                new["label"] = ex["label"]
+        cols = records.read_examples(path)
+        for ex_id, index, label, data, fmt, shape in zip(cols["id"], cols["index"], cols["label"],
+                                                          cols["image"], cols["format"], cols["shape"]):
+            ex_id = ex_id.decode()
+            new = {"id": ex_id, "index": index}
+            if label != records.NO_LABEL:
+                new["label"] = label
             if p.layout == "paired":
-                pair = _decode_rgb(ex["image"], ex_id)
+                pair = _decode_rgb(data, ex_id)
                 half = pair.shape[1] // 2
                 tar, inp = pair[:, :half], pair[:, half:]
                 if split in p.jitter_splits:
@@ -115,9 +118,9 @@ class _TransformShard:
                     inp, tar = resize_nearest(inp, p.size, p.size), resize_nearest(tar, p.size, p.size)
                 new.update(image=np.ascontiguousarray(tar).tobytes(), input=np.ascontiguousarray(inp).tobytes())
             else:
-                new["image"] = _image(ex, p).tobytes()
+                new["image"] = _image(data, fmt, shape, ex_id, p).tobytes()
             dest = "val" if self.holdout_from is not None and split == "train" and \
-                ex["index"] >= self.holdout_from else split
+                index >= self.holdout_from else split
             outs.setdefault(dest, []).append(records.encode(new))
         for dest in ({split, "val"} if self.holdout_from is not None and split == "train" else {split}):
             d = gfile.join(self.out, dest, f"copy-{copy}")

@@ -220,7 +220,7 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
                     for k, v in last.items():
                         tf.summary.scalar(k, v)
             epoch_end = step % steps_per_epoch == 0 or step == total
-            if epoch_end and setup.val_step is not None:
+            if epoch_end and setup.val_step is not None and setup.val_split:
                 last.update(_validate(tf, setup, art, cfg, transform))
             if epoch_end:
                 first = (epoch - 1) * steps_per_epoch

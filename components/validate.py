@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -29,12 +30,10 @@ class Params:
         return cls(cfg.data.layout, cfg.validate.duplicates, recipe(pipeline).KIND == "classifier")
 
 
-def _pixels(ex: dict) -> np.ndarray | None:
+def _pixels(data: bytes, fmt: bytes, shape: list) -> np.ndarray | None:
     """Decoded pixels of one example, or None when they cannot be decoded."""
-    data = ex["image"]
-    if ex.get("format") == b"raw":
-        shape = tuple(ex["shape"])
-        if len(data) != int(np.prod(shape)):
+    if fmt == b"raw":
+        if len(data) != math.prod(shape):
             return None
         return np.frombuffer(data, np.uint8).reshape(shape)
     from PIL import Image
@@ -50,25 +49,22 @@ def shard_stats(item):
     """Partial statistics of one shard file: (split, partial). Pixels are reduced per shard
     in one numpy pass per shape, not per example."""
     split, path = item
-    s = {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
+    cols = records.read_examples(path)
+    labels = np.asarray(cols["label"], np.int64)
+    s = {"count": len(labels), "shapes": Counter(), "formats": Counter(f.decode() for f in cols["format"]),
+         "labels": Counter(labels[labels != records.NO_LABEL].tolist()),
+         "unlabeled": int((labels == records.NO_LABEL).sum()),
          "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
          "hashes": {}, "undecodable": []}
     by_shape: dict[tuple, list[np.ndarray]] = {}
-    for rec in records.read_shard(path):
-        ex = records.decode(rec)
-        s["count"] += 1
-        s["formats"][ex.get("format", b"?").decode()] += 1
-        if "label" in ex:
-            s["labels"][int(ex["label"])] += 1
-        else:
-            s["unlabeled"] += 1
-        px = _pixels(ex)
+    for ex_id, data, fmt, shape in zip(cols["id"], cols["image"], cols["format"], cols["shape"]):
+        px = _pixels(data, fmt, shape)
         if px is None:
-            s["undecodable"].append(ex["id"].decode())
+            s["undecodable"].append(ex_id.decode())
             continue
         px = px if px.ndim == 3 else px[..., None]
         by_shape.setdefault(px.shape, []).append(px)
-        s["hashes"][hashlib.sha256(px.tobytes()).hexdigest()] = ex["id"].decode()
+        s["hashes"][hashlib.sha256(px.tobytes()).hexdigest()] = ex_id.decode()
     for shape, arrays in by_shape.items():
         v = np.stack(arrays)
         s["shapes"][str(list(shape))] += len(arrays)
