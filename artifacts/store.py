@@ -257,3 +257,21 @@ class ArtifactStore:
         return out
 
 
+
+
+DEFAULT_ROOT = "tapeline-artifacts"
+
+
+def default_root() -> str:
+    """$TAPELINE_ROOT, else ./tapeline-artifacts (absolute, so deployments agree on it)."""
+    return os.environ.get("TAPELINE_ROOT") or os.path.abspath(DEFAULT_ROOT)
+
+
+def open_store(root: str | None = None) -> ArtifactStore:
+    """The store at root (default_root() when None); a new local root ignores itself in git."""
+    root = root or default_root()
+    if gfile.is_local(root) and not os.path.exists(root):
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, ".gitignore"), "w") as f:
+            f.write("*\n")
+    return ArtifactStore(root)

@@ -32,7 +32,8 @@ def run(out, inputs, cfg, pipeline) -> None:
     order = sqrt_schedule(len(frames))
     images = [imageio.imread(io.BytesIO(gfile.read_bytes(rendering.path("grids", frames[i])))) for i in order]
     buf = io.BytesIO()
-    imageio.mimsave(buf, images, format="GIF", duration=cfg.render.gif_frame_seconds, loop=0)
+    # imageio's pillow GIF writer takes milliseconds per frame
+    imageio.mimsave(buf, images, format="GIF", duration=cfg.render.gif_frame_seconds * 1000, loop=0)
     gfile.write_bytes(out.file("training.gif"), buf.getvalue())
     gfile.write_json(out.file("frames.json"), [frames[i] for i in order])
     out.metadata.update(frames=len(order))

@@ -95,19 +95,11 @@ def evaluate_gan(nets, art, cfg, mod, inputs):
 
 
 def evaluate_translation(nets, art, cfg, mod):
-    import tensorflow as tf
-
     data = _arrays(art, cfg.data.eval_split)
     inp, tar = data["input"], data["image"]
     pred = np.concatenate([mod.translate(nets, inp[i:i + 8]).numpy() for i in range(0, len(inp), 8)])
 
-    def scores(x):
-        a, b = (x + 1) / 2, (tar + 1) / 2  # [-1,1] -> [0,1]
-        return {"l1": float(np.abs(x - tar).mean()),
-                "psnr": float(tf.reduce_mean(tf.image.psnr(a, b, max_val=1.0))),
-                "ssim": float(tf.reduce_mean(tf.image.ssim(a, b, max_val=1.0)))}
-
-    model, base = scores(pred), scores(inp)
+    model, base = metrics.image_scores(pred, tar), metrics.image_scores(inp, tar)
     return {**model, **{f"baseline_{k}": v for k, v in base.items()}, "examples": int(len(inp))}, {}
 
 

@@ -1,6 +1,8 @@
 """Evaluation metrics: Fréchet distance, classifier score, PSNR/SSIM helpers, blessing rules."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -10,8 +12,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a singular product is handled below
+        covmean = linalg.sqrtm(sa @ sb)
     if not np.isfinite(covmean).all():  # near-singular: regularize, as the FID reference code does
         eps = np.eye(sa.shape[0]) * 1e-6
         covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
@@ -26,6 +30,17 @@ def classifier_score(logits: np.ndarray) -> float:
     py = p.mean(0, keepdims=True)
     kl = (p * (np.log(p + 1e-12) - np.log(py + 1e-12))).sum(1)
     return float(np.exp(kl.mean()))
+
+
+def image_scores(pred: np.ndarray, target: np.ndarray) -> dict:
+    """L1 in the [-1, 1] range the models work in; PSNR and SSIM (tf.image, per image, then the
+    mean) after mapping both to [0, 1]."""
+    import tensorflow as tf
+
+    a, b = (np.asarray(pred, np.float32) + 1) / 2, (np.asarray(target, np.float32) + 1) / 2
+    return {"l1": float(np.abs(np.asarray(pred, np.float64) - target).mean()),
+            "psnr": float(tf.reduce_mean(tf.image.psnr(a, b, max_val=1.0))),
+            "ssim": float(tf.reduce_mean(tf.image.ssim(a, b, max_val=1.0)))}
 
 
 # which metric decides, and whether higher is better, per kind of recipe

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 import sys
 import time
@@ -16,7 +15,6 @@ from components import records
 
 OUTPUT = "Model"
 INPUTS = {"transformed": "TransformedExamples"}
-log = logging.getLogger("tapeline.train")
 
 
 class TrainingDiverged(UserError):
@@ -158,7 +156,7 @@ def run(out, inputs, cfg, pipeline) -> None:
             saved = np.load(io.BytesIO(gfile.read_bytes(gfile.join(work, f"history-{int(step_var.numpy())}.npz"))))
             history = {k: list(saved[k]) for k in setup.metrics}
             epoch_log = json.loads(str(saved["epochs"]))
-            log.info("resumed from step %d", int(step_var.numpy()))
+            print(f"train: resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})", flush=True)
         _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
               work, total, steps_per_epoch)
         _export(out, setup, history, epoch_log, work, total, steps_per_epoch)

@@ -8,24 +8,13 @@ import sys
 import traceback
 
 from artifacts.errors import UserError
-
-DEFAULT_ROOT = "tapeline-artifacts"
-
-
-def default_root() -> str:
-    return os.environ.get("TAPELINE_ROOT") or os.path.abspath(DEFAULT_ROOT)
+from artifacts.store import default_root
 
 
 def _store(root: str):
-    from artifacts import gfile
-    from artifacts.store import ArtifactStore
+    from artifacts.store import open_store
 
-    if gfile.is_local(root) and not os.path.exists(root):
-        os.makedirs(root, exist_ok=True)
-        # ignored by git in any repository the user runs from
-        with open(os.path.join(root, ".gitignore"), "w") as f:
-            f.write("*\n")
-    return ArtifactStore(root)
+    return open_store(root)
 
 
 def cmd_pipelines(args) -> int:
@@ -121,7 +110,7 @@ def cmd_plan(args) -> int:
 def cmd_serve(args) -> int:
     from flows.serve import serve
 
-    serve(args.root)
+    serve(_store(args.root).root, only=args.pipeline or None, dry_run=args.dry_run)
     return 0
 
 
@@ -153,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gc", cmd_gc, "drop what no champion or recent run needs")
     p.add_argument("--keep", type=int, default=5, help="keep what the last N runs used")
     p.add_argument("--dry-run", action="store_true")
-    add("serve", cmd_serve, "serve the deployments with their schedules")
+    p = add("serve", cmd_serve, "serve the deployments of prefect.yaml with their schedules")
+    p.add_argument("pipeline", nargs="*", help="only these pipelines' deployments (default: all)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load prefect.yaml, list the deployments and their schedules, and exit")
     return parser
 
 
@@ -161,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except SystemExit:  # e.g. prefect.serve's SIGTERM handler: a clean stop
+        raise
     except KeyboardInterrupt:
         print("tapeline: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -1,17 +1,20 @@
-"""The Prefect flow of a pipeline: one task per stage of its graph, cached by the store."""
+"""The Prefect flows: one per pipeline, one task per stage of its graph, cached by the store.
+
+`tapeline run` calls run_pipeline; deployments (prefect.yaml, `tapeline serve`) point at the
+per-pipeline flow objects below (`flows/pipeline_flow.py:fashion_dcgan` etc.)."""
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from artifacts import gfile
-from artifacts.store import ArtifactStore
+from artifacts.store import ArtifactStore, open_store
 from pipelines.graph import Node, nodes, run_node
-from pipelines.registry import get
+from pipelines.registry import all_pipelines, get
 
 
 @task(cache_policy=NONE, persist_result=False)
@@ -27,7 +30,8 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
     lines = [f"# {pipeline} — run {run_id}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in summary.get("metrics", {}).items()]
-    lines += ["", f"**blessed:** {summary.get('blessed')} — {summary.get('why', '')}", "",
+    lines += ["", f"**blessed:** {summary.get('blessed')} — {summary.get('why', '')}",
+              f"**champion:** {summary.get('champion')}", "",
               "| stage | reused | artifact |", "|---|---|---|"]
     lines += [f"| {k} | {v['reused']} | `{v['uri']}` |" for k, v in summary["stages"].items()]
     pics = summary.get("pictures", {})
@@ -36,17 +40,40 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
-@flow(name="tapeline", flow_run_name="{pipeline}-{run_id}", log_prints=True)
-def pipeline_flow(pipeline: str, overrides: list[str], root: str, run_id: str) -> dict:
+def new_run_id() -> str:
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _run_id(given: str | None) -> str:
+    """The run id a caller gave, else one derived from the Prefect flow run (stable across the
+    flow run's retries, so a retried scheduled run records under the same id)."""
+    if given:
+        return given
+    from prefect.runtime import flow_run
+
+    start = flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)
+    return f"{start:%Y%m%dT%H%M%S}-{str(flow_run.id)[:6]}"
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"{flow_run.flow_name}-{_run_id(flow_run.parameters.get('run_id'))}"
+
+
+def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: str | None) -> dict:
+    """The body of every pipeline's flow: each stage as a task, then the run record, the
+    champion and a markdown artifact for the Prefect UI."""
     p = get(pipeline)
     cfg = p.config(overrides)
-    store = ArtifactStore(root)
+    store = open_store(root)
+    run_id = _run_id(run_id)
     done, stages = {}, {}
     for node in nodes(p, cfg):
         result = stage_task.with_options(name=node.key)(store, node, done)
         done[node.key] = result.pop("artifact")
         stages[node.key] = result
-    summary = {"run_id": run_id, "pipeline": pipeline, "root": root, "stages": stages,
+    summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")
     if evaluation is not None:
@@ -67,12 +94,33 @@ def pipeline_flow(pipeline: str, overrides: list[str], root: str, run_id: str) -
     return summary
 
 
-def new_run_id() -> str:
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+def _make_flow(pipeline: str) -> Flow:
+    cfg = get(pipeline).default_config()
+
+    def body(overrides: list[str] | None = None, root: str | None = None, run_id: str | None = None) -> dict:
+        return run_stages(pipeline, list(overrides or []), root, run_id)
+
+    body.__doc__ = f"The {pipeline} pipeline: {get(pipeline).summary}."
+    # the module attribute it is bound to below, so a deployment's entrypoint resolves to it
+    body.__name__ = body.__qualname__ = pipeline.replace("-", "_")
+    return flow(body, name=pipeline, flow_run_name=_flow_run_name, log_prints=True,
+                retries=cfg.flow.retries, retry_delay_seconds=cfg.flow.retry_delay_seconds,
+                validate_parameters=True)
 
 
-def run_pipeline(pipeline: str, overrides: list[str], root: str, run_id: str | None = None) -> dict:
-    """Run the flow on the Prefect API in the environment (the ephemeral one by default)."""
+FLOWS: dict[str, Flow] = {name: _make_flow(name) for name in all_pipelines()}
+# entrypoints for deployments: flows/pipeline_flow.py:<name>
+mnist_classifier = FLOWS["mnist-classifier"]
+mnist_gan = FLOWS["mnist-gan"]
+fashion_dcgan = FLOWS["fashion-dcgan"]
+pix2pix = FLOWS["pix2pix"]
+
+
+def run_pipeline(pipeline: str, overrides: list[str], root: str | None = None,
+                 run_id: str | None = None) -> dict:
+    """Run a pipeline's flow on the Prefect API in the environment (the ephemeral one by default)."""
     cfg = get(pipeline).config(overrides)
-    f = pipeline_flow.with_options(retries=cfg.flow.retries, retry_delay_seconds=cfg.flow.retry_delay_seconds)
-    return f(pipeline=pipeline, overrides=list(overrides), root=root, run_id=run_id or new_run_id())
+    f = FLOWS[get(pipeline).name].with_options(retries=cfg.flow.retries,
+                                               retry_delay_seconds=cfg.flow.retry_delay_seconds)
+    with tags("tapeline", pipeline):
+        return f(overrides=list(overrides), root=root, run_id=run_id or new_run_id())

@@ -89,7 +89,7 @@ def features(model):
     """The penultimate layer: the feature space for Fréchet distance of the GANs."""
     import keras
 
-    return keras.Model(model.inputs, model.layers[-2].output)
+    return keras.Model(model.inputs[0], model.layers[-2].output)
 
 
 PIPELINE = Pipeline(

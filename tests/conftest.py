@@ -28,6 +28,15 @@ def root(request, tmp_path) -> str:
     return f"ram://tapeline-test-{uuid.uuid4().hex}"
 
 
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test server (temporary database) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
 @pytest.fixture
 def local_root(tmp_path) -> str:
     return str(tmp_path / "root")

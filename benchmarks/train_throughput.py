@@ -1,0 +1,144 @@
+"""Issue 4: steps per second of tapeline's train stage against each seed tutorial's own loop.
+
+Ours: the whole train stage (model build, reading the preprocessed TFRecords, checkpoints,
+summaries and sample snapshots at the pipeline's default intervals, history and export),
+timed from start to commit. The seed's: its loop on in-memory arrays of the same data, same
+networks and batch, timed from model build to its last step (benchmarks/seeds.py). Both run in
+this process, one after the other. For the DCGAN also the share of this CPU's measured fp32 peak
+(a large matmul) that one step reaches.
+
+Usage: train_throughput.py [SYSTEM ...] [--scale X]   (X multiplies the step counts)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from common import FASHION, SHARED, report, run_stages, scratch_root
+import seeds
+
+SYSTEMS = {  # pipeline: (data source, steps, extra --set for the data stages)
+    "mnist-classifier": (f"idx:{SHARED}/mnist", 3000, []),
+    "mnist-gan": (f"idx:{SHARED}/mnist", 300, []),
+    "fashion-dcgan": (f"idx:{FASHION}", 150, []),
+    "pix2pix": (f"paired:{SHARED}/pix2pix-people", 60, ["data.jitter_copies=1"]),
+}
+
+
+def arrays(art, split: str):
+    from components import records
+
+    batches = list(records.dataset(art, split).batch(4096).as_numpy_iterator())
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def ours(root: str, pipeline: str, sets: list[str], steps: int):
+    from artifacts.store import ArtifactStore
+    from pipelines.graph import nodes, run_node
+    from pipelines.registry import get
+
+    p = get(pipeline)
+    sets = sets + [f"train.max_steps={steps}"]
+    store, done = ArtifactStore(root), {}
+    for n in nodes(p, p.config(sets)):
+        if n.pipeline.name != pipeline or n.stage not in ("ingest", "validate", "preprocess", "train"):
+            continue
+        t = time.perf_counter()
+        done[n.key] = run_node(store, n, done).artifact
+        if n.stage == "train":
+            return time.perf_counter() - t, done
+    raise AssertionError
+
+
+def seed_loop(pipeline: str, done: dict, steps: int):
+    pre = done[f"{pipeline}/preprocess"]
+    if pipeline == "mnist-classifier":
+        tr, va = arrays(pre, "train"), arrays(pre, "val")
+        return seeds.classifier(tr["image"].reshape(len(tr["image"]), -1), tr["label"],
+                                va["image"].reshape(len(va["image"]), -1), va["label"], steps=steps)
+    if pipeline == "mnist-gan":
+        x = np.concatenate([arrays(pre, s)["image"] for s in ("train", "test")])
+        return seeds.mnist_gan(x, steps)
+    if pipeline == "fashion-dcgan":
+        return seeds.fashion_dcgan(arrays(pre, "train")["image"], steps)
+    tr, va = arrays(pre, "train"), arrays(pre, "val")
+    return seeds.pix2pix(tr["input"], tr["image"], va["input"][:1], va["image"][:1], steps)
+
+
+def matmul_peak(n: int = 4096, reps: int = 5) -> float:
+    """Measured fp32 FLOP/s of this machine: the best of a few large matmuls."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    (a @ b).numpy()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        (a @ b).numpy()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def forward_flops(model) -> float:
+    """Multiply-adds x 2 of one example's forward pass through Dense / Conv2D / Conv2DTranspose."""
+    from keras import layers
+
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+        elif isinstance(layer, layers.Conv2DTranspose):
+            _, h, w, c = layer.input.shape
+            total += 2 * h * w * np.prod(layer.kernel_size) * c * layer.filters
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            total += 2 * h * w * np.prod(layer.kernel_size) * layer.input.shape[-1] * layer.filters
+    return total
+
+
+def dcgan_step_flops(batch: int = 256) -> float:
+    """G forward + backward (3 G), D forward + backward on real and on fake (3 D each), and the
+    generator's gradient flowing back through D (1 D): an estimate of one step's FLOPs."""
+    from pipelines import fashion_dcgan as rec
+    from pipelines.recipe import DataInfo
+
+    g, d = rec.build_networks(rec.Config(), DataInfo((28, 28, 1), 10, 60000))
+    return batch * (3 * forward_flops(g) + 7 * forward_flops(d))
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("systems", nargs="*", default=list(SYSTEMS))
+    ap.add_argument("--scale", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    import tensorflow as tf  # noqa: F401
+
+    summary = []
+    for pipeline in args.systems:
+        source, steps, extra = SYSTEMS[pipeline]
+        steps = max(2, int(steps * args.scale))
+        root = scratch_root(pipeline)
+        ours_s, done = ours(root, pipeline, [f"data.source={source}"] + extra, steps)
+        n, seed_s, _ = seed_loop(pipeline, done, steps)
+        rows = [(f"tapeline train stage, {steps} steps (whole stage)", steps / ours_s, "steps/s"),
+                (f"seed tutorial loop, {n} steps (in-memory data)", n / seed_s, "steps/s"),
+                ("ratio (tapeline / seed), target >= 1.0", (steps / ours_s) / (n / seed_s), "x")]
+        if pipeline == "fashion-dcgan":
+            loop_s = done[f"{pipeline}/train"].manifest["metadata"]["last_session_seconds"]
+            peak, flops = matmul_peak(), dcgan_step_flops()
+            rows += [("measured fp32 peak (4096^2 matmul)", peak / 1e9, "GFLOP/s"),
+                     ("DCGAN step, estimated", flops / 1e9, "GFLOP"),
+                     ("DCGAN training loop (ours, excluding set-up)", flops * steps / loop_s / 1e9, "GFLOP/s"),
+                     ("share of fp32 peak", flops * steps / loop_s / peak, "")]
+        report(f"{pipeline} (batch as the seed; {os.cpu_count()} CPUs)", rows)
+        summary.append((pipeline, (steps / ours_s) / (n / seed_s)))
+    print("\nratios: " + ", ".join(f"{p} {r:.2f}x" for p, r in summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,144 @@
+"""Metrics against independent computations, and blessing / promotion against the champion."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from components import metrics
+from tests.conftest import MNIST
+
+
+def frechet_by_eigenvalues(a, b):
+    """Independent: Tr((Sa Sb)^1/2) as the sum of square roots of the eigenvalues of Sa Sb."""
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(sa @ sb)
+    return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(np.clip(eig.real, 0, None)).sum())
+
+
+def test_frechet_distance_zero_for_identical_sets_and_matches_scipy_free_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 16))
+    b = rng.normal(loc=0.3, scale=1.5, size=(1500, 16)) @ rng.normal(size=(16, 16)) * 0.3
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert metrics.frechet_distance(a, b) == pytest.approx(frechet_by_eigenvalues(a, b), rel=1e-6)
+    # one-dimensional closed form: (mu1-mu2)^2 + (s1 - s2)^2
+    x, y = rng.normal(1.0, 2.0, size=(50000, 1)), rng.normal(-1.0, 0.5, size=(50000, 1))
+    closed = (x.mean() - y.mean()) ** 2 + (x.std(ddof=1) - y.std(ddof=1)) ** 2
+    assert metrics.frechet_distance(x, y) == pytest.approx(closed, rel=1e-6)
+
+
+def test_classifier_score_bounds():
+    confident = np.eye(10)[np.arange(1000) % 10] * 50.0  # each class, certain: score = 10
+    assert metrics.classifier_score(confident) == pytest.approx(10.0, rel=1e-3)
+    assert metrics.classifier_score(np.zeros((1000, 10))) == pytest.approx(1.0)  # uniform: 1
+
+
+def test_psnr_ssim_match_tf_image_on_known_pairs():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    target = rng.uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
+    pred = np.clip(target + 0.1, -1, 1)
+    s = metrics.image_scores(pred, target)
+    diff01 = (pred - target) / 2  # the same pair in [0, 1]
+    assert s["l1"] == pytest.approx(np.abs(pred - target).mean(), rel=1e-6)
+    psnr = np.mean([10 * np.log10(1.0 / np.mean(d ** 2)) for d in diff01])
+    assert s["psnr"] == pytest.approx(psnr, rel=1e-4)
+    assert s["ssim"] == pytest.approx(float(tf.reduce_mean(tf.image.ssim((pred + 1) / 2, (target + 1) / 2, 1.0))), rel=1e-6)
+    same = metrics.image_scores(target, target)
+    assert same["l1"] == 0 and same["ssim"] == pytest.approx(1.0) and np.isinf(same["psnr"])
+    noise = metrics.image_scores(rng.uniform(-1, 1, size=target.shape).astype(np.float32), target)
+    assert noise["ssim"] < 0.1 < s["ssim"] and noise["psnr"] < s["psnr"]
+
+
+def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tmp_path):
+    from components import records
+    from components.evaluate import load_models
+    from pipelines.mnist_classifier import features
+    from tests.test_data_stages import run_stages
+
+    sets = [f"data.source=idx:{MNIST}", "data.max_examples=600", "data.val_holdout=100", "train.max_steps=150"]
+    done, _ = run_stages(str(tmp_path / "r"), "mnist-classifier", sets, "train")
+    feat = features(load_models(done["mnist-classifier/train"])["classifier"])
+    pre = done["mnist-classifier/preprocess"]
+
+    def images(split):
+        x = np.concatenate([b["image"] for b in records.dataset(pre, split).batch(1000).as_numpy_iterator()])
+        return x.reshape(len(x), -1)
+
+    train, test = images("train"), images("test")
+    noise = np.random.default_rng(0).uniform(0, 1, size=test.shape).astype(np.float32)
+    f = lambda x: feat(x, training=False).numpy()  # noqa: E731
+    real = metrics.frechet_distance(f(train), f(test))
+    fake = metrics.frechet_distance(f(noise), f(test))
+    assert real * 10 < fake, (real, fake)
+
+
+def test_worse_candidate_not_promoted_better_one_is(harness, tmp_path):
+    from flows.cli import main
+    from flows.pipeline_flow import run_pipeline
+
+    root = str(tmp_path / "root")
+    base = [f"data.source=idx:{MNIST}", "data.max_examples=400", "data.val_holdout=50", "train.epochs=100"]
+    first = run_pipeline("mnist-classifier", base + ["train.max_steps=30"], root)
+    assert first["blessed"] and first["champion"] == json.load(open(f"{root}/mnist-classifier/champion.json"))["version"]
+    worse = run_pipeline("mnist-classifier", base + ["train.max_steps=2"], root)
+    assert worse["metrics"]["accuracy"] < first["metrics"]["accuracy"]
+    assert worse["blessed"] is False and "not blessed" in worse["why"]
+    assert worse["champion"] == first["champion"]
+    push = json.load(open(worse["stages"]["mnist-classifier/promote"]["uri"] + "/push.json"))
+    assert push["pushed"] is False
+    better = run_pipeline("mnist-classifier", base + ["train.max_steps=300"], root)
+    assert better["metrics"]["accuracy"] > first["metrics"]["accuracy"] and better["blessed"]
+    champion = json.load(open(f"{root}/mnist-classifier/champion.json"))
+    assert champion["version"] == better["champion"] != first["champion"]
+    assert champion["metrics"]["accuracy"] == better["metrics"]["accuracy"]
+    import keras
+
+    exported = keras.saving.load_model(champion["exported"] + "/classifier.keras")
+    assert exported.output_shape == (None, 10)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["artifacts", "mnist-classifier", "--root", root]) == 0
+    out = buf.getvalue()
+    assert f"champion: {better['champion']}" in out.splitlines()[0]
+
+
+def test_gif_frames_follow_the_sqrt_schedule_in_order(tmp_path):
+    import imageio.v2 as imageio
+
+    from artifacts.store import ArtifactStore
+    from components import animate
+    from components.render import _png
+    from pipelines.registry import get
+
+    store = ArtifactStore(str(tmp_path / "root"))
+    names = [f"step-{i:08d}.png" for i in range(12)]
+
+    def grids(w):
+        from artifacts import gfile
+
+        gfile.makedirs(w.file("grids"))
+        for i, name in enumerate(names):  # frame i: a flat grey of intensity 20 * i
+            _png(w.file("grids", name), np.full((8, 8, 1), 20 * i, np.uint8))
+        gfile.write_json(w.file("frames.json"), names)
+
+    rendering = store.get_or_build("t", "render", "f" * 64, type="Rendering", params={}, inputs={},
+                                   code="test", build=grids).artifact
+    cfg = get("fashion-dcgan").config(["render.gif_frame_seconds=0.2"])
+    gif = store.get_or_build("t", "animate", "e" * 64, type="Animation", params={}, inputs={"rendering": rendering},
+                             code="test", build=lambda w: animate.run(w, {"rendering": rendering}, cfg, None)).artifact
+    order = animate.sqrt_schedule(len(names))
+    assert order[-2:] == [11, 11] and order == sorted(order)
+    frames = imageio.mimread(gif.path("training.gif"))
+    assert [int(round(f[..., 0].mean() / 20)) for f in frames] == order[:-1]  # the repeated last is held
+    from PIL import Image, ImageSequence
+
+    with Image.open(gif.path("training.gif")) as im:
+        durations = [f.info["duration"] for f in ImageSequence.Iterator(im)]
+    assert durations[0] == 200 and durations[-1] == 400
