@@ -21,20 +21,45 @@ class TrainingDiverged(UserError):
     pass
 
 
+def prepare_devices(cfg) -> None:
+    """Call before TensorFlow runs anything in the process: with train.strategy=mirrored and no
+    GPUs, split the CPU into two logical devices so MirroredStrategy has two replicas (the same
+    code path as on GPUs). Once TensorFlow has started its device layout is fixed."""
+    import tensorflow as tf
+
+    if cfg.train.strategy != "mirrored" or tf.config.list_physical_devices("GPU"):
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        if len(tf.config.get_logical_device_configuration(cpu) or []) < 2:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:
+        pass  # already started; _strategy reports what it got
+
+
 def _strategy(name: str):
     import tensorflow as tf
 
     if name != "mirrored":
         return tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) >= 2:
+    if gpus:
         return tf.distribute.MirroredStrategy()
-    cpus = tf.config.list_physical_devices("CPU")
-    try:  # no GPUs: two logical CPUs, so the same code path is exercised
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-    except RuntimeError:
-        pass  # already initialized with its own device layout
-    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(cpus) < 2:
+        print("train: MirroredStrategy has one CPU replica (TensorFlow started before "
+              "prepare_devices could split the CPU)", flush=True)
+    return tf.distribute.MirroredStrategy(cpus)
+
+
+def _devices(model) -> set[str]:
+    """Where a model's weights live (one per replica under MirroredStrategy)."""
+    out = set()
+    for w in model.weights[:1]:
+        v = getattr(w, "value", w)
+        for c in getattr(v, "values", [v]):  # a MirroredVariable holds one component per device
+            out.add(c.device.rsplit("/", 1)[-1])
+    return out
 
 
 def _seed_states(networks) -> list:
@@ -142,8 +167,9 @@ def run(out, inputs, cfg, pipeline) -> None:
                 opt.build(setup.networks[name].trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, name="step")
         ds = _dataset(art, transform, cfg, setup, steps_per_epoch)
-        dist = strategy.experimental_distribute_dataset(ds) if t.strategy == "mirrored" else ds
-        iterator = iter(dist)
+        # a plain tf.data iterator of global batches, split per replica inside the step, so the
+        # checkpoint holds it under any strategy (a DistributedIterator is not trackable)
+        iterator = iter(ds)
         ckpt = tf.train.Checkpoint(step=step_var, iterator=iterator, seed_states=_seed_states(setup.networks),
                                    **{f"net_{k}": v for k, v in setup.networks.items()},
                                    **{f"opt_{k}": v for k, v in setup.optimizers.items()},
@@ -160,8 +186,27 @@ def run(out, inputs, cfg, pipeline) -> None:
         _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
               work, total, steps_per_epoch)
         _export(out, setup, history, epoch_log, work, total, steps_per_epoch)
+        out.metadata.update(replicas=strategy.num_replicas_in_sync,
+                            devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),
+                            precision=keras.mixed_precision.global_policy().name, xla=t.xla)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _per_replica(tf, strategy, batch):
+    """A global batch as per-replica values: replica i gets the i-th contiguous slice."""
+    r = strategy.num_replicas_in_sync
+    if r == 1:
+        return batch
+
+    def part(ctx):
+        i = ctx.replica_id_in_sync_group
+
+        def cut(x):
+            n = tf.shape(x)[0]
+            return x[i * n // r:(i + 1) * n // r]
+        return tf.nest.map_structure(cut, batch)
+    return strategy.experimental_distribute_values_from_function(part)
 
 
 def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
@@ -175,7 +220,7 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
         # a tuple reassigned each iteration: autograph carries it as the loop state
         tas = tuple(tf.TensorArray(tf.float32, size=n) for _ in names)
         for i in tf.range(n):
-            m = strategy.run(step_fn, args=(next(it),))
+            m = strategy.run(step_fn, args=(_per_replica(tf, strategy, next(it)),))
             tas = tuple(ta.write(i, tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32))
                         for ta, k in zip(tas, names))
             step_var.assign_add(1)

@@ -64,8 +64,11 @@ def _flow_run_name() -> str:
 def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: str | None) -> dict:
     """The body of every pipeline's flow: each stage as a task, then the run record, the
     champion and a markdown artifact for the Prefect UI."""
+    from components.train import prepare_devices
+
     p = get(pipeline)
     cfg = p.config(overrides)
+    prepare_devices(cfg)
     store = open_store(root)
     run_id = _run_id(run_id)
     done, stages = {}, {}

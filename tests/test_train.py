@@ -122,3 +122,42 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     progress = glob.glob(f"{root}/mnist-classifier/train/_work/*/progress.json")
     assert progress and json.load(open(progress[0]))["step"] < bad_step
     assert not glob.glob(f"{root}/mnist-classifier/train/*/_COMMITTED")
+
+
+DEVICES_SCRIPT = r"""
+import json, sys
+from components.train import prepare_devices
+from pipelines.registry import get
+from tests.test_data_stages import run_stages
+prepare_devices(get(sys.argv[2]).config(["train.strategy=mirrored"]))  # as the flow does first
+out = {}
+for name, extra in json.loads(sys.argv[3]).items():  # mirrored first: it sets up two logical CPUs
+    done, _ = run_stages(sys.argv[1] + "/" + name, sys.argv[2], json.loads(sys.argv[4]) + extra, "train")
+    out[name] = {"uri": done[sys.argv[2] + "/train"].uri, "metadata": done[sys.argv[2] + "/train"].manifest["metadata"]}
+print(json.dumps(out))
+"""
+
+
+def test_mirrored_on_two_logical_cpus_mixed_precision_and_xla_train_the_dcgan(tmp_path):
+    """One fresh process (TensorFlow's device layout is fixed once it starts)."""
+    import keras
+
+    sets = DCGAN[:4] + ["train.max_steps=6", "train.steps_per_call=3", "train.sample_every=3"]
+    variants = {"mirrored": ["train.strategy=mirrored"], "mixed": ["train.mixed_precision=true"],
+                "xla": ["train.xla=true"]}
+    proc = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path), "fashion-dcgan",
+                           json.dumps(variants), json.dumps(sets)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = runs["mirrored"]["metadata"]
+    assert m["replicas"] == 2 and len(m["devices"]) == 2 and all("CPU" in d for d in m["devices"])
+    assert runs["mixed"]["metadata"]["precision"] == "mixed_float16" and runs["xla"]["metadata"]["xla"]
+    for name, run in runs.items():
+        h = np.load(f"{run['uri']}/history.npz")
+        assert len(h["g_loss"]) == 6 and np.all(np.isfinite(h["g_loss"])) and np.all(np.isfinite(h["d_loss"])), name
+        assert h["d_loss"][0] != h["d_loss"][-1], name
+    gen = keras.saving.load_model(f"{runs['mixed']['uri']}/models/generator.keras", compile=False)
+    assert gen.layers[1].dtype_policy.name == "mixed_float16" and gen.layers[-1].dtype_policy.name == "float32"
+    out = gen(np.zeros((2, 100), np.float32), training=False)
+    assert str(out.dtype) in ("float32", "<dtype: 'float32'>") and out.shape == (2, 28, 28, 1)
