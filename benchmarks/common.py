@@ -46,4 +46,4 @@ def run_stages(root: str, pipeline: str, sets: list[str], stages: tuple[str, ...
 def report(title: str, rows: list[tuple[str, float, str]]) -> None:
     print(f"\n== {title}")
     for name, value, unit in rows:
-        print(f"  {name:48s} {value:10.3f} {unit}")
+        print(f"  {name:66s} {value:10.3f} {unit}")

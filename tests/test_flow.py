@@ -95,3 +95,29 @@ def test_sqrt_frame_schedule_matches_the_tutorial():
     # the tutorial's loop over 10 files: keeps 0,1,2,4,6,8 (round(2*sqrt(i)) grows), then the last
     assert sqrt_schedule(10) == [0, 1, 2, 4, 6, 8, 9]
     assert sqrt_schedule(9) == [0, 1, 2, 4, 6, 8, 8]
+
+
+def test_changed_data_retrains_a_challenger_judged_against_the_champion(harness, tmp_path):
+    """What a scheduled retraining run does when its source changed."""
+    import gzip
+    import shutil
+
+    from flows.pipeline_flow import run_pipeline
+
+    data, root = tmp_path / "mnist", str(tmp_path / "root")
+    shutil.copytree(MNIST, data)
+    sets = [f"data.source=idx:{data}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=30"]
+    first = run_pipeline("mnist-classifier", sets, root)
+    labels = bytearray(gzip.decompress((data / "train-labels-idx1-ubyte.gz").read_bytes()))
+    labels[8:108] = bytes((b + 1) % 10 for b in labels[8:108])  # relabel 100 digits: same size
+    (data / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(labels)))
+    args = ["--root", root] + [x for s in sets for x in ("--set", s)]
+    plan = tapeline("plan", "mnist-classifier", *args)
+    rows = {line.split()[0]: line for line in plan.stdout.splitlines() if line.strip()}
+    assert "input data changed: source" in rows["mnist-classifier/ingest"], plan.stdout
+    assert "input data changed: transformed" in rows["mnist-classifier/train"], plan.stdout
+    second = run_pipeline("mnist-classifier", sets, root)
+    assert not any(s["reused"] for s in second["stages"].values())
+    assert f"vs champion {first['metrics']['accuracy']:.4g}" in second["why"]
+    champion = json.load(open(f"{root}/mnist-classifier/champion.json"))
+    assert champion["version"] == (second["champion"] if second["blessed"] else first["champion"])
