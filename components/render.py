@@ -65,7 +65,15 @@ def history_plot(path: str, history: dict, epochs: list[dict]) -> None:
     val_keys = [k for k in (epochs[0] if epochs else {}) if k.startswith("val_")]
     for ax, keys, title in panels:
         for k in keys:
-            ax.plot(np.arange(1, len(history[k]) + 1), history[k], label=k, alpha=0.8)
+            v = np.asarray(history[k], np.float64)
+            steps = np.arange(1, len(v) + 1)
+            w = len(v) // 100
+            if w > 1:  # long runs: the raw per-step curve faint, a moving average over it
+                line, = ax.plot(steps, v, alpha=0.2)
+                ax.plot(steps[w - 1:], np.convolve(v, np.ones(w) / w, mode="valid"), color=line.get_color(),
+                        label=f"{k} (mean of {w} steps)")
+            else:
+                ax.plot(steps, v, label=k, alpha=0.8)
         if ax is panels[-1][0]:  # epoch-end validation beside the accuracies (or the loss)
             for k in val_keys:
                 ax.plot([e["step"] for e in epochs], [e[k] for e in epochs], "o-", label=k)

@@ -100,8 +100,13 @@ def _fixed_inputs(art, transform, cfg, n):
     return np.stack([ex["input"].numpy() for ex in records.dataset(art, cfg.data.eval_split).take(n)])
 
 
+# Callables (step, total) that an orchestrator registers to follow training (the flow turns them
+# into a Prefect progress artifact); called at every log line. Components stay Prefect-free.
+PROGRESS_HOOKS: list = []
+
+
 class _Progress:
-    """tqdm bar on a terminal; plain log lines every log_every steps otherwise."""
+    """tqdm bar on a terminal; plain log lines every log_every steps otherwise; hooks."""
 
     def __init__(self, total: int, start: int, every: int):
         self.total, self.every, self.t0, self.s0 = total, every, time.time(), start
@@ -114,10 +119,14 @@ class _Progress:
     def update(self, step: int, epoch: int, last: dict):
         rate = (step - self.s0) / max(time.time() - self.t0, 1e-9)
         text = " ".join(f"{k}={v:.4g}" for k, v in last.items())
+        due = step == self.total or step // self.every != (step - 1) // self.every or step - self.s0 < 2
+        if due:
+            for hook in PROGRESS_HOOKS:
+                hook(step, self.total)
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(f"epoch {epoch} {text}", refresh=True)
-        elif step == self.total or step // self.every != (step - 1) // self.every or step - self.s0 < 2:
+        elif due:
             print(f"train step {step}/{self.total} epoch {epoch} {rate:.1f} steps/s {text}", flush=True)
 
     def close(self):

@@ -4,6 +4,7 @@
 per-pipeline flow objects below (`flows/pipeline_flow.py:fashion_dcgan` etc.)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 
@@ -17,10 +18,35 @@ from pipelines.graph import Node, nodes, run_node
 from pipelines.registry import all_pipelines, get
 
 
+@contextlib.contextmanager
+def _training_progress(node: Node):
+    """A Prefect progress artifact that follows the train stage (updated at its log lines)."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from components import train
+
+    state = {}
+
+    def hook(step: int, total: int) -> None:
+        pct = 100.0 * step / max(total, 1)
+        if "id" not in state:
+            state["id"] = create_progress_artifact(pct, key=f"{node.pipeline.name}-training",
+                                                   description=f"{node.key}: step {step}/{total}")
+        else:
+            update_progress_artifact(state["id"], pct, description=f"{node.key}: step {step}/{total}")
+
+    train.PROGRESS_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        train.PROGRESS_HOOKS.remove(hook)
+
+
 @task(cache_policy=NONE, persist_result=False)
 def stage_task(store: ArtifactStore, node: Node, done: dict) -> dict:
     """Reuse or build one stage; returns small JSON (uri, fingerprint, reused)."""
-    run = run_node(store, node, done)
+    with _training_progress(node) if node.stage == "train" else contextlib.nullcontext():
+        run = run_node(store, node, done)
     get_run_logger().info("%s %s %s", node.key, "reused" if run.reused else "built", run.artifact.uri)
     return {"uri": run.artifact.uri, "fingerprint": run.artifact.fingerprint, "reused": run.reused,
             "artifact": run.artifact}

@@ -23,6 +23,20 @@ TINY = {
 }
 
 
+def prefect_artifacts(pipeline: str) -> dict:
+    """The latest Prefect artifact of each key of a pipeline, read back from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [f"{pipeline}-training", f"{pipeline}-run"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    latest = {}
+    for a in sorted(found, key=lambda a: a.created):
+        latest[a.key] = a
+    return latest
+
+
 @pytest.mark.parametrize("pipeline", sorted(TINY))
 def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     from flows.pipeline_flow import run_pipeline
@@ -32,6 +46,9 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     stages = first["stages"]
     assert not any(s["reused"] for s in stages.values())
     assert first["blessed"] is True and first["champion"]
+    ui = prefect_artifacts(pipeline)  # what the Prefect UI shows for the run
+    assert ui[f"{pipeline}-training"].data == 100.0 and "step" in ui[f"{pipeline}-training"].description
+    assert "**blessed:** True" in ui[f"{pipeline}-run"].data and f"{pipeline}/train" in ui[f"{pipeline}-run"].data
     model = stages[f"{pipeline}/train"]["uri"]
     assert gfile.exists(f"{model}/history.npz") and gfile.glob(f"{model}/logs/events.*")
     render = stages[f"{pipeline}/render"]["uri"]
