@@ -82,9 +82,11 @@ def split_files(artifact, split: str, copy: int = 0) -> list[str]:
     return gfile.glob(artifact.path(split, f"copy-{copy}", "data-*.tfrecord"))
 
 
-def parse_fn(transform: dict):
-    """serialized record -> {"image", "input"?, "label"?} as float32 in the recorded range.
-    Normalization happens here, exactly as transform.json records it, for every consumer."""
+def parse_fn(transform: dict, batched: bool = False):
+    """serialized record(s) -> {"image", "input"?, "label"?} as float32 in the recorded range.
+    Normalization happens here, exactly as transform.json records it, for every consumer.
+    batched=True parses a vector of records at once (after shuffling the compact serialized
+    records: a shuffle buffer of bytes, not of float32 images)."""
     import tensorflow as tf
 
     h, w, c = transform["image_shape"]
@@ -96,13 +98,14 @@ def parse_fn(transform: dict):
         spec["input"] = tf.io.FixedLenFeature([], tf.string)
     if labeled:
         spec["label"] = tf.io.FixedLenFeature([], tf.int64)
+    shape = [-1, h, w, c] if batched else [h, w, c]
 
     def image(raw):
-        x = tf.reshape(tf.io.decode_raw(raw, tf.uint8), [h, w, c])
+        x = tf.reshape(tf.io.decode_raw(raw, tf.uint8), shape)
         return tf.cast(x, tf.float32) * scale + offset
 
     def parse(record):
-        ex = tf.io.parse_single_example(record, spec)
+        ex = (tf.io.parse_example if batched else tf.io.parse_single_example)(record, spec)
         out = {"image": image(ex["image"])}
         if paired:
             out["input"] = image(ex["input"])

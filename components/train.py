@@ -80,13 +80,15 @@ def _dataset(art, transform, cfg, setup, steps_per_epoch: int):
 
     t = cfg.train
     copies = min(transform["copies"][s] for s in cfg.data.train_splits)
-    parse = records.parse_fn(transform)
+    parse = records.parse_fn(transform, batched=True)
     streams = []
     for k in range(copies):
         files = [f for s in cfg.data.train_splits for f in records.split_files(art, s, k)]
-        d = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        d = d.shuffle(t.shuffle_buffer, seed=cfg.seed * 1009 + k, reshuffle_each_iteration=True)
-        streams.append(d.batch(t.batch_size).map(setup.batch).repeat())
+        # shuffle the serialized records (uint8 bytes), then parse whole batches at once
+        d = tf.data.TFRecordDataset(files).shuffle(t.shuffle_buffer, seed=cfg.seed * 1009 + k,
+                                                   reshuffle_each_iteration=True)
+        d = d.batch(t.batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        streams.append(d.map(setup.batch).repeat())
     if copies == 1:
         return streams[0].prefetch(2)
     choice = tf.data.Dataset.range(t.epochs).flat_map(
