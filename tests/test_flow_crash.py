@@ -28,7 +28,7 @@ def args(root, sets):
 def start(pipeline, root, sets):
     return subprocess.Popen([sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
                              "run", pipeline, "--json", *args(root, sets)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -38,7 +38,7 @@ def kill_when(proc, ready, timeout=600):
         assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read()[-2000:]
         assert time.time() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, Prefect's temporary server too
     proc.wait()
 
 
