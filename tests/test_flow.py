@@ -138,3 +138,24 @@ def test_changed_data_retrains_a_challenger_judged_against_the_champion(harness,
     assert f"vs champion {first['metrics']['accuracy']:.4g}" in second["why"]
     champion = json.load(open(f"{root}/mnist-classifier/champion.json"))
     assert champion["version"] == (second["champion"] if second["blessed"] else first["champion"])
+
+
+def test_flow_retry_reuses_what_the_failed_attempt_committed(harness, tmp_path, monkeypatch):
+    from components import render
+    from flows.pipeline_flow import run_pipeline
+
+    real, calls = render.run, []
+
+    def flaky(*a, **kw):  # the first attempt dies in render, after train and evaluate committed
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient failure")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(render, "run", flaky)
+    sets = TINY["mnist-classifier"] + ["flow.retries=1", "flow.retry_delay_seconds=0"]
+    summary = run_pipeline("mnist-classifier", sets, str(tmp_path / "root"))
+    stages = summary["stages"]
+    assert len(calls) == 2 and summary["champion"]
+    assert stages["mnist-classifier/train"]["reused"] and stages["mnist-classifier/evaluate"]["reused"]
+    assert not stages["mnist-classifier/render"]["reused"]
