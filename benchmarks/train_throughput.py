@@ -29,43 +29,27 @@ SYSTEMS = {  # pipeline: (data source, steps, extra --set for the data stages)
 }
 
 
-def arrays(art, split: str):
-    from components import records
-
-    batches = list(records.dataset(art, split).batch(4096).as_numpy_iterator())
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-
-
 def ours(root: str, pipeline: str, sets: list[str], steps: int):
-    from artifacts.store import ArtifactStore
-    from pipelines.graph import nodes, run_node
-    from pipelines.registry import get
-
-    p = get(pipeline)
-    sets = sets + [f"train.max_steps={steps}"]
-    store, done = ArtifactStore(root), {}
-    for n in nodes(p, p.config(sets)):
-        if n.pipeline.name != pipeline or n.stage not in ("ingest", "validate", "preprocess", "train"):
-            continue
-        t = time.perf_counter()
-        done[n.key] = run_node(store, n, done).artifact
-        if n.stage == "train":
-            return time.perf_counter() - t, done
-    raise AssertionError
+    """The data stages, then the train stage timed alone: (seconds, {stage: artifact})."""
+    built = run_stages(root, pipeline, sets + [f"train.max_steps={steps}"],
+                       ("ingest", "validate", "preprocess", "train"))
+    return built["train"][0], {stage: art for stage, (_, art) in built.items()}
 
 
 def seed_loop(pipeline: str, done: dict, steps: int):
-    pre = done[f"{pipeline}/preprocess"]
+    from components import records
+
+    pre = done["preprocess"]
     if pipeline == "mnist-classifier":
-        tr, va = arrays(pre, "train"), arrays(pre, "val")
+        tr, va = records.arrays(pre, "train"), records.arrays(pre, "val")
         return seeds.classifier(tr["image"].reshape(len(tr["image"]), -1), tr["label"],
                                 va["image"].reshape(len(va["image"]), -1), va["label"], steps=steps)
     if pipeline == "mnist-gan":
-        x = np.concatenate([arrays(pre, s)["image"] for s in ("train", "test")])
+        x = np.concatenate([records.arrays(pre, s)["image"] for s in ("train", "test")])
         return seeds.mnist_gan(x, steps)
     if pipeline == "fashion-dcgan":
-        return seeds.fashion_dcgan(arrays(pre, "train")["image"], steps)
-    tr, va = arrays(pre, "train"), arrays(pre, "val")
+        return seeds.fashion_dcgan(records.arrays(pre, "train")["image"], steps)
+    tr, va = records.arrays(pre, "train"), records.arrays(pre, "val")
     return seeds.pix2pix(tr["input"], tr["image"], va["input"][:1], va["image"][:1], steps)
 
 
@@ -125,7 +109,7 @@ def main(argv: list[str]) -> int:
         root = scratch_root(pipeline)
         ours_s, done = ours(root, pipeline, [f"data.source={source}"] + extra, steps)
         n, seed_s, _ = seed_loop(pipeline, done, steps)
-        loop_s = done[f"{pipeline}/train"].manifest["metadata"]["last_session_seconds"]
+        loop_s = done["train"].manifest["metadata"]["last_session_seconds"]
         ratio = (steps / loop_s) / (n / seed_s)
         rows = [(f"tapeline train loop, {steps} steps", steps / loop_s, "steps/s"),
                 (f"seed tutorial loop, {n} steps (in-memory data)", n / seed_s, "steps/s"),

@@ -27,14 +27,6 @@ def load_models(model_art) -> dict:
     return out
 
 
-def _arrays(art, split, key="image", limit=None):
-    ds = records.dataset(art, split)
-    if limit:
-        ds = ds.take(limit)
-    batches = [b for b in ds.batch(1000).as_numpy_iterator()]
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-
-
 def _renormalize(x, src: dict, dst: dict):
     """Map images from one recorded normalization to another (through 0..255)."""
     raw = (x - src["offset"]) / src["scale"]
@@ -48,7 +40,7 @@ def _predict(model, x, batch=1000):
 def evaluate_classifier(nets, art, cfg):
     import tensorflow as tf
 
-    data = _arrays(art, cfg.data.eval_split)
+    data = records.arrays(art, cfg.data.eval_split)
     x = data["image"].reshape(len(data["image"]), -1)
     logits = _predict(nets["classifier"], x)
     y = data["label"]
@@ -71,8 +63,8 @@ def evaluate_gan(nets, art, cfg, mod, inputs):
     feat = features(clf)
     src = records.load_transform(art)["normalize"]
     dst = records.load_transform(inputs["classifier_transform"])["normalize"]
-    test = _arrays(art, cfg.data.eval_split)["image"]
-    train = _arrays(art, cfg.data.train_splits[0], limit=len(test))["image"]
+    test = records.arrays(art, cfg.data.eval_split)["image"]
+    train = records.arrays(art, cfg.data.train_splits[0], limit=len(test))["image"]
     n = min(cfg.eval.num_samples, len(test))
     z = tf.random.stateless_normal([n, mod.latent_dim(cfg)], seed=[cfg.seed, 7])
     fake = np.concatenate([mod.generate(nets, z[i:i + cfg.eval.batch_size]).numpy()
@@ -95,7 +87,7 @@ def evaluate_gan(nets, art, cfg, mod, inputs):
 
 
 def evaluate_translation(nets, art, cfg, mod):
-    data = _arrays(art, cfg.data.eval_split)
+    data = records.arrays(art, cfg.data.eval_split)
     inp, tar = data["input"], data["image"]
     pred = np.concatenate([mod.translate(nets, inp[i:i + 8]).numpy() for i in range(0, len(inp), 8)])
 

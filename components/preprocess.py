@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,23 +60,13 @@ def jitter_pair(inp, tar, p: Params, rng: np.random.Generator):
     return inp, tar
 
 
-def _decode_rgb(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise UserError(f"undecodable image: {e}", where, "replace or remove the file") from None
-
-
 def _image(data: bytes, fmt: bytes, shape: list, ex_id: str, p: Params) -> np.ndarray:
     if fmt == b"raw":
         img = np.frombuffer(data, np.uint8).reshape(shape)
         if img.shape == (p.size, p.size, p.channels):
             return img
     else:
-        img = _decode_rgb(data, ex_id)
+        img = records.decode_rgb(data, ex_id)
     if img.shape[2] != p.channels:
         img = img.mean(axis=2, keepdims=True).astype(np.uint8) if p.channels == 1 else \
             np.repeat(img, 3, axis=2)
@@ -109,7 +98,7 @@ class _TransformShard:
             if label != records.NO_LABEL:
                 new["label"] = label
             if p.layout == "paired":
-                pair = _decode_rgb(data, ex_id)
+                pair = records.decode_rgb(data, ex_id)
                 half = pair.shape[1] // 2
                 tar, inp = pair[:, :half], pair[:, half:]
                 if split in p.jitter_splits:

@@ -1,11 +1,13 @@
 """tf.train.Example encoding shared by the data stages, and the tf.data reader the others use."""
 from __future__ import annotations
 
+import io
 from typing import Any, Iterable
 
 import numpy as np
 
 from artifacts import gfile
+from artifacts.errors import UserError
 
 
 NO_LABEL = -1  # what read_examples gives for an example without a label
@@ -51,6 +53,26 @@ def read_examples(path: str) -> dict[str, list]:
             else:
                 cols[k] += b[k].numpy().tolist()
     return cols
+
+
+def decode_rgb(data: bytes, where: str) -> np.ndarray:
+    """An encoded image (JPEG, PNG) as H x W x 3 uint8; a UserError naming where if it is not one."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise UserError(f"undecodable image: {e}", where, "replace or remove the file") from None
+
+
+def arrays(artifact, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
+    """A whole preprocessed split (or its first `limit` examples) as numpy arrays by feature."""
+    ds = dataset(artifact, split)
+    if limit:
+        ds = ds.take(limit)
+    batches = list(ds.batch(1000).as_numpy_iterator())
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def shard_name(i: int, n: int) -> str:

@@ -194,9 +194,9 @@ def run(out, inputs, cfg, pipeline) -> None:
             history = {k: list(saved[k]) for k in setup.metrics}
             epoch_log = json.loads(str(saved["epochs"]))
             print(f"train: resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})", flush=True)
-        _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
-              work, total, steps_per_epoch)
-        _export(out, setup, history, epoch_log, work, total, steps_per_epoch)
+        seconds = _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
+                        work, total, steps_per_epoch)
+        _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
                             devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),
                             precision=keras.mixed_precision.global_policy().name, xla=t.xla)
@@ -220,8 +220,9 @@ def _per_replica(tf, strategy, batch):
     return strategy.experimental_distribute_values_from_function(part)
 
 
-def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art, transform,
-          work, total, steps_per_epoch):
+def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
+          work, total, steps_per_epoch) -> float:
+    """Train to `total` steps; returns the seconds this session's loop took."""
     t = cfg.train
     names = setup.metrics
     step_fn = tf.function(setup.step, jit_compile=True) if t.xla else setup.step
@@ -233,13 +234,12 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
         return tuple(tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32) for k in names)
 
     def run_steps(it, n: int) -> dict:
-        """n steps dispatched back to back; the host reads the metrics once per call. One-step
-        graphs rather than a tf.while_loop of n: the same speed here (benchmarks/), and each step
-        is the plain graph Grappler optimizes best."""
+        """n one-step graphs dispatched back to back; the host reads the metrics once per call."""
         outs = [one_step(it) for _ in range(n)]
         return {k: tf.stack([o[i] for o in outs]) for i, k in enumerate(names)}
 
     sample_fn = tf.function(setup.sample) if setup.sample else None
+    val_fn = tf.function(setup.val_step) if setup.val_step else None  # traced once, not per epoch
     writer = tf.summary.create_file_writer(gfile.join(work, "logs"))
     samples_dir = gfile.join(work, "samples")
     gfile.makedirs(samples_dir)
@@ -276,8 +276,8 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
                     for k, v in last.items():
                         tf.summary.scalar(k, v)
             epoch_end = step % steps_per_epoch == 0 or step == total
-            if epoch_end and setup.val_step is not None and setup.val_split:
-                last.update(_validate(tf, setup, art, cfg, transform))
+            if epoch_end and val_fn is not None:
+                last.update(_validate(val_fn, setup, art))
             if epoch_end:
                 first = (epoch - 1) * steps_per_epoch
                 rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
@@ -299,15 +299,14 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
     finally:
         progress.close()
         writer.flush()
-    gfile.write_json(gfile.join(work, "timing.json"), {"seconds": time.time() - started})
+    return time.time() - started
 
 
-def _validate(tf, setup, art, cfg, transform) -> dict:
+def _validate(val_fn, setup, art) -> dict:
     ds = records.dataset(art, setup.val_split).batch(1000).map(setup.batch)
-    fn = tf.function(setup.val_step)
     totals: dict[str, float] = {}
     for b in ds:
-        for k, v in fn(b).items():
+        for k, v in val_fn(b).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return {"val_accuracy": totals["val_correct"] / max(totals["val_count"], 1)}
 
@@ -331,7 +330,7 @@ def _prune_histories(work, manager):
             gfile.remove(path)
 
 
-def _export(out, setup, history, epoch_log, work, total, steps_per_epoch):
+def _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds):
     import tempfile
 
     gfile.makedirs(out.file("models"))
@@ -348,7 +347,6 @@ def _export(out, setup, history, epoch_log, work, total, steps_per_epoch):
             dst = out.file(sub, rel)
             gfile.makedirs(dst.rsplit("/", 1)[0])
             gfile.copy(gfile.join(work, sub, rel), dst)
-    timing = gfile.read_json(gfile.join(work, "timing.json"))
     out.metadata.update(steps=total, epochs=math.ceil(total / steps_per_epoch),
                         final={k: float(v[-1]) for k, v in history.items() if v},
-                        last_session_seconds=round(timing["seconds"], 2))
+                        last_session_seconds=round(seconds, 2))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import io
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,12 +35,9 @@ def _pixels(data: bytes, fmt: bytes, shape: list) -> np.ndarray | None:
         if len(data) != math.prod(shape):
             return None
         return np.frombuffer(data, np.uint8).reshape(shape)
-    from PIL import Image
-
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception:
+        return records.decode_rgb(data, "")
+    except UserError:
         return None
 
 

@@ -3,18 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 
 from artifacts.errors import UserError
-from artifacts.store import default_root
-
-
-def _store(root: str):
-    from artifacts.store import open_store
-
-    return open_store(root)
+from artifacts.store import default_root, open_store
 
 
 def cmd_pipelines(args) -> int:
@@ -31,7 +24,7 @@ def cmd_pipelines(args) -> int:
 
 
 def cmd_artifacts(args) -> int:
-    store = _store(args.root)
+    store = open_store(args.root)
     names = [args.pipeline] if args.pipeline else store.pipelines()
     out = {}
     for p in names:
@@ -61,7 +54,7 @@ def _metrics_text(metrics: dict) -> str:
 def cmd_verify(args) -> int:
     from artifacts.maintenance import verify
 
-    checked, damaged = verify(_store(args.root))
+    checked, damaged = verify(open_store(args.root))
     for d in damaged:
         print(f"DAMAGED {d.uri}: {'; '.join(d.problems)}")
     print(f"verified {checked} artifacts: {checked - len(damaged)} ok, {len(damaged)} damaged")
@@ -71,7 +64,7 @@ def cmd_verify(args) -> int:
 def cmd_gc(args) -> int:
     from artifacts.maintenance import gc
 
-    removed = gc(_store(args.root), keep=args.keep, dry_run=args.dry_run)
+    removed = gc(open_store(args.root), keep=args.keep, dry_run=args.dry_run)
     for uri in removed:
         print(("would remove " if args.dry_run else "removed ") + uri)
     print(f"{len(removed)} {'to remove' if args.dry_run else 'removed'}")
@@ -85,7 +78,7 @@ def cmd_run(args) -> int:
     pipeline.config(args.set)  # bad keys and values fail here, before anything runs or imports
     from flows.pipeline_flow import run_pipeline
 
-    summary = run_pipeline(pipeline.name, args.set, _store(args.root).root)
+    summary = run_pipeline(pipeline.name, args.set, open_store(args.root).root)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -101,7 +94,7 @@ def cmd_plan(args) -> int:
     from pipelines.registry import get
 
     pipeline = get(args.pipeline)
-    rows = plan(_store(args.root), pipeline, pipeline.config(args.set))
+    rows = plan(open_store(args.root), pipeline, pipeline.config(args.set))
     for row in rows:
         print(f"{row['key']:28s} {row['action']:18s} {row['why']}")
     return 0
@@ -110,7 +103,7 @@ def cmd_plan(args) -> int:
 def cmd_serve(args) -> int:
     from flows.serve import serve
 
-    serve(_store(args.root).root, only=args.pipeline or None, dry_run=args.dry_run)
+    serve(open_store(args.root).root, only=args.pipeline or None, dry_run=args.dry_run)
     return 0
 
 

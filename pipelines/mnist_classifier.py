@@ -81,7 +81,8 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
         return {"val_correct": correct, "val_count": tf.cast(tf.shape(y)[0], tf.float32)}
 
     return TrainSetup(networks={"classifier": model}, optimizers={"classifier": opt},
-                      step=step, metrics=("loss", "accuracy"), batch=batch, export={"classifier": inference}, val_step=val_step,
+                      step=step, metrics=("loss", "accuracy"), batch=batch, export={"classifier": inference},
+                      val_step=val_step if cfg.data.val_holdout else None,
                       val_split="val" if cfg.data.val_holdout else None)
 
 

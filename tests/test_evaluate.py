@@ -68,7 +68,7 @@ def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tm
     pre = done["mnist-classifier/preprocess"]
 
     def images(split):
-        x = np.concatenate([b["image"] for b in records.dataset(pre, split).batch(1000).as_numpy_iterator()])
+        x = records.arrays(pre, split)["image"]
         return x.reshape(len(x), -1)
 
     train, test = images("train"), images("test")
