@@ -205,19 +205,20 @@ class ArtifactStore:
 
     def get_or_build(self, pipeline: str, stage: str, fingerprint: str, *, type: str,
                      params: Mapping, inputs: Mapping[str, Artifact | InputRef], code: str,
-                     build: Callable[[Writer], None]) -> StageRun:
-        """Reuse the committed artifact with this fingerprint, or build and commit it once."""
-        found = self.find(pipeline, stage, fingerprint)
+                     build: Callable[[Writer], None], reuse: bool = True) -> StageRun:
+        """Reuse the committed artifact with this fingerprint, or build and commit it once.
+        reuse=False: always build a new version (a decision made again on every run)."""
+        found = self.find(pipeline, stage, fingerprint) if reuse else None
         if found is not None:
             return StageRun(found, reused=True)
         with lock.exclusive(self.lock_path(pipeline, stage, fingerprint)):
-            found = self.find(pipeline, stage, fingerprint)  # the other writer may have finished
+            found = self.find(pipeline, stage, fingerprint) if reuse else None  # the other writer may have finished
             if found is not None:
                 return StageRun(found, reused=True)
             with self.writer(pipeline, stage, fingerprint, type=type, params=params,
                              inputs=inputs, code=code) as w:
                 build(w)
-            art = self.find(pipeline, stage, fingerprint)
+            art = self.load(w.path)
             if w.on_commit is not None:
                 w.on_commit(art)
         return StageRun(art, reused=False)

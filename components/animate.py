@@ -4,10 +4,18 @@ from __future__ import annotations
 import io
 import math
 
+from dataclasses import dataclass
+
 from artifacts import gfile
+from components.contract import StageParams, key
 
 OUTPUT = "Animation"
 INPUTS = {"rendering": "Rendering"}
+
+
+@dataclass(frozen=True)
+class Params(StageParams):
+    frame_seconds: float = key("render.gif_frame_seconds")
 
 
 def sqrt_schedule(n: int) -> list[int]:
@@ -22,7 +30,7 @@ def sqrt_schedule(n: int) -> list[int]:
     return kept + [n - 1] if n else []
 
 
-def run(out, inputs, cfg, pipeline) -> None:
+def run(out, inputs, params: Params, rt) -> None:
     import imageio.v2 as imageio
 
     rendering = inputs["rendering"]
@@ -33,7 +41,7 @@ def run(out, inputs, cfg, pipeline) -> None:
     images = [imageio.imread(io.BytesIO(gfile.read_bytes(rendering.path("grids", frames[i])))) for i in order]
     buf = io.BytesIO()
     # imageio's pillow GIF writer takes milliseconds per frame
-    imageio.mimsave(buf, images, format="GIF", duration=cfg.render.gif_frame_seconds * 1000, loop=0)
+    imageio.mimsave(buf, images, format="GIF", duration=params.frame_seconds * 1000, loop=0)
     gfile.write_bytes(out.file("training.gif"), buf.getvalue())
     gfile.write_json(out.file("frames.json"), [frames[i] for i in order])
     out.metadata.update(frames=len(order))

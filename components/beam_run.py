@@ -1,4 +1,4 @@
-"""Running a Beam pipeline with the config's runner and options, errors made one-line."""
+"""Running a Beam pipeline with the Runtime's runner and options, errors made one-line."""
 from __future__ import annotations
 
 import shlex
@@ -7,20 +7,21 @@ from typing import Callable
 from artifacts.errors import UserError
 
 
-def options(cfg):
+def options(rt):
+    """Beam options from the stage's Runtime (beam.runner, beam.options): never in a fingerprint."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    flags = [f"--runner={cfg.beam.runner}"] + shlex.split(cfg.beam.options)
+    flags = [f"--runner={rt.beam_runner}"] + shlex.split(rt.beam_options)
     return PipelineOptions(flags)
 
 
-def run(cfg, build: Callable) -> None:
+def run(rt, build: Callable) -> None:
     """build(pipeline) adds the transforms; the pipeline runs to completion here.
     A UserError raised inside a worker comes back through Beam's wrapping as itself."""
     import apache_beam as beam
 
     try:
-        with beam.Pipeline(options=options(cfg)) as p:
+        with beam.Pipeline(options=options(rt)) as p:
             build(p)
     except Exception as exc:
         user = UserError.find(exc)

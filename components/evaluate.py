@@ -1,17 +1,27 @@
-"""evaluate (Evaluator): test metrics per kind of recipe, compared with the champion: a blessing."""
+"""evaluate (Evaluator): measures the model as its recipe declares; it judges nothing (promote does)."""
 from __future__ import annotations
 
 import tempfile
-
-import numpy as np
+from dataclasses import dataclass
 
 from artifacts import gfile
-from components import metrics, records
+from components import records
+from components.contract import StageParams, key
 
 OUTPUT = "ModelEvaluation"
-INPUTS = {"model": "Model", "transformed": "TransformedExamples",
-          "classifier": "Model (GANs: the feature classifier)",
-          "classifier_transform": "TransformedExamples (the classifier's)"}
+INPUTS = {"model": "Model", "transformed": "TransformedExamples"}
+# from the recipe's feature model pipeline (the GANs' classifier), when it declares one
+FEATURE_INPUTS = {"feature_model": "Model", "feature_transform": "TransformedExamples"}
+USES_RECIPE = True  # its measure() is recipe code: the recipe is in this stage's code digest
+
+
+@dataclass(frozen=True)
+class Params(StageParams):
+    seed: int = key("seed")
+    eval_split: str = key("data.eval_split")
+    train_splits: tuple[str, ...] = key("data.train_splits")  # the first: the real-vs-real floor
+    num_samples: int = key("eval.num_samples")
+    batch_size: int = key("eval.batch_size")
 
 
 def load_models(model_art) -> dict:
@@ -33,85 +43,34 @@ def _renormalize(x, src: dict, dst: dict):
     return raw * dst["scale"] + dst["offset"]
 
 
-def _predict(model, x, batch=1000):
-    return np.concatenate([model(x[i:i + batch], training=False).numpy() for i in range(0, len(x), batch)])
+def feature_space(fm, inputs, transformed):
+    """The recipe's FeatureModel loaded from its artifacts, taking images in this pipeline's
+    normalization (the feature model may have been trained in another)."""
+    from pipelines.measures import predict
+    from pipelines.recipe import FeatureSpace
+
+    model = load_models(inputs["feature_model"])[fm.network]
+    feat = fm.features(model)
+    src = records.load_transform(transformed)["normalize"]
+    dst = records.load_transform(inputs["feature_transform"])["normalize"]
+
+    def prepare(x):
+        return _renormalize(x, src, dst).reshape((len(x),) + tuple(model.input_shape[1:]))
+
+    return FeatureSpace(uri=inputs["feature_model"].uri, embed=lambda x: predict(feat, prepare(x)),
+                        logits=lambda x: predict(model, prepare(x)))
 
 
-def evaluate_classifier(nets, art, cfg):
-    import tensorflow as tf
+def run(out, inputs, params: Params, rt) -> None:
+    from pipelines.recipe import Measuring
 
-    data = records.arrays(art, cfg.data.eval_split)
-    x = data["image"].reshape(len(data["image"]), -1)
-    logits = _predict(nets["classifier"], x)
-    y = data["label"]
-    loss = float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
-    pred = logits.argmax(1)
-    k = logits.shape[1]
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    return {"accuracy": float((pred == y).mean()), "loss": loss, "examples": int(len(y))}, \
-        {"confusion": confusion.tolist()}
-
-
-def evaluate_gan(nets, art, cfg, mod, inputs):
-    import tensorflow as tf
-
-    from pipelines.mnist_classifier import features
-
-    clf_nets = load_models(inputs["classifier"])
-    clf = clf_nets["classifier"]
-    feat = features(clf)
-    src = records.load_transform(art)["normalize"]
-    dst = records.load_transform(inputs["classifier_transform"])["normalize"]
-    test = records.arrays(art, cfg.data.eval_split)["image"]
-    train = records.arrays(art, cfg.data.train_splits[0], limit=len(test))["image"]
-    n = min(cfg.eval.num_samples, len(test))
-    z = tf.random.stateless_normal([n, mod.latent_dim(cfg)], seed=[cfg.seed, 7])
-    fake = np.concatenate([mod.generate(nets, z[i:i + cfg.eval.batch_size]).numpy()
-                           for i in range(0, n, cfg.eval.batch_size)])
-
-    def f(x):
-        return _predict(feat, _renormalize(x, src, dst).reshape(len(x), -1))
-
-    f_test, f_fake, f_train = f(test), f(fake), f(train)
-    real_logit = np.concatenate([mod.real_logit(nets, test[i:i + 1000]).numpy() for i in range(0, len(test), 1000)])
-    fake_logit = np.concatenate([mod.real_logit(nets, fake[i:i + 1000]).numpy() for i in range(0, n, 1000)])
-    fake_clf = _predict(clf, _renormalize(fake, src, dst).reshape(n, -1))
-    return {"frechet_distance": metrics.frechet_distance(f_fake, f_test),
-            "frechet_floor_train_vs_test": metrics.frechet_distance(f_train, f_test),
-            "classifier_score": metrics.classifier_score(fake_clf),
-            "classifier_score_real": metrics.classifier_score(_predict(clf, _renormalize(test, src, dst).reshape(len(test), -1))),
-            "disc_real_accuracy": float((real_logit > 0).mean()),
-            "disc_fake_accuracy": float((fake_logit <= 0).mean()),
-            "samples": int(n), "feature_model": inputs["classifier"].uri}, {}
-
-
-def evaluate_translation(nets, art, cfg, mod):
-    data = records.arrays(art, cfg.data.eval_split)
-    inp, tar = data["input"], data["image"]
-    pred = np.concatenate([mod.translate(nets, inp[i:i + 8]).numpy() for i in range(0, len(inp), 8)])
-
-    model, base = metrics.image_scores(pred, tar), metrics.image_scores(inp, tar)
-    return {**model, **{f"baseline_{k}": v for k, v in base.items()}, "examples": int(len(inp))}, {}
-
-
-def run(out, inputs, cfg, pipeline) -> None:
-    from pipelines.registry import recipe
-
-    mod = recipe(pipeline)
-    nets = load_models(inputs["model"])
+    ev = rt.recipe.evaluation
     art = inputs["transformed"]
-    if mod.KIND == "classifier":
-        result, extra = evaluate_classifier(nets, art, cfg)
-    elif mod.KIND == "gan":
-        result, extra = evaluate_gan(nets, art, cfg, mod, inputs)
-    else:
-        result, extra = evaluate_translation(nets, art, cfg, mod)
-    champion = out.store.champion(pipeline.name)
-    blessed, why = metrics.bless(mod.KIND, result, champion, cfg.eval.tolerance)
+    space = feature_space(ev.feature_model, inputs, art) if ev.feature_model else None
+    result, details = ev.measure(Measuring(nets=load_models(inputs["model"]),
+                                           split=lambda s, limit=None: records.arrays(art, s, limit),
+                                           params=params, features=space))
     gfile.write_json(out.file("metrics.json"), result)
-    gfile.write_json(out.file("blessing.json"), {"blessed": blessed, "why": why,
-                                                 "champion": champion["version"] if champion else None})
-    if extra:
-        gfile.write_json(out.file("details.json"), extra)
-    out.metadata.update(metrics=result, blessed=blessed)
+    if details:
+        gfile.write_json(out.file("details.json"), details)
+    out.metadata.update(metrics=result)

@@ -7,25 +7,22 @@ from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.store import InputRef
 from components import beam_run, records, sources
+from components.contract import StageParams, key
 
 OUTPUT = "Examples"
 INPUTS = {"source": "a data source URI (tfds:, idx:, paired:) with a digest of its content"}
 
 
 @dataclass(frozen=True)
-class Params:
-    source: str
-    max_examples: int | None
-    layout: str
-    shards: int
-
-    @classmethod
-    def from_config(cls, cfg) -> "Params":
-        return cls(cfg.data.source, cfg.data.max_examples, cfg.data.layout, cfg.beam.shards)
+class Params(StageParams):
+    source: str = key("data.source")
+    max_examples: int | None = key("data.max_examples")
+    layout: str = key("data.layout")
+    shards: int = key("beam.shards")
 
 
-def resolve_source(cfg) -> InputRef:
-    r = sources.resolve(cfg.data.source)
+def resolve_source(params: Params) -> InputRef:
+    r = sources.resolve(params.source)
     return InputRef(r.uri, r.digest)
 
 
@@ -61,13 +58,12 @@ class _WriteShard:
         yield path
 
 
-def run(out, inputs, cfg, pipeline) -> None:
+def run(out, inputs, p: Params, rt) -> None:
     import apache_beam as beam
 
-    p = Params.from_config(cfg)
     r = sources.resolve(p.source)
     if p.layout == "paired" and r.kind != "paired":
-        raise UserError(f"{pipeline.name} needs side-by-side pairs, got {r.kind}: data", "data.source",
+        raise UserError(f"{rt.pipeline} needs side-by-side pairs, got {r.kind}: data", "data.source",
                         "give --set data.source=paired:DIR")
     units, counts = [], {}
     for s in r.splits:
@@ -83,7 +79,7 @@ def run(out, inputs, cfg, pipeline) -> None:
         return (pl | "Shards" >> beam.Create(units)
                 | "Write" >> beam.FlatMap(_WriteShard(r, out.path, p.layout)))
 
-    beam_run.run(cfg, build)
+    beam_run.run(rt, build)
     missing = [u for u in units if not gfile.exists(out.file(u[0], records.shard_name(u[1], u[2])))]
     if missing:  # a runner that dropped work must not commit a partial artifact
         raise RuntimeError(f"ingest shards missing after the Beam run: {missing}")

@@ -43,13 +43,9 @@ def image_scores(pred: np.ndarray, target: np.ndarray) -> dict:
             "ssim": float(tf.reduce_mean(tf.image.ssim(a, b, max_val=1.0)))}
 
 
-# which metric decides, and whether higher is better, per kind of recipe
-PRIMARY = {"classifier": ("accuracy", True), "gan": ("frechet_distance", False),
-           "translation": ("l1", False)}
-
-
-def bless(kind: str, metrics: dict, champion: dict | None, tolerance: float) -> tuple[bool, str]:
-    key, higher = PRIMARY[kind]
+def bless(key: str, higher: bool, metrics: dict, champion: dict | None,
+          tolerance: float) -> tuple[bool, str]:
+    """Whether metrics[key] is no worse than the champion's (within tolerance), and why."""
     value = metrics[key]
     if not np.isfinite(value):
         return False, f"{key} is not finite"

@@ -9,6 +9,7 @@ import numpy as np
 from artifacts import gfile
 from artifacts.errors import UserError
 from components import beam_run, records
+from components.contract import StageParams, key
 
 OUTPUT = "TransformedExamples"
 INPUTS = {"examples": "Examples", "statistics": "ExampleStatistics"}
@@ -16,23 +17,31 @@ NORMALIZE = {"unit": (1 / 255.0, 0.0), "symmetric": (1 / 127.5, -1.0), "raw": (1
 
 
 @dataclass(frozen=True)
-class Params:
-    seed: int
-    layout: str
-    size: int
-    channels: int
-    normalize: str
-    jitter_splits: tuple[str, ...]
-    jitter_resize: int
-    copies: int
-    val_holdout: int
+class Params(StageParams):
+    seed: int = key("seed")
+    layout: str = key("data.layout")
+    size: int = key("data.image_size")
+    channels: int = key("data.channels")
+    normalize: str = key("data.normalize")
+    train_splits: tuple[str, ...] = key("data.train_splits")  # jittered; must exist
+    eval_split: str = key("data.eval_split")                  # must exist
+    jitter: bool = key("data.jitter")
+    jitter_size: int | None = key("data.jitter_resize")
+    jitter_copies: int = key("data.jitter_copies")
+    val_holdout: int = key("data.val_holdout")
 
-    @classmethod
-    def from_config(cls, cfg) -> "Params":
-        d = cfg.data
-        return cls(cfg.seed, d.layout, d.image_size, d.channels, d.normalize,
-                   tuple(d.train_splits) if d.jitter else (), d.resize_for_jitter,
-                   d.jitter_copies if d.jitter else 1, d.val_holdout)
+    @property
+    def jitter_splits(self) -> tuple[str, ...]:
+        return tuple(self.train_splits) if self.jitter else ()
+
+    @property
+    def jitter_resize(self) -> int:
+        """The tutorial's 286 for 256: image_size * 286 / 256 unless data.jitter_resize is set."""
+        return self.jitter_size or round(self.size * 286 / 256)
+
+    @property
+    def copies(self) -> int:
+        return self.jitter_copies if self.jitter else 1
 
 
 def resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -118,10 +127,9 @@ class _TransformShard:
         yield split
 
 
-def run(out, inputs, cfg, pipeline) -> None:
+def run(out, inputs, p: Params, rt) -> None:
     import apache_beam as beam
 
-    p = Params.from_config(cfg)
     examples = inputs["examples"]
     counts = dict(gfile.read_json(examples.path("splits.json"))["splits"])
     stats = gfile.read_json(inputs["statistics"].path("statistics.json"))
@@ -135,7 +143,7 @@ def run(out, inputs, cfg, pipeline) -> None:
                             f"(train has {counts.get('train', 0)})", "--set", "use a smaller holdout")
         holdout_from = counts["train"] - p.val_holdout
         counts = {**counts, "train": holdout_from, "val": p.val_holdout}
-    missing = [s for s in cfg.data.train_splits + (cfg.data.eval_split,) if s not in counts]
+    missing = [s for s in tuple(p.train_splits) + (p.eval_split,) if s not in counts]
     if missing:
         raise UserError(f"split(s) {missing} not in the data (it has {sorted(counts)})", examples.uri,
                         "--set data.train_splits=... / data.eval_split=... to splits that exist")
@@ -148,7 +156,7 @@ def run(out, inputs, cfg, pipeline) -> None:
     def build(pl):
         return pl | "Shards" >> beam.Create(units) | "Transform" >> beam.FlatMap(_TransformShard(p, out.path, holdout_from))
 
-    beam_run.run(cfg, build)
+    beam_run.run(rt, build)
     scale, offset = NORMALIZE[p.normalize]
     transform = {
         "layout": p.layout, "image_shape": [p.size, p.size, p.channels],

@@ -1,33 +1,47 @@
-"""promote (Pusher): a blessed model becomes the pipeline's champion; an unblessed one never does."""
+"""promote (Pusher): judges the evaluation against the champion of this moment; only a blessed
+model becomes the champion. It runs on every run: its decision is about state outside any
+fingerprint (the champion), so it is recorded per run, never reused."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from artifacts import gfile
 from components import metrics
+from components.contract import StageParams, from_recipe, key
 
 OUTPUT = "PushedModel"
 INPUTS = {"model": "Model", "evaluation": "ModelEvaluation"}
+REUSE = False  # a new artifact (this run's decision) every run
 
 
-def run(out, inputs, cfg, pipeline) -> None:
-    from pipelines.registry import recipe
+@dataclass(frozen=True)
+class Params(StageParams):
+    tolerance: float = key("eval.tolerance")
+    primary: str = from_recipe("evaluation.primary")
+    higher_is_better: bool = from_recipe("evaluation.higher_is_better")
 
+
+def run(out, inputs, params: Params, rt) -> None:
     model, evaluation = inputs["model"], inputs["evaluation"]
     result = gfile.read_json(evaluation.path("metrics.json"))
-    blessing = gfile.read_json(evaluation.path("blessing.json"))
     store = out.store
-    champion = store.champion(pipeline.name)
-    # judged again against the champion of now: another run may have promoted since evaluate
-    ok, why = metrics.bless(recipe(pipeline).KIND, result, champion, cfg.eval.tolerance)
-    pushed = blessing["blessed"] and ok
-    record = {"pushed": pushed, "why": why if blessing["blessed"] else blessing["why"],
+    champion = store.champion(rt.pipeline)
+    if champion is not None and champion.get("artifacts", {}).get("model") == model.uri:
+        blessed, pushed, why = True, False, "already the champion"
+    else:
+        blessed, why = metrics.bless(params.primary, params.higher_is_better, result, champion,
+                                     params.tolerance)
+        pushed = blessed
+    record = {"blessed": blessed, "pushed": pushed, "why": why, "tolerance": params.tolerance,
+              "champion": champion["version"] if champion else None,
               "model": model.uri, "evaluation": evaluation.uri}
     if pushed:
         gfile.makedirs(out.file("exported"))
         for path in gfile.glob(model.path("models", "*.keras")):
             gfile.copy(path, out.file("exported", path.rsplit("/", 1)[-1]))
     gfile.write_json(out.file("push.json"), record)
-    out.metadata.update(pushed=pushed)
-    out.on_commit = (lambda art: store.set_champion(pipeline.name, {
+    out.metadata.update(pushed=pushed, blessed=blessed)
+    out.on_commit = (lambda art: store.set_champion(rt.pipeline, {
         "version": art.version, "uri": art.uri, "metrics": result, "why": why,
         "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
         "exported": art.path("exported")})) if pushed else None

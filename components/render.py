@@ -7,11 +7,21 @@ import math
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from artifacts import gfile
 from components import records
+from components.contract import StageParams, key
 
 OUTPUT = "Rendering"
-INPUTS = {"model": "Model", "evaluation": "ModelEvaluation"}
+# transformed: the recorded normalization, and the eval-split inputs of pix2pix triptychs
+INPUTS = {"model": "Model", "evaluation": "ModelEvaluation", "transformed": "TransformedExamples"}
+
+
+@dataclass(frozen=True)
+class Params(StageParams):
+    max_triptychs: int = key("render.max_triptychs")
+    eval_split: str = key("data.eval_split")  # where the fixed inputs of the triptychs come from
 
 
 def _plt():
@@ -106,7 +116,7 @@ def triptych(path: str, inp, tar, pred) -> None:
     _fig(path, fig)
 
 
-def run(out, inputs, cfg, pipeline) -> None:
+def run(out, inputs, params: Params, rt) -> None:
     import tensorflow as tf
 
     model = inputs["model"]
@@ -119,14 +129,14 @@ def run(out, inputs, cfg, pipeline) -> None:
     details = inputs["evaluation"].path("details.json")
     if gfile.exists(details):
         confusion_plot(out.file("confusion.png"), gfile.read_json(details)["confusion"])
-    transform_art = out.store.load(model.manifest["inputs"]["transformed"]["uri"])
+    transform_art = inputs["transformed"]
     transform = records.load_transform(transform_art)
     norm = transform["normalize"]
     samples = gfile.glob(model.path("samples", "*.npy"))
     fixed = None
     if transform["layout"] == "paired" and samples:
         n = np.load(io.BytesIO(gfile.read_bytes(samples[0]))).shape[0]
-        ex = list(records.dataset(transform_art, cfg.data.eval_split).take(n).as_numpy_iterator())
+        ex = list(records.dataset(transform_art, params.eval_split).take(n).as_numpy_iterator())
         fixed = [(_to_uint8(e["input"], norm), _to_uint8(e["image"], norm)) for e in ex]
     frames = []
     for path in samples:
@@ -137,7 +147,7 @@ def run(out, inputs, cfg, pipeline) -> None:
             g = grid(arr)
             _png(out.file("grids", name), g)
         else:
-            for i in range(min(cfg.render.max_triptychs, len(arr))):
+            for i in range(min(params.max_triptychs, len(arr))):
                 triptych(out.file("grids", name if i == 0 else f"step-{step:08d}-{i}.png"),
                          fixed[i][0], fixed[i][1], arr[i])
             g = np.concatenate([fixed[0][0], fixed[0][1], arr[0]], axis=1)

@@ -9,12 +9,40 @@ import time
 
 import numpy as np
 
+from dataclasses import dataclass
+from typing import Any
+
 from artifacts import gfile
 from artifacts.errors import UserError
 from components import records
+from components.contract import StageParams, key
 
 OUTPUT = "Model"
 INPUTS = {"transformed": "TransformedExamples"}
+USES_RECIPE = True  # the recipe's networks and step: the recipe is in this stage's code digest
+
+
+@dataclass(frozen=True)
+class Params(StageParams):
+    """Everything that decides the trained weights; train.log_every is in the Runtime."""
+    seed: int = key("seed")
+    model: Any = key("model")                       # the recipe's own section, handed to build()
+    train_splits: tuple[str, ...] = key("data.train_splits")
+    eval_split: str = key("data.eval_split")        # the fixed inputs of pix2pix snapshots
+    epochs: int = key("train.epochs")
+    max_steps: int | None = key("train.max_steps")
+    batch_size: int = key("train.batch_size")
+    shuffle_buffer: int = key("train.shuffle_buffer")
+    checkpoint_every: int = key("train.checkpoint_every")
+    checkpoint_every_epochs: int = key("train.checkpoint_every_epochs")
+    keep_checkpoints: int = key("train.keep_checkpoints")
+    sample_every: int = key("train.sample_every")
+    summary_every: int = key("train.summary_every")
+    steps_per_call: int = key("train.steps_per_call")
+    strategy: str = key("train.strategy")
+    mixed_precision: bool = key("train.mixed_precision")
+    xla: bool = key("train.xla")
+    deterministic: bool = key("train.deterministic")
 
 
 class TrainingDiverged(UserError):
@@ -73,19 +101,19 @@ def _seed_states(networks) -> list:
     return out
 
 
-def _dataset(art, transform, cfg, setup, steps_per_epoch: int):
+def _dataset(art, transform, p: Params, setup, steps_per_epoch: int):
     """Epoch e reads jitter copy e mod K. Each copy is one long-lived dataset that reshuffles
     on every pass (seeded), so the stream is deterministic and its iterator checkpointable."""
     import tensorflow as tf
 
-    t = cfg.train
-    copies = min(transform["copies"][s] for s in cfg.data.train_splits)
+    t = p
+    copies = min(transform["copies"][s] for s in p.train_splits)
     parse = records.parse_fn(transform, batched=True)
     streams = []
     for k in range(copies):
-        files = [f for s in cfg.data.train_splits for f in records.split_files(art, s, k)]
+        files = [f for s in p.train_splits for f in records.split_files(art, s, k)]
         # shuffle the serialized records (uint8 bytes), then parse whole batches at once
-        d = tf.data.TFRecordDataset(files).shuffle(t.shuffle_buffer, seed=cfg.seed * 1009 + k,
+        d = tf.data.TFRecordDataset(files).shuffle(t.shuffle_buffer, seed=p.seed * 1009 + k,
                                                    reshuffle_each_iteration=True)
         d = d.batch(t.batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         streams.append(d.map(setup.batch).repeat())
@@ -96,22 +124,19 @@ def _dataset(art, transform, cfg, setup, steps_per_epoch: int):
     return tf.data.Dataset.choose_from_datasets(streams, choice).prefetch(2)
 
 
-def _fixed_inputs(art, transform, cfg, n):
+def _fixed_inputs(art, transform, p: Params, n):
     if transform["layout"] != "paired":
         return None
-    return np.stack([ex["input"].numpy() for ex in records.dataset(art, cfg.data.eval_split).take(n)])
-
-
-# Callables (step, total) that an orchestrator registers to follow training (the flow turns them
-# into a Prefect progress artifact); called at every log line. Components stay Prefect-free.
-PROGRESS_HOOKS: list = []
+    return np.stack([ex["input"].numpy() for ex in records.dataset(art, p.eval_split).take(n)])
 
 
 class _Progress:
-    """tqdm bar on a terminal; plain log lines every log_every steps otherwise; hooks."""
+    """tqdm bar on a terminal; plain log lines every log_every steps otherwise; and the
+    orchestrator's callback (rt.on_progress: the flow's Prefect progress artifact)."""
 
-    def __init__(self, total: int, start: int, every: int):
-        self.total, self.every, self.t0, self.s0 = total, every, time.time(), start
+    def __init__(self, total: int, start: int, rt):
+        self.total, self.every, self.t0, self.s0 = total, rt.log_every, time.time(), start
+        self.rt = rt
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -123,8 +148,7 @@ class _Progress:
         text = " ".join(f"{k}={v:.4g}" for k, v in last.items())
         due = step == self.total or step // self.every != (step - 1) // self.every or step - self.s0 < 2
         if due:
-            for hook in PROGRESS_HOOKS:
-                hook(step, self.total)
+            self.rt.progress(step, self.total)
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(f"epoch {epoch} {text}", refresh=True)
@@ -136,19 +160,18 @@ class _Progress:
             self.bar.close()
 
 
-def run(out, inputs, cfg, pipeline) -> None:
+def run(out, inputs, p: Params, rt) -> None:
     import keras
     import tensorflow as tf
 
     from pipelines.recipe import DataInfo
-    from pipelines.registry import recipe
 
-    t = cfg.train
+    t = p
     art = inputs["transformed"]
     transform = records.load_transform(art)
     work = out.work_dir
     gfile.makedirs(work)
-    identity = {"fingerprint": work.rstrip("/").rsplit("/", 1)[-1], "params": pipeline.stage_params(cfg, "train"),
+    identity = {"fingerprint": work.rstrip("/").rsplit("/", 1)[-1], "params": p.as_dict(),
                 "data": art.fingerprint}
     cfg_path = gfile.join(work, "config.json")
     if gfile.exists(cfg_path) and gfile.read_json(cfg_path) != json.loads(json.dumps(identity)):
@@ -158,26 +181,26 @@ def run(out, inputs, cfg, pipeline) -> None:
 
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(p.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if t.mixed_precision else "float32")
     strategy = _strategy(t.strategy)
-    n_train = sum(transform["splits"][s] for s in cfg.data.train_splits)
+    n_train = sum(transform["splits"][s] for s in p.train_splits)
     if n_train == 0:
         raise UserError("no training examples", art.uri, "check data.train_splits")
     steps_per_epoch = math.ceil(n_train / t.batch_size)
     total = t.epochs * steps_per_epoch
     if t.max_steps:
         total = min(total, t.max_steps)
-    mod = recipe(pipeline)
+    val = "val" if "val" in transform["splits"] and "val" not in p.train_splits else None
     info = DataInfo(tuple(transform["image_shape"]), max(transform["num_classes"], 1), n_train,
-                    _fixed_inputs(art, transform, cfg, getattr(cfg.model, "num_fixed_samples", 4)))
+                    _fixed_inputs(art, transform, p, getattr(p.model, "num_fixed_samples", 4)), val)
     try:
         with strategy.scope():
-            setup = mod.build(cfg, info)
+            setup = rt.recipe.build(p, info)
             for name, opt in setup.optimizers.items():
                 opt.build(setup.networks[name].trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, name="step")
-        ds = _dataset(art, transform, cfg, setup, steps_per_epoch)
+        ds = _dataset(art, transform, p, setup, steps_per_epoch)
         # a plain tf.data iterator of global batches, split per replica inside the step, so the
         # checkpoint holds it under any strategy (a DistributedIterator is not trackable)
         iterator = iter(ds)
@@ -194,7 +217,7 @@ def run(out, inputs, cfg, pipeline) -> None:
             history = {k: list(saved[k]) for k in setup.metrics}
             epoch_log = json.loads(str(saved["epochs"]))
             print(f"train: resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})", flush=True)
-        seconds = _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
+        seconds = _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, p, rt, art,
                         work, total, steps_per_epoch)
         _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
@@ -220,10 +243,10 @@ def _per_replica(tf, strategy, batch):
     return strategy.experimental_distribute_values_from_function(part)
 
 
-def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
+def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, p: Params, rt, art,
           work, total, steps_per_epoch) -> float:
     """Train to `total` steps; returns the seconds this session's loop took."""
-    t = cfg.train
+    t = p
     names = setup.metrics
     step_fn = tf.function(setup.step, jit_compile=True) if t.xla else setup.step
 
@@ -245,7 +268,7 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
     gfile.makedirs(samples_dir)
     ck_epochs = t.checkpoint_every_epochs * steps_per_epoch
     step = int(step_var.numpy())
-    progress = _Progress(total, step, t.log_every)
+    progress = _Progress(total, step, rt)
     started = time.time()
 
     def due(s: int, every: int) -> bool:

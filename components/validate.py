@@ -11,22 +11,17 @@ import numpy as np
 from artifacts import gfile
 from artifacts.errors import UserError
 from components import beam_run, records
+from components.contract import StageParams, from_recipe, key
 
 OUTPUT = "ExampleStatistics"
 INPUTS = {"examples": "Examples"}
 
 
 @dataclass(frozen=True)
-class Params:
-    layout: str
-    duplicates: str        # error | warn
-    require_labels: bool
-
-    @classmethod
-    def from_config(cls, cfg, pipeline) -> "Params":
-        from pipelines.registry import recipe
-
-        return cls(cfg.data.layout, cfg.validate.duplicates, recipe(pipeline).KIND == "classifier")
+class Params(StageParams):
+    layout: str = key("data.layout")
+    duplicates: str = key("validate.duplicates")      # error | warn
+    require_labels: bool = from_recipe("needs_labels")
 
 
 def _pixels(data: bytes, fmt: bytes, shape: list) -> np.ndarray | None:
@@ -143,12 +138,11 @@ def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
     return out
 
 
-def run(out, inputs, cfg, pipeline) -> None:
+def run(out, inputs, p: Params, rt) -> None:
     import pickle
 
     import apache_beam as beam
 
-    p = Params.from_config(cfg, pipeline)
     examples = inputs["examples"]
     splits = gfile.read_json(examples.path("splits.json"))["splits"]
     items = [(s, f) for s in splits for f in gfile.glob(examples.path(s, "data-*.tfrecord"))]
@@ -160,7 +154,7 @@ def run(out, inputs, cfg, pipeline) -> None:
                 | "MergePerSplit" >> beam.CombinePerKey(merge_stats)
                 | "Save" >> beam.Map(_Save(out.work_dir)))
 
-    beam_run.run(cfg, build)
+    beam_run.run(rt, build)
     raw = {s: pickle.loads(gfile.read_bytes(gfile.join(out.work_dir, f"{s}.pkl"))) for s in splits}
     stats = {s: summarize(v) for s, v in raw.items()}
     found = anomalies(raw, p)

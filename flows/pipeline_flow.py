@@ -1,10 +1,11 @@
 """The Prefect flows: one per pipeline, one task per stage of its graph, cached by the store.
 
 `tapeline run` calls run_pipeline; deployments (prefect.yaml, `tapeline serve`) point at the
-per-pipeline flow objects below (`flows/pipeline_flow.py:fashion_dcgan` etc.)."""
+per-pipeline flow objects, module attributes named after the registry's pipelines
+(`flows/pipeline_flow.py:fashion_dcgan` etc.)."""
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 
@@ -14,16 +15,15 @@ from prefect.cache_policies import NONE
 
 from artifacts import gfile
 from artifacts.store import ArtifactStore, open_store
+from components.contract import Runtime
 from pipelines.graph import Node, nodes, run_node
 from pipelines.registry import all_pipelines, get
 
 
-@contextlib.contextmanager
 def _training_progress(node: Node):
-    """A Prefect progress artifact that follows the train stage (updated at its log lines)."""
+    """A callback for the train stage's Runtime: a Prefect progress artifact that follows
+    training (updated at its log lines)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-    from components import train
 
     state = {}
 
@@ -35,18 +35,15 @@ def _training_progress(node: Node):
         else:
             update_progress_artifact(state["id"], pct, description=f"{node.key}: step {step}/{total}")
 
-    train.PROGRESS_HOOKS.append(hook)
-    try:
-        yield
-    finally:
-        train.PROGRESS_HOOKS.remove(hook)
+    return hook
 
 
 @task(cache_policy=NONE, persist_result=False)
-def stage_task(store: ArtifactStore, node: Node, done: dict) -> dict:
+def stage_task(store: ArtifactStore, node: Node, done: dict, runtime: Runtime) -> dict:
     """Reuse or build one stage; returns small JSON (uri, fingerprint, reused)."""
-    with _training_progress(node) if node.stage == "train" else contextlib.nullcontext():
-        run = run_node(store, node, done)
+    if node.stage == "train":
+        runtime = dataclasses.replace(runtime, on_progress=_training_progress(node))
+    run = run_node(store, node, done, runtime)
     get_run_logger().info("%s %s %s", node.key, "reused" if run.reused else "built", run.artifact.uri)
     return {"uri": run.artifact.uri, "fingerprint": run.artifact.fingerprint, "reused": run.reused,
             "artifact": run.artifact}
@@ -97,9 +94,10 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     prepare_devices(cfg)
     store = open_store(root)
     run_id = _run_id(run_id)
+    runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
     done, stages = {}, {}
     for node in nodes(p, cfg):
-        result = stage_task.with_options(name=node.key)(store, node, done)
+        result = stage_task.with_options(name=node.key)(store, node, done, runtime)
         done[node.key] = result.pop("artifact")
         stages[node.key] = result
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
@@ -107,8 +105,10 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     evaluation = done.get(f"{pipeline}/evaluate")
     if evaluation is not None:
         summary["metrics"] = gfile.read_json(evaluation.path("metrics.json"))
-        blessing = gfile.read_json(evaluation.path("blessing.json"))
-        summary.update(blessed=blessing["blessed"], why=blessing["why"])
+    promote = done.get(f"{pipeline}/promote")
+    if promote is not None:  # this run's decision, made against the champion of that moment
+        decision = gfile.read_json(promote.path("push.json"))
+        summary.update(blessed=decision["blessed"], why=decision["why"])
     champion = store.champion(pipeline)
     summary["champion"] = champion["version"] if champion else None
     pics = {}
@@ -131,25 +131,46 @@ def _make_flow(pipeline: str) -> Flow:
 
     body.__doc__ = f"The {pipeline} pipeline: {get(pipeline).summary}."
     # the module attribute it is bound to below, so a deployment's entrypoint resolves to it
-    body.__name__ = body.__qualname__ = pipeline.replace("-", "_")
+    body.__name__ = body.__qualname__ = attribute(pipeline)
     return flow(body, name=pipeline, flow_run_name=_flow_run_name, log_prints=True,
                 retries=cfg.flow.retries, retry_delay_seconds=cfg.flow.retry_delay_seconds,
                 validate_parameters=True)
 
 
-FLOWS: dict[str, Flow] = {name: _make_flow(name) for name in all_pipelines()}
-# entrypoints for deployments: flows/pipeline_flow.py:<name>
-mnist_classifier = FLOWS["mnist-classifier"]
-mnist_gan = FLOWS["mnist-gan"]
-fashion_dcgan = FLOWS["fashion-dcgan"]
-pix2pix = FLOWS["pix2pix"]
+def attribute(pipeline: str) -> str:
+    """The module attribute a pipeline's flow is bound to: its deployment entrypoint is
+    flows/pipeline_flow.py:<attribute> (mnist-gan -> mnist_gan)."""
+    return pipeline.replace("-", "_")
+
+
+FLOWS: dict[str, Flow] = {}
+
+
+def flow_of(pipeline: str) -> Flow:
+    """The flow of a registered pipeline, made once."""
+    name = get(pipeline).name
+    if name not in FLOWS:
+        FLOWS[name] = _make_flow(name)
+    return FLOWS[name]
+
+
+# entrypoints for deployments, one per registered pipeline: flows/pipeline_flow.py:<attribute>
+globals().update({attribute(name): flow_of(name) for name in all_pipelines()})
+
+
+def __getattr__(attr: str) -> Flow:
+    """A pipeline registered after this module was imported still has its entrypoint."""
+    for name in all_pipelines():
+        if attribute(name) == attr:
+            return flow_of(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def run_pipeline(pipeline: str, overrides: list[str], root: str | None = None,
                  run_id: str | None = None) -> dict:
     """Run a pipeline's flow on the Prefect API in the environment (the ephemeral one by default)."""
     cfg = get(pipeline).config(overrides)
-    f = FLOWS[get(pipeline).name].with_options(retries=cfg.flow.retries,
+    f = flow_of(pipeline).with_options(retries=cfg.flow.retries,
                                                retry_delay_seconds=cfg.flow.retry_delay_seconds)
     with tags("tapeline", pipeline):
         return f(overrides=list(overrides), root=root, run_id=run_id or new_run_id())

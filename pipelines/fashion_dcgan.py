@@ -4,13 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines import mnist_classifier
+from pipelines import measures
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
+from pipelines.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
-
-KIND = "gan"
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -35,7 +33,8 @@ class Config:
     flow: FlowConfig = FlowConfig()
 
 
-def build_networks(cfg: Config, info: DataInfo):
+def build_networks(cfg, info: DataInfo):
+    """cfg: anything with .model and .seed (the train Params, or a Config)."""
     import keras
     from keras import layers
 
@@ -70,20 +69,21 @@ def build_networks(cfg: Config, info: DataInfo):
     return generator, discriminator
 
 
-def build(cfg: Config, info: DataInfo) -> TrainSetup:
+def build(p, info: DataInfo) -> TrainSetup:
+    """p: the train stage's Params (.seed, .model)."""
     import keras
     import tensorflow as tf
 
-    generator, discriminator = build_networks(cfg, info)
-    g_opt = optimizer(keras.optimizers.Adam(cfg.model.g_learning_rate))
-    d_opt = optimizer(keras.optimizers.Adam(cfg.model.d_learning_rate))
+    generator, discriminator = build_networks(p, info)
+    g_opt = optimizer(keras.optimizers.Adam(p.model.g_learning_rate))
+    d_opt = optimizer(keras.optimizers.Adam(p.model.d_learning_rate))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
-    rng = tf.random.Generator.from_seed(cfg.seed)
-    seed_noise = tf.random.stateless_normal([cfg.model.num_fixed_samples, cfg.model.noise_dim],
-                                            seed=[cfg.seed, 1])
+    rng = tf.random.Generator.from_seed(p.seed)
+    seed_noise = tf.random.stateless_normal([p.model.num_fixed_samples, p.model.noise_dim],
+                                            seed=[p.seed, 1])
 
     def step(images):
-        noise = rng.normal([tf.shape(images)[0], cfg.model.noise_dim])
+        noise = rng.normal([tf.shape(images)[0], p.model.noise_dim])
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             generated = generator(noise, training=True)
             real_out = discriminator(images, training=True)
@@ -113,14 +113,10 @@ def real_logit(nets, images):
     return nets["discriminator"](images, training=False)
 
 
-def latent_dim(cfg: Config) -> int:
-    return cfg.model.noise_dim
-
-
-def upstream(cfg: Config):
-    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed)
-
+RECIPE = Recipe(build=build, evaluation=Evaluation(
+    measure=measures.generation(generate, real_logit), primary="frechet_distance",
+    higher_is_better=False, feature_model=mnist_classifier.FEATURES))
 
 PIPELINE = Pipeline(
-    name="fashion-dcgan", module=__name__, default_config=Config, upstream=upstream,
+    name="fashion-dcgan", module=__name__, default_config=Config,
     summary="TF DCGAN on Fashion-MNIST: BN generator, dropout discriminator, 16 fixed seeds, GIF")

@@ -1,28 +1,32 @@
 """A pipeline's stage graph: nodes, their fingerprints, running one, and planning them all."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from artifacts import gfile
-from artifacts.fingerprint import code_digest, digest, stage_fingerprint
+from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
-from pipelines.base import RECIPE_STAGES, Pipeline
+from components.contract import Runtime
+from pipelines.base import Pipeline
 from pipelines.registry import get
 
-# input name -> upstream stage (same pipeline) for every stage
+# input name -> upstream stage (same pipeline) for every stage: the only way a stage gets an
+# artifact. The names are the component's INPUTS (run_node checks it).
 STAGE_INPUTS: dict[str, dict[str, str]] = {
     "ingest": {},
     "validate": {"examples": "ingest"},
     "preprocess": {"examples": "ingest", "statistics": "validate"},
     "train": {"transformed": "preprocess"},
     "evaluate": {"model": "train", "transformed": "preprocess"},
-    "render": {"model": "train", "evaluation": "evaluate"},
+    "render": {"model": "train", "evaluation": "evaluate", "transformed": "preprocess"},
     "animate": {"rendering": "render"},
     "promote": {"model": "train", "evaluation": "evaluate"},
 }
-# what the upstream (feature classifier) pipeline contributes
+# evaluate's inputs from the recipe's feature model pipeline (evaluate.FEATURE_INPUTS)
+FEATURE_INPUTS = {"feature_model": "train", "feature_transform": "preprocess"}
 UPSTREAM_STAGES = ("ingest", "validate", "preprocess", "train")
 
 
@@ -41,25 +45,37 @@ class Node:
     def component(self):
         return importlib.import_module(f"components.{self.stage}")
 
+    def params_object(self):
+        """The component's Params read from this node's config: all the stage may see."""
+        return self.component.Params.from_config(self.cfg, self.pipeline.recipe)
+
     def params(self) -> dict:
-        return self.pipeline.stage_params(self.cfg, self.stage)
+        """The Params as {config key: value}: what the fingerprint covers."""
+        return self.params_object().as_dict()
 
     def code(self) -> str:
         parts = {"component": code_digest(f"components.{self.stage}")}
-        if self.stage in RECIPE_STAGES:
-            parts["recipe"] = code_digest(self.pipeline.module)
+        if getattr(self.component, "USES_RECIPE", False):
+            # a recipe outside the project's packages is followed through its own package too
+            top = self.pipeline.module.split(".")[0]
+            parts["recipe"] = code_digest(self.pipeline.module, tuple(dict.fromkeys(PROJECT_PACKAGES + (top,))))
         return digest(parts)
+
+    @property
+    def reuse(self) -> bool:
+        """False for a stage that must decide again every run (promote)."""
+        return getattr(self.component, "REUSE", True)
 
 
 def nodes(pipeline: Pipeline, cfg: Any) -> list[Node]:
     """Topological order: the upstream classifier's stages first, then the pipeline's own."""
     out: list[Node] = []
     extra: dict[str, str] = {}
-    if pipeline.upstream is not None:
-        up_name, up_cfg = pipeline.upstream(cfg)
-        up = get(up_name)
-        out += [n for n in nodes(up, up_cfg) if n.stage in UPSTREAM_STAGES]
-        extra = {"classifier": f"{up_name}/train", "classifier_transform": f"{up_name}/preprocess"}
+    fm = pipeline.recipe.evaluation.feature_model
+    if fm is not None:
+        up = get(fm.pipeline)
+        out += [n for n in nodes(up, fm.config(cfg)) if n.stage in UPSTREAM_STAGES]
+        extra = {name: f"{up.name}/{stage}" for name, stage in FEATURE_INPUTS.items()}
     for stage in pipeline.stages:
         inputs = {name: f"{pipeline.name}/{up}" for name, up in STAGE_INPUTS[stage].items()
                   if up in pipeline.stages}
@@ -72,7 +88,7 @@ def nodes(pipeline: Pipeline, cfg: Any) -> list[Node]:
 def source_ref(node: Node) -> InputRef:
     from components.ingest import resolve_source
 
-    return resolve_source(node.cfg)
+    return resolve_source(node.params_object())
 
 
 def fingerprints(nodes_: list[Node]) -> dict[str, tuple[str, dict]]:
@@ -88,18 +104,26 @@ def fingerprints(nodes_: list[Node]) -> dict[str, tuple[str, dict]]:
     return out
 
 
-def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact]) -> StageRun:
-    """Reuse or build one stage; done holds the artifacts of every earlier node."""
+def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
+             runtime: Runtime | None = None) -> StageRun:
+    """Reuse or build one stage; done holds the artifacts of every earlier node. The component
+    gets its Params, its declared inputs and a Runtime (how to run: never in the fingerprint)."""
+    comp = node.component
     if node.stage == "ingest":
         inputs: dict[str, Artifact | InputRef] = {"source": source_ref(node)}
     else:
         inputs = {name: done[key] for name, key in node.inputs.items()}
-    params, code = node.params(), node.code()
+    declared = set(comp.INPUTS) | (set(getattr(comp, "FEATURE_INPUTS", {})) & set(inputs))
+    if set(inputs) != declared:
+        raise RuntimeError(f"{node.key}: the graph gives {sorted(inputs)}, the component declares {sorted(declared)}")
+    p = node.params_object()
+    params, code = p.as_dict(), node.code()
     fp = stage_fingerprint(node.stage, code, params, {k: v.fingerprint for k, v in inputs.items()})
-    comp = node.component
+    rt = dataclasses.replace(runtime or Runtime.from_config(node.cfg), pipeline=node.pipeline.name,
+                             recipe=node.pipeline.recipe if getattr(comp, "USES_RECIPE", False) else None)
     return store.get_or_build(
         node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
-        code=code, build=lambda w: comp.run(w, inputs, node.cfg, node.pipeline))
+        code=code, build=lambda w: comp.run(w, inputs, p, rt), reuse=node.reuse)
 
 
 def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
@@ -109,6 +133,9 @@ def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
     rows = []
     for n in ns:
         fp, ins = fps[n.key]
+        if not n.reuse:
+            rows.append({"key": n.key, "action": "run", "why": "decides again every run"})
+            continue
         if store.find(n.pipeline.name, n.stage, fp) is not None:
             rows.append({"key": n.key, "action": "reuse", "why": f"committed {fp[:12]}"})
             continue

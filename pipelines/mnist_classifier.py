@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines import measures
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
+from pipelines.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
-
-KIND = "classifier"
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -31,9 +29,9 @@ class Config:
     flow: FlowConfig = FlowConfig()
 
 
-def build_network(cfg: Config, info: DataInfo):
+def build_network(cfg, info: DataInfo):
     """(training model, inference model): they share every weight; the inference one has no
-    regularization layer, so a user loads it with plain Keras."""
+    regularization layer, so a user loads it with plain Keras. cfg: anything with .model."""
     import keras
 
     from pipelines.layers import ActivityRegularization
@@ -51,12 +49,13 @@ def build_network(cfg: Config, info: DataInfo):
     return keras.Model(inputs, head(x), name="classifier_train"), keras.Model(inputs, head(y), name="classifier")
 
 
-def build(cfg: Config, info: DataInfo) -> TrainSetup:
+def build(p, info: DataInfo) -> TrainSetup:
+    """p: the train stage's Params (.seed, .model)."""
     import keras
     import tensorflow as tf
 
-    model, inference = build_network(cfg, info)
-    opt = optimizer(keras.optimizers.Adam(cfg.model.learning_rate))
+    model, inference = build_network(p, info)
+    opt = optimizer(keras.optimizers.Adam(p.model.learning_rate))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def batch(rec):
@@ -82,8 +81,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
 
     return TrainSetup(networks={"classifier": model}, optimizers={"classifier": opt},
                       step=step, metrics=("loss", "accuracy"), batch=batch, export={"classifier": inference},
-                      val_step=val_step if cfg.data.val_holdout else None,
-                      val_split="val" if cfg.data.val_holdout else None)
+                      val_step=val_step if info.val_split else None, val_split=info.val_split)
 
 
 def features(model):
@@ -92,6 +90,9 @@ def features(model):
 
     return keras.Model(model.inputs[0], model.layers[-2].output)
 
+
+RECIPE = Recipe(build=build, needs_labels=True, evaluation=Evaluation(
+    measure=measures.classification("classifier"), primary="accuracy", higher_is_better=True))
 
 PIPELINE = Pipeline(
     name="mnist-classifier", module=__name__, default_config=Config,
@@ -108,3 +109,12 @@ def feature_config(data: DataConfig, seed: int) -> Config:
         Config().data, source=data.source, max_examples=data.max_examples,
         image_size=data.image_size, channels=data.channels,
         val_holdout=min(Config().data.val_holdout, (data.max_examples or 10 ** 9) // 5)))
+
+
+def _feature_config(cfg) -> Config:
+    return feature_config(cfg.data, cfg.seed)
+
+
+# What a generative pipeline on the same images measures in (its recipe's feature model).
+FEATURES = FeatureModel(pipeline=PIPELINE.name, config=_feature_config, network="classifier",
+                        features=features)

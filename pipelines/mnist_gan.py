@@ -4,13 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines import mnist_classifier
+from pipelines import measures
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
+from pipelines.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
-
-KIND = "gan"
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -36,7 +34,8 @@ class Config:
     flow: FlowConfig = FlowConfig()
 
 
-def build_networks(cfg: Config, info: DataInfo):
+def build_networks(cfg, info: DataInfo):
+    """cfg: anything with .model and .seed (the train Params, or a Config)."""
     import keras
     from keras import layers
 
@@ -65,18 +64,19 @@ def build_networks(cfg: Config, info: DataInfo):
     return generator, discriminator
 
 
-def build(cfg: Config, info: DataInfo) -> TrainSetup:
+def build(p, info: DataInfo) -> TrainSetup:
+    """p: the train stage's Params (.seed, .model)."""
     import keras
     import tensorflow as tf
 
-    generator, discriminator = build_networks(cfg, info)
-    d_opt = optimizer(keras.optimizers.Adam(cfg.model.d_learning_rate))
-    g_opt = optimizer(keras.optimizers.Adam(cfg.model.g_learning_rate))
+    generator, discriminator = build_networks(p, info)
+    d_opt = optimizer(keras.optimizers.Adam(p.model.d_learning_rate))
+    g_opt = optimizer(keras.optimizers.Adam(p.model.g_learning_rate))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
-    rng = tf.random.Generator.from_seed(cfg.seed)
-    fixed_z = tf.random.stateless_normal([cfg.model.num_fixed_samples, cfg.model.latent_dim],
-                                         seed=[cfg.seed, 1])
-    latent = cfg.model.latent_dim
+    rng = tf.random.Generator.from_seed(p.seed)
+    fixed_z = tf.random.stateless_normal([p.model.num_fixed_samples, p.model.latent_dim],
+                                         seed=[p.seed, 1])
+    latent = p.model.latent_dim
 
     def step(real):
         n = tf.shape(real)[0]
@@ -84,7 +84,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
         images = tf.concat([fake, real], axis=0)
         # 1 = fake, 0 = real, as in the guide
         labels = tf.concat([tf.ones([n, 1]), tf.zeros([n, 1])], axis=0)
-        labels += cfg.model.label_noise * rng.uniform(tf.shape(labels))
+        labels += p.model.label_noise * rng.uniform(tf.shape(labels))
         with tf.GradientTape() as tape:
             d_loss = bce(labels, discriminator(images))
         minimize(tape, d_loss, discriminator.trainable_weights, d_opt)
@@ -111,15 +111,12 @@ def real_logit(nets, images):
     return -nets["discriminator"](images, training=False)
 
 
-def upstream(cfg: Config):
-    """The feature classifier for evaluation, trained on the same data by mnist-classifier."""
-    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed)
-
+# evaluated in the feature space of the classifier trained on the same data by mnist-classifier
+RECIPE = Recipe(build=build, evaluation=Evaluation(
+    measure=measures.generation(generate, real_logit), primary="frechet_distance",
+    higher_is_better=False, feature_model=mnist_classifier.FEATURES))
 
 PIPELINE = Pipeline(
-    name="mnist-gan", module=__name__, default_config=Config, upstream=upstream,
+    name="mnist-gan", module=__name__, default_config=Config,
     summary="Keras guide GAN: conv D with GlobalMaxPooling, G 7x7x128 + 2 Conv2DTranspose, latent 128")
 
-
-def latent_dim(cfg: Config) -> int:
-    return cfg.model.latent_dim

@@ -4,13 +4,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipelines import measures
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, TrainSetup, minimize, optimizer
+from pipelines.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
-
-KIND = "translation"
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -108,15 +106,16 @@ def build_discriminator(size: int, channels: int):
     return keras.Model([inp, tar], out, name="discriminator")
 
 
-def build(cfg: Config, info: DataInfo) -> TrainSetup:
+def build(p, info: DataInfo) -> TrainSetup:
+    """p: the train stage's Params (.seed, .model)."""
     import keras
     import tensorflow as tf
 
     size, _, channels = info.image_shape
-    generator = build_generator(size, channels, cfg.seed)
+    generator = build_generator(size, channels, p.seed)
     discriminator = build_discriminator(size, channels)
-    g_opt = optimizer(keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1))
-    d_opt = optimizer(keras.optimizers.Adam(cfg.model.learning_rate, beta_1=cfg.model.beta_1))
+    g_opt = optimizer(keras.optimizers.Adam(p.model.learning_rate, beta_1=p.model.beta_1))
+    d_opt = optimizer(keras.optimizers.Adam(p.model.learning_rate, beta_1=p.model.beta_1))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     fixed = tf.constant(info.fixed_inputs) if info.fixed_inputs is not None else None
 
@@ -128,7 +127,7 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
             fake_out = discriminator([inp, gen], training=True)
             gan_loss = bce(tf.ones_like(fake_out), fake_out)
             l1_loss = tf.reduce_mean(tf.abs(target - gen))
-            g_total = gan_loss + cfg.model.l1_lambda * l1_loss
+            g_total = gan_loss + p.model.l1_lambda * l1_loss
             d_loss = bce(tf.ones_like(real_out), real_out) + bce(tf.zeros_like(fake_out), fake_out)
         minimize(g_tape, g_total, generator.trainable_weights, g_opt)
         minimize(d_tape, d_loss, discriminator.trainable_weights, d_opt)
@@ -148,6 +147,9 @@ def build(cfg: Config, info: DataInfo) -> TrainSetup:
 def translate(nets, inputs):
     return nets["generator"](inputs, training=True)
 
+
+RECIPE = Recipe(build=build, evaluation=Evaluation(
+    measure=measures.translation(translate), primary="l1", higher_is_better=False))
 
 PIPELINE = Pipeline(
     name="pix2pix", module=__name__, default_config=Config,

@@ -1,4 +1,5 @@
-"""The contract between a recipe (networks + step) and the one training engine."""
+"""The recipe contract: what a pipeline gives the generic stages (networks and train step, what
+evaluation measures and which metric decides, its feature model). No stage asks more of it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ class DataInfo:
     num_classes: int
     train_examples: int
     fixed_inputs: Any = None              # a few eval-split examples (pix2pix snapshots)
+    val_split: str | None = None          # a held-out split the engine validates on, if any
 
 
 @dataclass
@@ -27,6 +29,51 @@ class TrainSetup:
     sample: Callable[[], Any] | None = None   # fixed-seed snapshot: -> array
     val_step: Callable[[Any], dict] | None = None  # epoch-end validation (classifier)
     val_split: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureModel:
+    """Another pipeline's trained model whose feature space evaluation measures in (the GANs:
+    the classifier trained on the same data). Its stages become upstream nodes of the graph."""
+    pipeline: str                         # registry name of the pipeline that trains it
+    config: Callable[[Any], Any]          # this pipeline's config -> that pipeline's config
+    network: str                          # which of its exported networks
+    features: Callable[[Any], Any]        # keras model -> the model of its feature layer
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """A loaded FeatureModel, handed to measure(): images in this pipeline's normalization in,
+    features or logits out."""
+    uri: str                              # the feature model's artifact
+    embed: Callable[[Any], Any]           # images -> features (rows)
+    logits: Callable[[Any], Any]          # images -> class logits
+
+
+@dataclass(frozen=True)
+class Measuring:
+    """What evaluate hands a recipe's measure(): the trained networks and the test data."""
+    nets: Mapping[str, Any]               # keras.Model by exported name
+    split: Callable[..., dict]            # (split, limit=None) -> {feature: numpy array}
+    params: Any                           # evaluate's Params (splits, sample count, batch, seed)
+    features: FeatureSpace | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a recipe measures and which metric judges a model against the champion."""
+    measure: Callable[[Measuring], tuple[dict, dict]]  # -> (metrics.json, details.json)
+    primary: str                          # the metric promote compares
+    higher_is_better: bool
+    feature_model: FeatureModel | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything the generic stages need from a pipeline module (its RECIPE)."""
+    build: Callable[[Any, DataInfo], TrainSetup]  # (train Params: .seed, .model, ...) -> setup
+    evaluation: Evaluation
+    needs_labels: bool = False            # validate: an unlabeled example is an error
 
 
 def replica_scale() -> float:

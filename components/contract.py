@@ -1,0 +1,88 @@
+"""The stage contract: Params read from declared config keys, and the Runtime kept out of them."""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Config sections that only the orchestrator reads (Prefect retries): never a stage's business.
+ORCHESTRATOR_KEYS = ("flow",)
+
+
+def key(name: str) -> Any:
+    """A Params field read from the config key (or section) `name`, e.g. key("data.image_size")."""
+    return field(metadata={"key": name})
+
+
+def from_recipe(attr: str) -> Any:
+    """A Params field read from the recipe, e.g. from_recipe("evaluation.primary")."""
+    return field(metadata={"recipe": attr})
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    return operator.attrgetter(dotted)(obj)
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Base of every component's Params: each field names where its value comes from, so the
+    fields are exactly the keys the stage reads and exactly what its fingerprint covers."""
+
+    @classmethod
+    def from_config(cls, cfg: Any, recipe: Any = None) -> "StageParams":
+        values = {}
+        for f in dataclasses.fields(cls):
+            if "key" in f.metadata:
+                values[f.name] = _get(cfg, f.metadata["key"])
+            elif "recipe" in f.metadata:
+                values[f.name] = _get(recipe, f.metadata["recipe"])
+            else:
+                raise TypeError(f"{cls.__module__}.Params.{f.name} declares neither key() nor from_recipe()")
+        return cls(**values)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The config keys (or whole sections) this stage reads."""
+        return tuple(f.metadata["key"] for f in dataclasses.fields(cls) if "key" in f.metadata)
+
+    def as_dict(self) -> dict[str, Any]:
+        """{dotted config key (or recipe.ATTR): value}, sections flattened: what the fingerprint
+        and the manifest hold, and what `tapeline plan` compares."""
+        from pipelines import config as cfglib
+
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            name = f.metadata.get("key") or f"recipe.{f.metadata['recipe']}"
+            if dataclasses.is_dataclass(value):
+                out.update(cfglib.flat(value, name + "."))
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a stage runs, never what it produces: kept out of every fingerprint (the same inputs
+    give the same artifact on any runner, at any log rate, with or without a progress callback)."""
+    beam_runner: str = key("beam.runner")
+    beam_options: str = key("beam.options")
+    log_every: int = key("train.log_every")
+    # set by the orchestrator per stage: the pipeline the node belongs to and its recipe
+    pipeline: str = ""
+    recipe: Any = None
+    on_progress: Callable[[int, int], None] | None = None  # (step, total) at each train log line
+
+    @classmethod
+    def from_config(cls, cfg: Any, on_progress: Callable[[int, int], None] | None = None) -> "Runtime":
+        values = {f.name: _get(cfg, f.metadata["key"]) for f in dataclasses.fields(cls) if "key" in f.metadata}
+        return cls(**values, on_progress=on_progress)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.metadata["key"] for f in dataclasses.fields(cls) if "key" in f.metadata)
+
+    def progress(self, step: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(step, total)

@@ -1,0 +1,81 @@
+"""What evaluation measures, per family of recipe; a recipe picks one for its Evaluation."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from components import metrics
+from pipelines.recipe import Measuring
+
+
+def predict(model, x, batch: int = 1000) -> np.ndarray:
+    return np.concatenate([np.asarray(model(x[i:i + batch], training=False))
+                           for i in range(0, len(x), batch)])
+
+
+def classification(network: str) -> Callable[[Measuring], tuple[dict, dict]]:
+    """Accuracy, loss and the confusion matrix of `network` on the eval split."""
+
+    def measure(m: Measuring) -> tuple[dict, dict]:
+        import tensorflow as tf
+
+        model = m.nets[network]
+        data = m.split(m.params.eval_split)
+        x = data["image"].reshape((len(data["image"]),) + tuple(model.input_shape[1:]))
+        logits = predict(model, x)
+        y = data["label"]
+        loss = float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
+        pred = logits.argmax(1)
+        k = logits.shape[1]
+        confusion = np.zeros((k, k), np.int64)
+        np.add.at(confusion, (y, pred), 1)
+        return {"accuracy": float((pred == y).mean()), "loss": loss, "examples": int(len(y))}, \
+            {"confusion": confusion.tolist()}
+
+    return measure
+
+
+def generation(generate: Callable[[Any, Any], Any],
+               real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], tuple[dict, dict]]:
+    """Fréchet distance and classifier score in the feature model's space, and the
+    discriminator's accuracy. generate(nets, z) -> images; real_logit(nets, images) -> logits
+    that are > 0 where the discriminator judges an image real."""
+
+    def measure(m: Measuring) -> tuple[dict, dict]:
+        import tensorflow as tf
+
+        p, space = m.params, m.features
+        test = m.split(p.eval_split)["image"]
+        train = m.split(p.train_splits[0], limit=len(test))["image"]
+        n = min(p.num_samples, len(test))
+        latent = m.nets["generator"].input_shape[-1]
+        z = tf.random.stateless_normal([n, latent], seed=[p.seed, 7])
+        fake = np.concatenate([np.asarray(generate(m.nets, z[i:i + p.batch_size]))
+                               for i in range(0, n, p.batch_size)])
+        f_test, f_fake, f_train = space.embed(test), space.embed(fake), space.embed(train)
+        real = np.concatenate([np.asarray(real_logit(m.nets, test[i:i + 1000])) for i in range(0, len(test), 1000)])
+        faked = np.concatenate([np.asarray(real_logit(m.nets, fake[i:i + 1000])) for i in range(0, n, 1000)])
+        return {"frechet_distance": metrics.frechet_distance(f_fake, f_test),
+                "frechet_floor_train_vs_test": metrics.frechet_distance(f_train, f_test),
+                "classifier_score": metrics.classifier_score(space.logits(fake)),
+                "classifier_score_real": metrics.classifier_score(space.logits(test)),
+                "disc_real_accuracy": float((real > 0).mean()),
+                "disc_fake_accuracy": float((faked <= 0).mean()),
+                "samples": int(n), "feature_model": space.uri}, {}
+
+    return measure
+
+
+def translation(translate: Callable[[Any, Any], Any]) -> Callable[[Measuring], tuple[dict, dict]]:
+    """L1, PSNR and SSIM of translate(nets, inputs) against the targets, and of the inputs
+    themselves as the baseline."""
+
+    def measure(m: Measuring) -> tuple[dict, dict]:
+        data = m.split(m.params.eval_split)
+        inp, tar = data["input"], data["image"]
+        pred = np.concatenate([np.asarray(translate(m.nets, inp[i:i + 8])) for i in range(0, len(inp), 8)])
+        model, base = metrics.image_scores(pred, tar), metrics.image_scores(inp, tar)
+        return {**model, **{f"baseline_{k}": v for k, v in base.items()}, "examples": int(len(inp))}, {}
+
+    return measure
