@@ -10,7 +10,7 @@ from pipelines.recipe import Measuring
 
 
 def predict(model, x, batch: int = 1000) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + batch], training=False))
+    return np.concatenate([model(x[i:i + batch], training=False).numpy()
                            for i in range(0, len(x), batch)])
 
 
@@ -51,11 +51,11 @@ def generation(generate: Callable[[Any, Any], Any],
         n = min(p.num_samples, len(test))
         latent = m.nets["generator"].input_shape[-1]
         z = tf.random.stateless_normal([n, latent], seed=[p.seed, 7])
-        fake = np.concatenate([np.asarray(generate(m.nets, z[i:i + p.batch_size]))
+        fake = np.concatenate([generate(m.nets, z[i:i + p.batch_size]).numpy()
                                for i in range(0, n, p.batch_size)])
         f_test, f_fake, f_train = space.embed(test), space.embed(fake), space.embed(train)
-        real = np.concatenate([np.asarray(real_logit(m.nets, test[i:i + 1000])) for i in range(0, len(test), 1000)])
-        faked = np.concatenate([np.asarray(real_logit(m.nets, fake[i:i + 1000])) for i in range(0, n, 1000)])
+        real = np.concatenate([real_logit(m.nets, test[i:i + 1000]).numpy() for i in range(0, len(test), 1000)])
+        faked = np.concatenate([real_logit(m.nets, fake[i:i + 1000]).numpy() for i in range(0, n, 1000)])
         return {"frechet_distance": metrics.frechet_distance(f_fake, f_test),
                 "frechet_floor_train_vs_test": metrics.frechet_distance(f_train, f_test),
                 "classifier_score": metrics.classifier_score(space.logits(fake)),
@@ -74,7 +74,7 @@ def translation(translate: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
     def measure(m: Measuring) -> tuple[dict, dict]:
         data = m.split(m.params.eval_split)
         inp, tar = data["input"], data["image"]
-        pred = np.concatenate([np.asarray(translate(m.nets, inp[i:i + 8])) for i in range(0, len(inp), 8)])
+        pred = np.concatenate([translate(m.nets, inp[i:i + 8]).numpy() for i in range(0, len(inp), 8)])
         model, base = metrics.image_scores(pred, tar), metrics.image_scores(inp, tar)
         return {**model, **{f"baseline_{k}": v for k, v in base.items()}, "examples": int(len(inp))}, {}
 

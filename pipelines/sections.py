@@ -36,10 +36,6 @@ class DataConfig:
         require(self.val_holdout >= 0, "data.val_holdout", self.val_holdout, "use 0 or more")
         require(bool(self.train_splits), "data.train_splits", self.train_splits, "name at least one split")
 
-    @property
-    def resize_for_jitter(self) -> int:
-        return self.jitter_resize or round(self.image_size * 286 / 256)
-
 
 @dataclass(frozen=True)
 class ValidateConfig:

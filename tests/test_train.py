@@ -93,7 +93,12 @@ def test_classifier_learns_and_gans_losses_move(tmp_path):
     gan = train(str(tmp_path / "g"), "mnist-gan",
                 [f"data.source=idx:{MNIST}", "data.max_examples=256", "train.max_steps=12", "train.sample_every=4"])
     h = np.load(f"{gan['uri']}/history.npz")
-    assert len(h["d_loss"]) == 12 and np.all(np.isfinite(h["g_loss"])) and h["d_loss"][0] != h["d_loss"][-1]
+    assert len(h["d_loss"]) == 12 and np.all(np.isfinite(h["g_loss"]))
+    # the discriminator learns to tell the first fakes from digits: its loss falls step after step
+    # from ln 2 (chance), by more than its step-to-step noise
+    d = h["d_loss"]
+    assert d[:4].mean() == pytest.approx(np.log(2), abs=0.05), d
+    assert d[-4:].mean() < d[:4].mean() - 0.03 and (np.diff(d) < 0).mean() >= 0.75, d
 
 
 def test_changed_learning_rate_starts_a_new_version(tmp_path):
@@ -156,7 +161,10 @@ def test_mirrored_on_two_logical_cpus_mixed_precision_and_xla_train_the_dcgan(tm
     for name, run in runs.items():
         h = np.load(f"{run['uri']}/history.npz")
         assert len(h["g_loss"]) == 6 and np.all(np.isfinite(h["g_loss"])) and np.all(np.isfinite(h["d_loss"])), name
-        assert h["d_loss"][0] != h["d_loss"][-1], name
+        # the discriminator learns under every strategy: its loss falls from 2 ln 2 (chance) and
+        # it calls more real images real
+        assert h["d_loss"][-2:].mean() < h["d_loss"][:2].mean() - 0.02, (name, h["d_loss"])
+        assert h["real_accuracy"][-2:].mean() > h["real_accuracy"][:2].mean(), (name, h["real_accuracy"])
     gen = keras.saving.load_model(f"{runs['mixed']['uri']}/models/generator.keras", compile=False)
     assert gen.layers[1].dtype_policy.name == "mixed_float16" and gen.layers[-1].dtype_policy.name == "float32"
     out = gen(np.zeros((2, 100), np.float32), training=False)

@@ -1,0 +1,292 @@
+"""The stage contract: a stage's fingerprint covers exactly its Params, a stage sees nothing else,
+promote judges every run, and a pipeline added from outside runs through its own flow."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pytest
+
+from artifacts import gfile
+from artifacts.store import ArtifactStore, InputRef
+from components.contract import ORCHESTRATOR_KEYS, Runtime, StageParams
+from pipelines import config as cfglib
+from pipelines import graph
+from pipelines.base import STAGES, Pipeline
+from pipelines.recipe import Evaluation, Recipe
+from pipelines.registry import all_pipelines, get
+from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig, TrainConfig,
+                                ValidateConfig)
+from tests.conftest import MNIST, PEOPLE
+
+PIPELINES = sorted(all_pipelines())
+
+
+def _leaf_type(section, name):
+    return typing.get_type_hints(type(section))[name]
+
+
+def _changed(value, tp):
+    """A different value of the same type (checks are not run: fingerprints only)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = next(a for a in args if a is not type(None))
+        return {int: 7, float: 0.5, str: "x"}[inner] if value is None else _changed(value, inner)
+    if origin is Literal:
+        return next(a for a in args if a != value)
+    if origin is tuple:
+        return tuple(value) + ({int: 7, str: "extra"}[args[0]],)
+    if tp is bool:
+        return not value
+    return {int: lambda v: v + 1, float: lambda v: v + 0.5, str: lambda v: v + "-changed"}[tp](value)
+
+
+def _set(cfg, dotted: str):
+    head, _, rest = dotted.partition(".")
+    value = getattr(cfg, head)
+    new = _set(value, rest) if rest else _changed(value, _leaf_type(cfg, head))
+    return dataclasses.replace(cfg, **{head: new})
+
+
+def _reads(keys, dotted: str) -> bool:
+    return any(dotted == k or dotted.startswith(k + ".") for k in keys)
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.fixture
+def fast_fingerprints(monkeypatch):
+    """Fingerprints without reading data sources or re-hashing code per config: the source is a
+    constant input and code digests do not depend on the config."""
+    monkeypatch.setattr(graph, "source_ref", lambda node: InputRef("source", "fixed"))
+    real = graph.Node.code
+    code = functools.lru_cache(maxsize=None)(
+        lambda pipeline, stage: real(graph.Node(get(pipeline), None, stage, {})))
+    monkeypatch.setattr(graph.Node, "code", lambda self: code(self.pipeline.name, self.stage))
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_each_key_changes_exactly_the_stages_whose_params_hold_it_and_their_downstream(
+        pipeline, fast_fingerprints):
+    p = get(pipeline)
+    cfg = p.config()
+    before_nodes = graph.nodes(p, cfg)
+    before = graph.fingerprints(before_nodes)
+    runtime = Runtime.keys()
+    for key in cfglib.flat_keys(cfg):
+        cfg2 = _set(cfg, key)
+        after_nodes = graph.nodes(p, cfg2)
+        assert [n.key for n in after_nodes] == [n.key for n in before_nodes], key
+        after = graph.fingerprints(after_nodes)
+        expected: dict[str, bool] = {}
+        for n, n2 in zip(before_nodes, after_nodes):
+            declared = n.component.Params.keys()
+            if n.pipeline.name == pipeline:  # the key is this pipeline's: does the stage hold it?
+                direct = _reads(declared, key)
+            else:  # the feature model's stages: their config is derived from this one
+                direct = any(_get(n.cfg, k) != _get(n2.cfg, k) for k in declared)
+            expected[n.key] = direct or any(expected[i] for i in n.inputs.values())
+        changed = {k: before[k][0] != after[k][0] for k in before}
+        assert changed == expected, (key, {k for k in changed if changed[k] != expected[k]})
+        if _reads(runtime, key) or _reads(ORCHESTRATOR_KEYS, key):
+            assert not any(changed.values()), key
+
+
+def test_every_config_key_is_read_by_a_stage_or_the_runtime():
+    """A new key must be placed: in some stage's Params (fingerprinted) or in the Runtime /
+    orchestrator (never fingerprinted). Nothing is read from the config outside those."""
+    stage_keys = {k for s in STAGES for k in importlib.import_module(f"components.{s}").Params.keys()}
+    runtime = set(Runtime.keys())
+    assert not runtime & stage_keys
+    for name in PIPELINES:
+        for key in cfglib.flat_keys(get(name).default_config()):
+            assert _reads(stage_keys | runtime | set(ORCHESTRATOR_KEYS), key), (name, key)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_config(stage):
+    comp = importlib.import_module(f"components.{stage}")
+    names = list(inspect.signature(comp.run).parameters)  # (out, inputs, params, runtime)
+    assert len(names) == 4 and names[:2] == ["out", "inputs"] and not {"cfg", "config", "pipeline"} & set(names)
+    assert issubclass(comp.Params, StageParams) and comp.Params.__dataclass_params__.frozen
+    assert set(graph.STAGE_INPUTS[stage]) == set(comp.INPUTS) - {"source"}
+    runtime_fields = {f.name for f in dataclasses.fields(Runtime)}
+    assert runtime_fields == {"beam_runner", "beam_options", "log_every", "pipeline", "recipe", "on_progress"}
+    for name in PIPELINES:
+        p = get(name)
+        cfg = p.config()
+        params = comp.Params.from_config(cfg, p.recipe)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            params.seed = 1
+        # every value is a declared key's value (the model section is the recipe's own keys)
+        flat = cfglib.flat(cfg)
+        for k, v in params.as_dict().items():
+            assert k.startswith("recipe.") or flat[k] == v, (name, stage, k)
+        for f in dataclasses.fields(params):
+            value = getattr(params, f.name)
+            assert not hasattr(value, "data") and not hasattr(value, "train"), (name, stage, f.name)
+        # every other key changed at once: the stage's Params do not change
+        others = [k for k in flat if not _reads(comp.Params.keys(), k)]
+        cfg2 = functools.reduce(_set, others, cfg)
+        assert comp.Params.from_config(cfg2, p.recipe) == params
+
+
+def test_changed_train_splits_rebuild_preprocess(tmp_path):
+    """The drift this contract fixes: preprocess jitters data.train_splits, so changing them
+    must not reuse the preprocess artifact."""
+    from tests.test_data_stages import run_stages
+
+    root = str(tmp_path / "r")
+    sets = [f"data.source=paired:{PEOPLE}", "data.max_examples=4", "data.image_size=32", "data.jitter_copies=1"]
+    a, _ = run_stages(root, "pix2pix", sets, "preprocess")
+    b, _ = run_stages(root, "pix2pix", sets + ["data.train_splits=train,val"], "preprocess")
+    pa, pb = a["pix2pix/preprocess"], b["pix2pix/preprocess"]
+    assert a["pix2pix/validate"].uri == b["pix2pix/validate"].uri and pa.uri != pb.uri
+    assert gfile.read_json(pb.path("transform.json"))["jitter"]["splits"] == ["train", "val"]
+    val = lambda art: [gfile.read_bytes(f) for f in sorted(gfile.glob(art.path("val", "copy-0", "*")))]  # noqa: E731
+    assert val(pa) != val(pb)  # the val pairs are jittered now
+
+
+def _artifact(store, stage, fp, rel: str, data: bytes):
+    def build(w):
+        gfile.makedirs(w.file(rel).rsplit("/", 1)[0])
+        gfile.write_bytes(w.file(rel), data)
+    return store.get_or_build("mnist-classifier", stage, fp, type=stage, params={}, inputs={},
+                              code="test", build=build).artifact
+
+
+def test_promote_judges_every_run_with_its_tolerance_and_the_champion_of_that_moment(tmp_path):
+    store = ArtifactStore(str(tmp_path / "root"))
+    model = _artifact(store, "train", "m" * 64, "models/classifier.keras", b"weights")
+    evaluation = _artifact(store, "evaluate", "e" * 64, "metrics.json", b'{"accuracy": 0.85}')
+    done = {"mnist-classifier/train": model, "mnist-classifier/evaluate": evaluation}
+    p = get("mnist-classifier")
+
+    def promote(*sets):
+        node = next(n for n in graph.nodes(p, p.config(list(sets))) if n.stage == "promote")
+        run = graph.run_node(store, node, done)
+        assert not run.reused  # a decision about the champion of now is never reused
+        return run.artifact, gfile.read_json(run.artifact.path("push.json"))
+
+    store.set_champion("mnist-classifier", {"version": "v0", "metrics": {"accuracy": 0.9},
+                                            "artifacts": {"model": "elsewhere"}})
+    strict, decision = promote()
+    assert decision["blessed"] is False and "not blessed" in decision["why"] and decision["champion"] == "v0"
+    assert store.champion("mnist-classifier")["version"] == "v0"
+    # the same model and evaluation, a new champion (worse than it): promote decides otherwise
+    store.set_champion("mnist-classifier", {"version": "v1", "metrics": {"accuracy": 0.8},
+                                            "artifacts": {"model": "elsewhere"}})
+    again, decision = promote()
+    assert again.fingerprint == strict.fingerprint and again.uri != strict.uri
+    assert decision["blessed"] and decision["pushed"] and decision["champion"] == "v1"
+    assert store.champion("mnist-classifier")["artifacts"]["model"] == model.uri
+    assert gfile.read_bytes(again.path("exported", "classifier.keras")) == b"weights"
+    # back to a better champion: a larger eval.tolerance blesses what 0 does not
+    store.set_champion("mnist-classifier", {"version": "v2", "metrics": {"accuracy": 0.9},
+                                            "artifacts": {"model": "elsewhere"}})
+    assert promote()[1]["blessed"] is False
+    assert promote("eval.tolerance=0.1")[1]["blessed"] is True
+    # already the champion: nothing to push again
+    _, decision = promote()
+    assert decision == {**decision, "blessed": True, "pushed": False, "why": "already the champion"}
+
+
+def test_tolerance_is_not_in_evaluate_and_champions_are_not_in_any_fingerprint(fast_fingerprints):
+    p = get("mnist-classifier")
+    a = graph.fingerprints(graph.nodes(p, p.config()))
+    b = graph.fingerprints(graph.nodes(p, p.config(["eval.tolerance=0.5"])))
+    assert {k for k in a if a[k] != b[k]} == {"mnist-classifier/promote"}
+
+
+# -- a fifth pipeline, defined here, registered, run through its flow ------------------------------
+
+@dataclass(frozen=True)
+class TinyModel:
+    code: int = 8
+    learning_rate: float = 1e-2
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    seed: int = 0
+    data: DataConfig = DataConfig(source=f"idx:{MNIST}", max_examples=64)
+    validate: ValidateConfig = ValidateConfig()
+    train: TrainConfig = TrainConfig(batch_size=16, max_steps=3)
+    model: TinyModel = TinyModel()
+    eval: EvalConfig = EvalConfig()
+    render: RenderConfig = RenderConfig()
+    beam: BeamConfig = BeamConfig(shards=1)
+    flow: FlowConfig = FlowConfig()
+
+
+def tiny_build(p, info):
+    """An autoencoder 784-code-784 with a mean-squared reconstruction loss."""
+    import keras
+    import tensorflow as tf
+
+    from pipelines.recipe import TrainSetup, minimize, optimizer
+
+    n = int(np.prod(info.image_shape))
+    net = keras.Sequential([keras.Input((n,)), keras.layers.Dense(p.model.code, activation="relu"),
+                            keras.layers.Dense(n)], name="autoencoder")
+    opt = optimizer(keras.optimizers.Adam(p.model.learning_rate))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(net(x, training=True) - x))
+        minimize(tape, loss, net.trainable_weights, opt)
+        return {"mse": loss}
+
+    return TrainSetup(networks={"autoencoder": net}, optimizers={"autoencoder": opt}, step=step,
+                      metrics=("mse",), batch=lambda rec: tf.reshape(rec["image"], [tf.shape(rec["image"])[0], -1]),
+                      export={"autoencoder": net})
+
+
+def tiny_measure(m):
+    x = m.split(m.params.eval_split)["image"]
+    x = x.reshape(len(x), -1)
+    y = m.nets["autoencoder"](x, training=False).numpy()
+    return {"mse": float(np.mean((y - x) ** 2)), "examples": len(x)}, {}
+
+
+RECIPE = Recipe(build=tiny_build, evaluation=Evaluation(measure=tiny_measure, primary="mse",
+                                                      higher_is_better=False))
+TINY = Pipeline(name="tiny-autoencoder", summary="a test's autoencoder", module=__name__,
+                default_config=TinyConfig,
+                stages=("ingest", "validate", "preprocess", "train", "evaluate", "promote"))
+
+
+def test_a_fifth_pipeline_registered_here_runs_end_to_end_through_its_flow(harness, tmp_path):
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows import pipeline_flow
+    from pipelines import registry
+    from tests.conftest import REPO
+
+    registry.register(TINY)
+    try:
+        assert "tiny-autoencoder" in registry.all_pipelines()
+        # its deployment entrypoint resolves, as prefect.yaml's do
+        entry = load_flow_from_entrypoint(f"{REPO}/flows/pipeline_flow.py:tiny_autoencoder")
+        assert entry.name == "tiny-autoencoder" and pipeline_flow.tiny_autoencoder.name == "tiny-autoencoder"
+        summary = pipeline_flow.run_pipeline("tiny-autoencoder", [], str(tmp_path / "root"))
+    finally:
+        registry.unregister("tiny-autoencoder")
+    assert list(summary["stages"]) == [f"tiny-autoencoder/{s}" for s in
+                                       ("ingest", "validate", "preprocess", "train", "evaluate", "promote")]
+    m = summary["metrics"]
+    assert m["examples"] == 64 and 0 < m["mse"] < 1  # pixels in [0, 1]
+    assert summary["blessed"] and summary["champion"]
+    champion = gfile.read_json(str(tmp_path / "root" / "tiny-autoencoder" / "champion.json"))
+    assert gfile.exists(champion["exported"] + "/autoencoder.keras") and champion["metrics"] == m
