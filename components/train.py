@@ -6,11 +6,10 @@ import json
 import math
 import sys
 import time
-
-import numpy as np
-
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from artifacts import gfile
 from artifacts.errors import UserError
