@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from artifacts import gfile
+from artifacts import failpoints, gfile
 from artifacts.errors import UserError
 from components import records
 
@@ -185,7 +185,7 @@ def run(out, inputs, cfg, pipeline) -> None:
             epoch_log = json.loads(str(saved["epochs"]))
             print(f"train: resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})", flush=True)
         seconds = _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cfg, art,
-                        work, total, steps_per_epoch)
+                        work, total, steps_per_epoch, pipeline.name)
         _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
                             devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),
@@ -211,7 +211,7 @@ def _per_replica(tf, strategy, batch):
 
 
 def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cfg, art,
-          work, total, steps_per_epoch) -> float:
+          work, total, steps_per_epoch, name) -> float:
     """Train to `total` steps; returns the seconds this session's loop took."""
     t = cfg.train
     names = setup.metrics
@@ -274,6 +274,7 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cf
                 rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
                 rec.update({k: v for k, v in last.items() if k.startswith("val_")})
                 epoch_log.append(rec)
+                failpoints.hit(f"train.{name}.epoch_end")
                 with writer.as_default(step=step):
                     for k, v in rec.items():
                         if k not in ("epoch", "step"):
@@ -281,13 +282,18 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cf
             if sample_fn and (due(step, t.sample_every) or epoch_end):
                 arr = sample_fn().numpy()
                 gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
+                failpoints.hit(f"train.{name}.samples")
             if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total:
                 _save_history(gfile.join(work, f"history-{step}.npz"), history, epoch_log)
+                failpoints.hit(f"train.{name}.checkpoint.begin")
                 stream.start(step // steps_per_epoch)  # at an epoch end: save the next epoch's iterator
                 manager.save(checkpoint_number=step)
+                failpoints.hit(f"train.{name}.checkpoint.saved")
                 gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
                 _prune_histories(work, manager)
+                failpoints.hit(f"train.{name}.checkpoint.done")
             progress.update(step, epoch, last)
+            failpoints.hit(f"train.{name}.step")
     finally:
         progress.close()
         writer.flush()
