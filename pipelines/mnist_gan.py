@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pipelines import mnist_classifier
 from pipelines import measures
 from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
+from pipelines.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
 
