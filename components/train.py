@@ -1,6 +1,7 @@
 """train (Trainer): the one scratch-loop engine that runs every recipe's train step."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -60,6 +61,24 @@ def _devices(model) -> set[str]:
         for c in getattr(v, "values", [v]):  # a MirroredVariable holds one component per device
             out.add(c.device.rsplit("/", 1)[-1])
     return out
+
+
+@contextlib.contextmanager
+def own_keras_seeds(seed: int):
+    """While networks are built, Keras draws the seeds of unseeded initializers and Dropout layers
+    from a generator of its own instead of Python's global `random`. Other threads draw from that
+    one too (Prefect's services jitter their sleeps with it), so under load a run started from
+    other initial weights than the same run a moment earlier: not resumable, not reproducible."""
+    import random
+
+    from keras.src.random import seed_generator  # Keras 3's make_default_seed draws from its python_random
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def _seed_states(networks) -> list:
@@ -161,7 +180,8 @@ def run(out, inputs, cfg, pipeline) -> None:
                     _fixed_inputs(art, transform, cfg, getattr(cfg.model, "num_fixed_samples", 4)))
     try:
         with strategy.scope():
-            setup = mod.build(cfg, info)
+            with own_keras_seeds(cfg.seed):
+                setup = mod.build(cfg, info)
             for name, opt in setup.optimizers.items():
                 opt.build(setup.networks[name].trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, name="step")
