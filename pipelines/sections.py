@@ -88,12 +88,18 @@ class RenderConfig:
 
 @dataclass(frozen=True)
 class BeamConfig:
-    runner: str = "DirectRunner"          # FlinkRunner, SparkRunner, DataflowRunner, ...
-    options: str = ""                     # extra Beam flags, e.g. "--direct_num_workers=2"
+    # direct | dask | portable | a Beam runner name (FlinkRunner, ...); never part of a fingerprint
+    runner: str = "direct"
+    options: str = ""                     # extra Beam flags, e.g. "--direct_running_mode=multi_processing"
     shards: int = 4                       # TFRecord shards per split (the unit of parallel work)
+    dask_address: str = ""                # dask: a `dask scheduler` (tcp://HOST:8786); empty = local cluster
+    partitions: int = 0                   # dask: bag partitions; 0 = one per shard
+    job_endpoint: str = ""                # portable: a Beam job service, HOST:PORT
+    worker_pool: str = ""                 # portable: an SDK worker pool HOST:PORT (EXTERNAL); empty = LOOPBACK
 
     def check(self) -> None:
         require(self.shards >= 1, "beam.shards", self.shards, "use 1 or more")
+        require(self.partitions >= 0, "beam.partitions", self.partitions, "use 0 (one per shard) or more")
 
 
 @dataclass(frozen=True)
