@@ -59,14 +59,15 @@ class TrainConfig:
     summary_every: int = 100              # steps between tf.summary scalars
     log_every: int = 200                  # steps between plain log lines (no terminal)
     steps_per_call: int = 50              # steps inside one tf.function call (fewer host syncs)
-    strategy: Literal["default", "mirrored"] = "default"
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    workers: int = 1                      # multi_worker: worker processes (TF_CONFIG must list as many)
     mixed_precision: bool = False
     xla: bool = False
     deterministic: bool = True            # tf op determinism: bit-exact resume
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "shuffle_buffer", "checkpoint_every", "steps_per_call",
-                    "summary_every", "log_every", "keep_checkpoints"):
+                    "summary_every", "log_every", "keep_checkpoints", "workers"):
             value = getattr(self, key)
             require(value > 0, f"train.{key}", value, "use a positive integer")
         require(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps,
