@@ -55,18 +55,34 @@ def options(cfg, scheduler: str | None = None):
     return PipelineOptions(flags(cfg, scheduler))
 
 
+def check(cfg) -> None:
+    """The engine's services answer: a one-line UserError now (the CLI calls this before a flow
+    starts; every run calls it again), not a runner's retry loop and a traceback later."""
+    b, runner = cfg.beam, engine(cfg)
+    if runner == DASK and b.dask_address:
+        _reachable(b.dask_address, "beam.dask_address",
+                   "start one with `dask scheduler` and `dask worker ADDRESS --nworkers 2`, "
+                   "or leave beam.dask_address empty for a local cluster")
+    if runner == "PortableRunner":
+        if not b.job_endpoint:
+            raise UserError("beam.runner=portable needs a job service", "beam.job_endpoint",
+                            "start `python -m apache_beam.runners.portability.local_job_service_main "
+                            "--port 8099` and --set beam.job_endpoint=localhost:8099")
+        _reachable(b.job_endpoint, "beam.job_endpoint", "start the job service, or fix the address")
+        if b.worker_pool:
+            _reachable(b.worker_pool, "beam.worker_pool",
+                       "start `python -m apache_beam.runners.worker.worker_pool_main --service_port PORT`")
+
+
 @contextlib.contextmanager
 def _scheduler(cfg) -> Iterator[str | None]:
-    """The Dask scheduler to use: beam.dask_address (checked), else a LocalCluster for this run
-    only. (DaskRunner would start one itself and never close it.)"""
+    """The Dask scheduler to use: beam.dask_address, else a LocalCluster for this run only.
+    (DaskRunner would start one itself and never close it.)"""
     b = cfg.beam
     if engine(cfg) != DASK:
         yield None
         return
     if b.dask_address:
-        _reachable(b.dask_address, "beam.dask_address",
-                   "start one with `dask scheduler` and `dask worker ADDRESS --nworkers 2`, "
-                   "or leave beam.dask_address empty for a local cluster")
         yield b.dask_address
         return
     from distributed import LocalCluster
@@ -75,26 +91,12 @@ def _scheduler(cfg) -> Iterator[str | None]:
         yield c.scheduler_address
 
 
-def _check_portable(cfg) -> None:
-    b = cfg.beam
-    if engine(cfg) != "PortableRunner":
-        return
-    if not b.job_endpoint:
-        raise UserError("beam.runner=portable needs a job service", "beam.job_endpoint",
-                        "start `python -m apache_beam.runners.portability.local_job_service_main --port 8099` "
-                        "and --set beam.job_endpoint=localhost:8099")
-    _reachable(b.job_endpoint, "beam.job_endpoint", "start the job service, or fix the address")
-    if b.worker_pool:
-        _reachable(b.worker_pool, "beam.worker_pool",
-                   "start `python -m apache_beam.runners.worker.worker_pool_main --service_port PORT`")
-
-
 def run(cfg, build: Callable) -> None:
     """build(pipeline) adds the transforms; the pipeline runs to completion here.
     A UserError raised inside a worker comes back through Beam's wrapping as itself."""
     import apache_beam as beam
 
-    _check_portable(cfg)
+    check(cfg)
     try:
         with _scheduler(cfg) as scheduler:
             p = beam.Pipeline(options=options(cfg, scheduler))

@@ -74,9 +74,11 @@ def cmd_gc(args) -> int:
 def cmd_run(args) -> int:
     from pipelines.registry import get
 
+    from components import beam_run
+
     pipeline = get(args.pipeline)
-    pipeline.config(args.set)  # bad keys and values fail here, before anything runs or imports
-    from flows.pipeline_flow import run_pipeline
+    beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
+    from flows.pipeline_flow import run_pipeline  # before anything runs or imports
 
     summary = run_pipeline(pipeline.name, args.set, open_store(args.root).root)
     if args.json:
