@@ -62,12 +62,32 @@ class StageParams:
         return out
 
 
+def _read(cls, cfg: Any) -> dict[str, Any]:
+    return {f.name: _get(cfg, f.metadata["key"]) for f in dataclasses.fields(cls) if "key" in f.metadata}
+
+
+@dataclass(frozen=True)
+class BeamEngine:
+    """The Beam engine the data stages run on: every beam.* key but beam.shards (which decides
+    the artifact's files and is ingest's Params). Every engine writes byte-identical payloads
+    (tests/test_engines.py), so none of this is in a fingerprint."""
+    runner: str = key("beam.runner")
+    options: str = key("beam.options")
+    dask_address: str = key("beam.dask_address")
+    partitions: int = key("beam.partitions")
+    job_endpoint: str = key("beam.job_endpoint")
+    worker_pool: str = key("beam.worker_pool")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "BeamEngine":
+        return cls(**_read(cls, cfg))
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How a stage runs, never what it produces: kept out of every fingerprint (the same inputs
-    give the same artifact on any runner, at any log rate, with or without a progress callback)."""
-    beam_runner: str = key("beam.runner")
-    beam_options: str = key("beam.options")
+    give the same artifact on any engine, at any log rate, with or without a progress callback)."""
+    beam: BeamEngine
     log_every: int = key("train.log_every")
     # set by the orchestrator per stage: the pipeline the node belongs to and its recipe
     pipeline: str = ""
@@ -76,12 +96,12 @@ class Runtime:
 
     @classmethod
     def from_config(cls, cfg: Any, on_progress: Callable[[int, int], None] | None = None) -> "Runtime":
-        values = {f.name: _get(cfg, f.metadata["key"]) for f in dataclasses.fields(cls) if "key" in f.metadata}
-        return cls(**values, on_progress=on_progress)
+        return cls(beam=BeamEngine.from_config(cfg), **_read(cls, cfg), on_progress=on_progress)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
-        return tuple(f.metadata["key"] for f in dataclasses.fields(cls) if "key" in f.metadata)
+        return tuple(f.metadata["key"] for c in (BeamEngine, cls) for f in dataclasses.fields(c)
+                     if "key" in f.metadata)
 
     def progress(self, step: int, total: int) -> None:
         if self.on_progress is not None:

@@ -61,6 +61,12 @@ class Node:
             parts["recipe"] = code_digest(self.pipeline.module, tuple(dict.fromkeys(PROJECT_PACKAGES + (top,))))
         return digest(parts)
 
+    def runtime(self, base: Runtime | None = None) -> Runtime:
+        """How this node runs: base (the run's engine, log rate, callbacks; else read from this
+        node's config) with the node's pipeline name, and its recipe where the stage uses one."""
+        return dataclasses.replace(base or Runtime.from_config(self.cfg), pipeline=self.pipeline.name,
+                                   recipe=self.pipeline.recipe if getattr(self.component, "USES_RECIPE", False) else None)
+
     @property
     def reuse(self) -> bool:
         """False for a stage that must decide again every run (promote)."""
@@ -119,8 +125,7 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
     p = node.params_object()
     params, code = p.as_dict(), node.code()
     fp = stage_fingerprint(node.stage, code, params, {k: v.fingerprint for k, v in inputs.items()})
-    rt = dataclasses.replace(runtime or Runtime.from_config(node.cfg), pipeline=node.pipeline.name,
-                             recipe=node.pipeline.recipe if getattr(comp, "USES_RECIPE", False) else None)
+    rt = node.runtime(runtime)
     return store.get_or_build(
         node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
         code=code, build=lambda w: comp.run(w, inputs, p, rt), reuse=node.reuse)

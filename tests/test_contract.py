@@ -122,7 +122,8 @@ def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_con
     assert issubclass(comp.Params, StageParams) and comp.Params.__dataclass_params__.frozen
     assert set(graph.STAGE_INPUTS[stage]) == set(comp.INPUTS) - {"source"}
     runtime_fields = {f.name for f in dataclasses.fields(Runtime)}
-    assert runtime_fields == {"beam_runner", "beam_options", "log_every", "pipeline", "recipe", "on_progress"}
+    assert runtime_fields == {"beam", "log_every", "pipeline", "recipe", "on_progress"}
+    assert "beam.shards" not in Runtime.keys()  # it decides ingest's files: ingest's Params
     for name in PIPELINES:
         p = get(name)
         cfg = p.config()
