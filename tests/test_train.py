@@ -142,9 +142,9 @@ def test_networks_are_built_alike_while_other_threads_draw_from_python_random():
 
     import keras
 
-    from components.train import own_keras_seeds
+    from components.train import Params, own_keras_seeds
     from pipelines.recipe import DataInfo
-    from pipelines.registry import get, recipe
+    from pipelines.registry import get
 
     p = get("fashion-dcgan")
     cfg, info = p.config([]), DataInfo((28, 28, 1), 10, 600)
@@ -160,7 +160,7 @@ def test_networks_are_built_alike_while_other_threads_draw_from_python_random():
         for _ in range(2):
             keras.utils.set_random_seed(cfg.seed)
             with own_keras_seeds(cfg.seed):
-                setup = recipe(p).build(cfg, info)
+                setup = p.recipe.build(Params.from_config(cfg, p.recipe), info)
             built.append([w.copy() for net in setup.networks.values() for w in net.get_weights()])
     finally:
         stop.set()
