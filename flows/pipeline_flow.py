@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 import uuid
 
 from prefect import Flow, flow, get_run_logger, tags, task
@@ -90,16 +91,19 @@ def _flow_run_name() -> str:
 def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: str | None) -> dict:
     """The body of every pipeline's flow: each stage as a task, then the run record, the
     champion and a markdown artifact for the Prefect UI."""
-    from components.train import prepare_devices
-
     p = get(pipeline)
     cfg = p.config(overrides)
-    prepare_devices(cfg)
+    if cfg.train.strategy == "mirrored":  # else TensorFlow loads only when a stage needs it
+        from components.train import prepare_devices
+
+        prepare_devices(cfg)
     store = open_store(root)
     run_id = _run_id(run_id)
     done, stages = {}, {}
     for node in nodes(p, cfg):
+        started = time.perf_counter()
         result = stage_task.with_options(name=node.key)(store, node, done)
+        result["seconds"] = round(time.perf_counter() - started, 3)
         done[node.key] = result.pop("artifact")
         stages[node.key] = result
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
