@@ -24,9 +24,13 @@ QUIET_ENV = {
     "GRPC_VERBOSITY": "ERROR",       # Beam's portable runners
     "GLOG_minloglevel": "2",         # absl/glog in native extensions
 }
-# Prefect's anonymous usage heartbeat: it races the ephemeral server's fresh SQLite database
-# ("database is locked" tracebacks on stderr) and a local tool should not phone home.
-ALWAYS_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+ALWAYS_ENV = {
+    # Prefect's anonymous usage heartbeat races the temporary server's fresh SQLite database
+    # ("database is locked" tracebacks on stderr), and a local tool should not phone home.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Prefect gives its temporary server 20 s to start; a busy 2-core machine needs more.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
 # Python loggers whose warnings are start-up chatter, not advice for a tapeline user.
 CHATTY = ("tensorflow", "absl", "h5py")
 
