@@ -77,11 +77,14 @@ def cmd_run(args) -> int:
 
     pipeline = get(args.pipeline)
     pipeline.config(args.set)  # bad keys and values fail here, before anything runs or imports
+    server = _prefect_server_in_background()
     from flows import quiet
     from flows.pipeline_flow import run_pipeline
 
     quiet.setup_logging(args.verbose)
     store = open_store(args.root)
+    if server is not None:
+        server.join()
     summary = run_pipeline(pipeline.name, args.set, store.root)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -90,6 +93,32 @@ def cmd_run(args) -> int:
     print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
     print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
     return 0
+
+
+def _prefect_server_in_background():
+    """Prefect's temporary API server is a uvicorn subprocess that takes seconds to start;
+    start it now, while this process imports Prefect and the pipelines, not after. The flow
+    then finds it running (a failure here is left for the flow to meet and report)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+
+    def start():
+        try:
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - get_client starts it again and raises properly
+            pass
+
+    import threading
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def stage_table(summary: dict, root: str) -> str:
