@@ -141,8 +141,8 @@ def breakdown(title: str, wall: float, summary: dict, times: dict) -> None:
     rows = [("whole process (wall)", wall, "s"), ("process start (interpreter)", times["process start"], "s")]
     rows += [(k, v, "s") for k, v in times.items() if k not in ("process start",)]
     rows += [("Prefect per-task bookkeeping (task seconds - stage seconds)", tasks - nodes, "s"),
-             ("Prefect flow start/finish, run record (main - server - tasks)",
-              times["tapeline main (all of the run)"] - times.get("Prefect temporary server start", 0) - tasks, "s")]
+             ("main outside the tasks: waiting for the server, flow start/finish, run record",
+              times["tapeline main (all of the run)"] - tasks, "s")]
     report(title, rows)
 
 
