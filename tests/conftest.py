@@ -33,7 +33,7 @@ def harness():
     """One Prefect test server (temporary database) for every test that runs a flow."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a busy 2-core machine is slow to start it
         yield
 
 

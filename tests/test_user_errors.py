@@ -53,6 +53,8 @@ def failed_runs(harness, tmp_path_factory):
     cases["unknown key"] = (["run", "fashion-dcgan", "--set", "no.such.key=1"], "no.such.key")
     cases["bad value"] = (["run", "fashion-dcgan", "--set", "train.epochs=abc"], "train.epochs")
     cases["verbose"] = (cases["magic"][0] + ["--verbose"], cases["magic"][1])
+    # the default source (tfds, falling back to the Debian package) imports TensorFlow
+    cases["plan"] = (["plan", "fashion-dcgan"], "fashion-dcgan/ingest")
     api = PREFECT_API_URL.value()
     with ThreadPoolExecutor(2) as pool:
         futures = {name: pool.submit(_cli, args + ["--root", str(tmp / "roots" / name)],
@@ -79,4 +81,11 @@ def test_verbose_brings_the_logged_traceback_back(failed_runs):
     proc, expect, _ = failed_runs["verbose"]
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "UserError" in proc.stderr
-    assert f"tapeline: error: " in proc.stderr and expect in proc.stderr
+    assert "tapeline: error: " in proc.stderr and expect in proc.stderr
+
+
+def test_plan_prints_no_tensorflow_log(failed_runs):
+    proc, expect, _ = failed_runs["plan"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expect in proc.stdout
+    assert not CPP_LOG.search(proc.stderr), proc.stderr[-3000:]
