@@ -13,7 +13,7 @@ from prefect import Flow, flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from artifacts import gfile
+from artifacts import failpoints, gfile
 from artifacts.store import ArtifactStore, open_store
 from pipelines.graph import Node, nodes, run_node
 from pipelines.registry import all_pipelines, get
@@ -106,6 +106,7 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
         result["seconds"] = round(time.perf_counter() - started, 3)
         done[node.key] = result.pop("artifact")
         stages[node.key] = result
+        failpoints.hit(f"flow.after.{node.key}")
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")

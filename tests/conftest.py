@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# a loaded 2-core machine can take longer than the default 30 s to start the test server
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -33,7 +35,7 @@ def harness():
     """One Prefect test server (temporary database) for every test that runs a flow."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):  # a busy 2-core machine is slow to start it
+    with prefect_test_harness(server_startup_timeout=180):  # its explicit 30 s ignores the env above
         yield
 
 
