@@ -29,3 +29,11 @@ def test_small_run_with_defaults_trains(harness, tmp_path, pipeline):
         splits = ArtifactStore(str(tmp_path / "root")).load(
             summary["stages"]["mnist-classifier/preprocess"]["uri"]).manifest["metadata"]["splits"]
         assert splits == {"train": 240, "val": 60, "test": 300}
+        from flows.cli import stage_table  # what `tapeline run` prints at the end
+
+        rows = stage_table(summary, str(tmp_path / "root")).splitlines()
+        assert len(rows) == len(summary["stages"]) + 2 and rows[-1].split()[:3] == ["total", "7", "built"]
+        for row, (key, st) in zip(rows[1:], summary["stages"].items()):
+            name, result, seconds, artifact = row.split()
+            assert (name, result) == (key, "built") and float(seconds) == round(st["seconds"], 1)
+            assert st["uri"] == str(tmp_path / "root" / artifact)
