@@ -61,8 +61,10 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
               "| stage | reused | artifact |", "|---|---|---|"]
     lines += [f"| {k} | {v['reused']} | `{v['uri']}` |" for k, v in summary["stages"].items()]
     pics = summary.get("pictures", {})
-    if pics:
-        lines += ["", "Pictures: " + ", ".join(f"[{k}]({v})" for k, v in pics.items())]
+    if pics:  # embedded as data: URIs, since a browser on the Prefect UI cannot open the root's paths
+        from flows.pictures import markdown
+
+        lines += ["", "## Pictures", ""] + markdown(pics)
     return "\n".join(lines)
 
 
@@ -113,7 +115,14 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     summary["champion"] = champion["version"] if champion else None
     pics = {}
     if f"{pipeline}/render" in done:
-        pics["history"] = done[f"{pipeline}/render"].path("history.png")
+        render = done[f"{pipeline}/render"]
+        grids = sorted(gfile.glob(render.path("grids", "step-*.png")))
+        if grids:  # the newest step's grid (its first triptych for pix2pix)
+            newest = grids[-1].rsplit("/", 1)[-1][:len("step-00000000")]
+            pics["samples"] = render.path("grids", newest + ".png")
+        pics["history"] = render.path("history.png")
+        if gfile.exists(render.path("confusion.png")):
+            pics["confusion"] = render.path("confusion.png")
     if f"{pipeline}/animate" in done:
         pics["gif"] = done[f"{pipeline}/animate"].path("training.gif")
     summary["pictures"] = pics

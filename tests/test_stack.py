@@ -1,0 +1,226 @@
+"""The production-like stack for real: Debian PostgreSQL, `prefect server start`, a process work pool,
+`prefect deploy --all`, `prefect worker start`; runs triggered through the API and by a schedule, read
+back from the server and looked at in Debian's Chromium."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows import stack_postgres, stack_prefect
+from flows.stack import Stack
+from tests import prefect_ui
+from tests.conftest import MNIST, REPO, tapeline
+
+STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"]
+# where the screenshots go: a temp dir, or docs/img when TAPELINE_SCREENSHOTS says so (docs/deployments.md)
+SHOTS = os.environ.get("TAPELINE_SCREENSHOTS")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One stack for the module, on free ports, with its own cluster, state dir and artifact root."""
+    why = stack_postgres.available()
+    if why:
+        pytest.skip(f"PostgreSQL cannot run here: {why}")
+    base = tmp_path_factory.mktemp("stack")
+    data = base / "mnist"  # a copy of MNIST this module may change (a replaced IDX file)
+    shutil.copytree(MNIST, data)
+    s = Stack(base / "state", port=_free_port(), pg_cluster=f"tapeline-test-{uuid.uuid4().hex[:8]}",
+              root=str(base / "root"))
+    s.data = data
+    s.sets = [f"data.source=idx:{data}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=30"]
+    try:
+        s.up()
+        s.env = s._env({})
+        yield s
+    finally:
+        s.down(purge=True)
+        assert not s.status()["api_healthy"]
+
+
+def _api(stack):
+    return stack_prefect.api(stack.env)
+
+
+def trigger(stack, parameters: dict) -> str:
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    with _api(stack) as c:
+        run = c.post(f"deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+        return run.raise_for_status().json()["id"]
+
+
+def wait_final(stack, run_id: str, timeout: float = 400) -> dict:
+    deadline = time.time() + timeout
+    with _api(stack) as c:
+        while True:
+            run = c.get(f"flow_runs/{run_id}").raise_for_status().json()
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            assert time.time() < deadline, f"flow run {run_id} still {run['state_name']} after {timeout} s"
+            time.sleep(1)
+
+
+def task_runs(stack, run_id: str) -> dict[str, str]:
+    with _api(stack) as c:
+        body = {"flow_runs": {"id": {"any_": [run_id]}}}
+        runs = c.post("task_runs/filter", json=body).raise_for_status().json()
+    return {r["name"].rsplit("-", 1)[0]: r["state_name"] for r in runs}
+
+
+def markdown_artifact(stack, run_id: str) -> dict:
+    with _api(stack) as c:
+        body = {"artifacts": {"flow_run_id": {"any_": [run_id]}, "type": {"any_": ["markdown"]}}}
+        (art,) = c.post("artifacts/filter", json=body).raise_for_status().json()
+    return art
+
+
+def record(stack, run_id: str) -> dict:
+    """The run record the flow wrote into the artifact root (its run id ends with the flow run's id)."""
+    runs = Path(stack.cfg["root"], "runs")
+    (path,) = [p for p in runs.glob("*.json") if p.stem.endswith(run_id[:6])]
+    return json.loads(path.read_text())
+
+
+def test_secrets_file_is_owner_only_and_outside_git(stack):
+    path = stack.dir / "secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not str(path.resolve()).startswith(str(REPO))
+    assert stack.secrets()["db_password"] in stack._database_url()
+
+
+def test_second_up_finds_what_runs(stack, capsys):
+    pids = {n: (stack.dir / f"{n}.pid").read_text() for n in ("prefect-server", "prefect-worker")}
+    stack.up()
+    out = capsys.readouterr().out
+    assert "server        running" in out and "worker        running" in out, out
+    assert {n: (stack.dir / f"{n}.pid").read_text() for n in pids} == pids
+
+
+def test_worker_runs_deployment_then_reuses_every_stage_and_ui_shows_it(stack, tmp_path):
+    first = trigger(stack, {"overrides": stack.sets})
+    run = wait_final(stack, first)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert task_runs(stack, first) == {f"mnist-classifier/{s}": "Completed" for s in STAGES}
+    rec = record(stack, first)
+    assert rec["root"] == stack.cfg["root"]  # no root parameter: the worker's TAPELINE_ROOT
+    assert not any(v["reused"] for v in rec["stages"].values())
+
+    art = markdown_artifact(stack, first)
+    for needle in ("accuracy", "**blessed:**", "**champion:**", "mnist-classifier/train",
+                   "](data:image/png;base64,"):
+        assert needle in art["data"], needle
+
+    t0 = time.time()
+    second = trigger(stack, {"overrides": stack.sets})
+    assert wait_final(stack, second)["state_type"] == "COMPLETED"
+    assert all(v["reused"] for v in record(stack, second)["stages"].values())
+    print(f"second run: every stage reused, {time.time() - t0:.1f} s from trigger to Completed")
+
+    why = prefect_ui.unavailable()
+    if why:
+        pytest.skip(f"no browser: {why}")
+    shots = Path(SHOTS) if SHOTS else tmp_path
+    with prefect_ui.Browser() as b:
+        b.open(f"{stack.ui_url}/runs/flow-run/{first}")
+        b.wait_text("Completed", "mnist-classifier", "train step")  # the training progress log lines
+        b.click_text("Task Runs")
+        text = b.wait_text(*[f"mnist-classifier/{s}" for s in STAGES], "(7 Completed)")
+        b.screenshot(shots / "ui-task-runs.png")
+        b.click_text("Artifacts")
+        b.wait_text("mnist-classifier-run")
+        b.screenshot(shots / "ui-flow-run.png")  # the run graph, one node per stage, and its artifacts
+        b.click_text("mnist-classifier-run")
+        text = b.wait_text("accuracy", "loss", "blessed: True", "champion:", "Pictures")
+        assert f"/artifacts/artifact/{art['id']}" in b.driver.current_url
+        assert rec["run_id"] in text and rec["champion"] in text
+        imgs = b.images()
+        assert [i["alt"] for i in imgs] == ["history", "confusion"], imgs
+        assert all(i["complete"] and i["width"] > 100 for i in imgs), imgs  # decoded, not broken icons
+        b.screenshot(shots / "ui-artifact.png")
+        b.scroll_to_text("history")
+        b.screenshot(shots / "ui-artifact-pictures.png")
+
+
+def _replace_idx(data: Path) -> None:
+    """A replaced IDX file: the same shape, the first images inverted (as a re-export would change them)."""
+    path = data / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[16:16 + 28 * 28 * 100] = bytes(255 - b for b in raw[16:16 + 28 * 28 * 100])
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def test_schedule_fires_and_changed_data_trains_a_challenger_while_two_runs_overlap(stack):
+    """An interval schedule of a few seconds (what `stack up --interval` adds) fires by itself; with the
+    data unchanged its run reuses everything. Then an IDX file is replaced: the next scheduled run and a
+    run triggered at the same moment share the root, the challenger is trained once, both complete, and
+    the champion changes only when the challenger is blessed."""
+    warm = trigger(stack, {"overrides": stack.sets})  # (the first test may have run alone)
+    assert wait_final(stack, warm)["state_type"] == "COMPLETED"
+    champion_path = Path(stack.cfg["root"], "mnist-classifier", "champion.json")
+    champion_before = json.loads(champion_path.read_text())
+    old_train = record(stack, warm)["stages"]["mnist-classifier/train"]["uri"]
+
+    stack_prefect.add_interval(stack.env, 10, stack.sets, ["mnist-classifier"])
+    try:
+        sched = wait_scheduled_run(stack, since=_now(stack))
+        assert all(v["reused"] for v in record(stack, sched)["stages"].values())
+        _replace_idx(stack.data)
+        since = _now(stack)
+        manual = trigger(stack, {"overrides": stack.sets})
+        changed = wait_scheduled_run(stack, since=since)
+    finally:
+        stack_prefect.remove_interval(stack.env, 10)
+    assert wait_final(stack, manual)["state_type"] == "COMPLETED"
+    recs = [record(stack, changed), record(stack, manual)]
+    trains = {r["stages"]["mnist-classifier/train"]["uri"] for r in recs}
+    assert len(trains) == 1 and old_train not in trains, "one challenger, trained once for both runs"
+    assert [r["stages"]["mnist-classifier/train"]["reused"] for r in recs].count(False) == 1
+    blessed = recs[0]["blessed"]
+    champion = json.loads(champion_path.read_text())
+    assert (champion != champion_before) == bool(blessed), (recs[0]["why"], champion)
+    out = tapeline("verify", "--root", stack.cfg["root"])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _now(stack) -> str:
+    """The server's clock (the flow runs' start times are on it)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
+    """The id of the first schedule-made flow run that started after `since`, once it is Completed."""
+    import datetime as dt
+
+    deadline, since_t = time.time() + timeout, dt.datetime.fromisoformat(since)
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "auto_scheduled": {"eq_": True}},
+            "sort": "EXPECTED_START_TIME_ASC"}
+    with _api(stack) as c:
+        while time.time() < deadline:
+            for run in c.post("flow_runs/filter", json=body).raise_for_status().json():
+                if not run["start_time"] or dt.datetime.fromisoformat(run["start_time"]) < since_t:
+                    continue
+                if run["state_type"] == "COMPLETED":
+                    return run["id"]
+                assert run["state_type"] in ("PENDING", "RUNNING"), run["state"]
+                break
+            time.sleep(1)
+    raise AssertionError(f"no scheduled run started after {since} and completed in {timeout} s")
