@@ -159,7 +159,7 @@ class Stack:
         env = self._env({"TAPELINE_REPO": str(REPO)})
         stack_prefect.ensure_pool(self.cfg["pool"], env)
         stack_prefect.deploy(env, REPO)
-        stack_prefect.ensure_automations(env)
+        stack_prefect.ensure_automations(env, int(worker_env(self.cfg["root"])["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]))
         if interval:
             for name in stack_prefect.add_interval(env, interval, interval_sets or [], only):
                 print(f"schedule      every {interval} s   {name}")

@@ -78,5 +78,57 @@ def remove_interval(env: dict, seconds: int) -> None:
                     c.delete(f"deployments/{dep['id']}/schedules/{s['id']}").raise_for_status()
 
 
-def ensure_automations(env: dict) -> None:
-    """Placeholder: crash recovery automations are added in a later step."""
+RESCHEDULE = "tapeline: resume crashed runs"
+SILENT = "tapeline: runs without heartbeat crashed"
+TERMINAL = ["prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+            "prefect.flow-run.Crashed"]
+TAPELINE_RUNS = {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.tapeline"}
+
+
+def automations(heartbeat_seconds: int) -> list[dict]:
+    """Crash recovery with Prefect's own automations (flow retries do not cover a dead process).
+
+    A run whose worker is killed is reported Crashed by its engine; a run whose whole machine died
+    stops sending heartbeats and the second automation declares it Crashed after three missed
+    beats. The first puts a Crashed tapeline run back to Scheduled ("AwaitingRetry"): the same flow
+    run, its parameters and run id, is picked up by the next worker that polls the pool, and the
+    stages resume (train from its newest checkpoint). A run cancelled by a person stays cancelled."""
+    return [
+        {"name": RESCHEDULE, "enabled": True,
+         "description": "A Crashed tapeline run is scheduled again; its stages resume from their checkpoints.",
+         "trigger": {"type": "event", "posture": "Reactive", "expect": ["prefect.flow-run.Crashed"],
+                     "match": {"prefect.resource.id": "prefect.flow-run.*"}, "match_related": TAPELINE_RUNS,
+                     "threshold": 1, "within": 0},
+         "actions": [{"type": "change-flow-run-state", "state": "SCHEDULED", "name": "AwaitingRetry",
+                      "force": True, "message": f"rescheduled after a crash by the automation '{RESCHEDULE}'"}]},
+        {"name": SILENT, "enabled": True,
+         "description": "A running tapeline run that missed three heartbeats lost its process: Crashed.",
+         "trigger": {"type": "event", "posture": "Proactive", "after": ["prefect.flow-run.heartbeat"],
+                     "expect": ["prefect.flow-run.heartbeat", *TERMINAL], "for_each": ["prefect.resource.id"],
+                     "match": {"prefect.resource.id": "prefect.flow-run.*"}, "match_related": TAPELINE_RUNS,
+                     "threshold": 1, "within": 3 * heartbeat_seconds},
+         "actions": [{"type": "change-flow-run-state", "state": "CRASHED", "force": True,
+                      "message": f"no heartbeat for {3 * heartbeat_seconds} s: its process is gone"}]},
+    ]
+
+
+def ensure_automations(env: dict, heartbeat_seconds: int) -> None:
+    """Create (or replace, when their definition changed) the crash-recovery automations."""
+    with api(env) as c:
+        have = {a["name"]: a for a in c.post("automations/filter", json={}).raise_for_status().json()}
+        for spec in automations(heartbeat_seconds):
+            old = have.get(spec["name"])
+            if old is not None and _same(old, spec):
+                continue
+            if old is not None:
+                c.delete(f"automations/{old['id']}").raise_for_status()
+            c.post("automations/", json=spec).raise_for_status()
+    print(f"automations   {RESCHEDULE!r}, {SILENT!r}")
+
+
+def _same(old: dict, spec: dict) -> bool:
+    """Compare what matters: the server fills in defaults, so compare the fields we set."""
+    trig = old["trigger"]
+    return (old["actions"][0].get("state") == spec["actions"][0]["state"]
+            and trig.get("posture") == spec["trigger"]["posture"]
+            and float(trig.get("within") or 0) == float(spec["trigger"]["within"]))

@@ -224,3 +224,45 @@ def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
                 break
             time.sleep(1)
     raise AssertionError(f"no scheduled run started after {since} and completed in {timeout} s")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_run_whose_worker_is_killed_is_rescheduled_and_resumes_from_its_checkpoint(stack):
+    """SIGKILL the worker mid-training: the run's engine reports Crashed, the stack's automation puts the
+    same flow run back to Scheduled, the next worker (here: `stack up` again, as a supervisor would)
+    picks it up and train resumes from its newest checkpoint instead of step 0."""
+    sets = stack.sets[:-1] + ["train.epochs=400", "train.max_steps=600", "train.checkpoint_every=50"]
+    run_id = trigger(stack, {"overrides": sets})
+    worker = int((stack.dir / "prefect-worker.pid").read_text())
+    work = Path(stack.cfg["root"], "mnist-classifier", "train", "_work")
+    deadline = time.time() + 300
+    while not list(work.glob("*/checkpoints/ckpt-*.index")):
+        assert time.time() < deadline, "no checkpoint written in 300 s"
+        time.sleep(0.2)
+    engines = _children(worker)
+    assert engines, "the worker runs the flow in a child process"
+    os.kill(worker, 9)
+
+    stack.up()  # a new worker polls the pool
+    deadline = time.time() + 300
+    with _api(stack) as c:
+        while True:
+            run = c.get(f"flow_runs/{run_id}").raise_for_status().json()
+            if run["state_type"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                break
+            assert time.time() < deadline, f"still {run['state_name']} after 300 s"
+            time.sleep(1)
+        states = [(s["type"], s["name"]) for s in c.get("flow_run_states/", params={"flow_run_id": run_id}).json()]
+        logs = c.post("logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+    assert run["state_type"] == "COMPLETED", states
+    crashed = states.index(("CRASHED", "Crashed"))
+    assert states[crashed + 1] == ("SCHEDULED", "AwaitingRetry"), states
+    resumed = [entry["message"] for entry in logs if "resumed from step" in entry["message"]]
+    assert resumed and "from step 0" not in resumed[0], [entry["message"] for entry in logs][-20:]
+    assert all(v["reused"] is False or k != "mnist-classifier/train" for k, v in record(stack, run_id)["stages"].items())
