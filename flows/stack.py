@@ -200,7 +200,9 @@ def worker_env(root: str) -> dict:
     """The worker's environment: where the code is (prefect.yaml's pull step), how to import it, the root."""
     return {"TAPELINE_REPO": str(REPO), "PYTHONPATH": str(REPO), "TAPELINE_ROOT": root,
             # heartbeats let the server notice a run whose process died (see ensure_automations)
-            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")}
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": os.environ.get("TAPELINE_STACK_HEARTBEAT_SECONDS", "30"),
+            # how often the worker asks the pool for runs (Prefect's default is 10 s)
+            "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("TAPELINE_STACK_POLL_SECONDS", "10")}
 
 
 def _free_port(start: int) -> int:
