@@ -159,72 +159,85 @@ def test_worker_runs_deployment_then_reuses_every_stage_and_ui_shows_it(stack, t
 
 
 def _replace_idx(data: Path) -> None:
-    """A replaced IDX file: the same shape, the first images inverted (as a re-export would change them)."""
+    """A replaced IDX file: the same shape, the first images inverted (as a re-export would change
+    them), moved into place atomically as a careful publisher does."""
     path = data / "train-images-idx3-ubyte.gz"
     raw = bytearray(gzip.decompress(path.read_bytes()))
     raw[16:16 + 28 * 28 * 100] = bytes(255 - b for b in raw[16:16 + 28 * 28 * 100])
-    path.write_bytes(gzip.compress(bytes(raw)))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(bytes(raw)))
+    os.replace(tmp, path)
 
 
-def test_schedule_fires_and_changed_data_trains_a_challenger_while_two_runs_overlap(stack):
-    """An interval schedule of a few seconds (what `stack up --interval` adds) fires by itself; with the
-    data unchanged its run reuses everything. Then an IDX file is replaced: the next scheduled run and a
-    run triggered at the same moment share the root, the challenger is trained once, both complete, and
-    the champion changes only when the challenger is blessed."""
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def runs_started_after(stack, since: str) -> list[dict]:
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "start_time": {"after_": since}},
+            "sort": "START_TIME_ASC"}
+    with _api(stack) as c:
+        return c.post("flow_runs/filter", json=body).raise_for_status().json()
+
+
+def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
+    """The id of the first schedule-made flow run that started after `since`, once it is Completed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for run in runs_started_after(stack, since):
+            if run["auto_scheduled"] and run["state_type"] not in ("PENDING", "RUNNING"):
+                assert run["state_type"] == "COMPLETED", run["state"]
+                return run["id"]
+        time.sleep(1)
+    raise AssertionError(f"no scheduled run started after {since} and completed in {timeout} s")
+
+
+def test_schedule_fires_and_changed_data_trains_a_challenger_while_runs_overlap(stack):
+    """An interval schedule of 10 s (what `stack up --interval` adds, with its own overrides) fires by
+    itself; with the data unchanged its run reuses every stage. Then an IDX file is replaced: the
+    scheduled runs that keep firing and a run triggered by hand overlap on one root; the challenger
+    is trained once, every run completes, the champion changes only if the challenger is blessed,
+    and the root verifies clean."""
     warm = trigger(stack, {"overrides": stack.sets})  # (the first test may have run alone)
     assert wait_final(stack, warm)["state_type"] == "COMPLETED"
     champion_path = Path(stack.cfg["root"], "mnist-classifier", "champion.json")
     champion_before = json.loads(champion_path.read_text())
     old_train = record(stack, warm)["stages"]["mnist-classifier/train"]["uri"]
 
+    t0 = _now()
     stack_prefect.add_interval(stack.env, 10, stack.sets, ["mnist-classifier"])
     try:
-        sched = wait_scheduled_run(stack, since=_now(stack))
+        sched = wait_scheduled_run(stack, since=t0)
         assert all(v["reused"] for v in record(stack, sched)["stages"].values())
-        _replace_idx(stack.data)
-        since = _now(stack)
+    finally:
+        stack_prefect.remove_interval(stack.env, 10)  # the server drops its runs not yet started
+    for run in runs_started_after(stack, t0):  # a clean cut: nothing in flight reads the old file
+        wait_final(stack, run["id"])
+
+    _replace_idx(stack.data)
+    since = _now()
+    stack_prefect.add_interval(stack.env, 10, stack.sets, ["mnist-classifier"])
+    try:
         manual = trigger(stack, {"overrides": stack.sets})
-        changed = wait_scheduled_run(stack, since=since)
+        wait_scheduled_run(stack, since=since)
+        assert wait_final(stack, manual)["state_type"] == "COMPLETED"
     finally:
         stack_prefect.remove_interval(stack.env, 10)
-    assert wait_final(stack, manual)["state_type"] == "COMPLETED"
-    recs = [record(stack, changed), record(stack, manual)]
+    after = [wait_final(stack, r["id"]) for r in runs_started_after(stack, since)]
+    assert len(after) >= 2 and {r["state_type"] for r in after} == {"COMPLETED"}, [r["state_name"] for r in after]
+    recs = [record(stack, r["id"]) for r in after]
     trains = {r["stages"]["mnist-classifier/train"]["uri"] for r in recs}
-    assert len(trains) == 1 and old_train not in trains, "one challenger, trained once for both runs"
-    assert [r["stages"]["mnist-classifier/train"]["reused"] for r in recs].count(False) == 1
-    blessed = recs[0]["blessed"]
+    assert len(trains) == 1 and old_train not in trains, "one challenger for every run that saw the new file"
+    built = [r for r in recs if not r["stages"]["mnist-classifier/train"]["reused"]]
+    assert len(built) == 1, "trained once; the overlapping runs waited for it and reused it"
     champion = json.loads(champion_path.read_text())
-    assert (champion != champion_before) == bool(blessed), (recs[0]["why"], champion)
+    assert (champion != champion_before) == bool(built[0].get("blessed")), (built[0].get("why"), champion)
     out = tapeline("verify", "--root", stack.cfg["root"])
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-def _now(stack) -> str:
-    """The server's clock (the flow runs' start times are on it)."""
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
-
-def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
-    """The id of the first schedule-made flow run that started after `since`, once it is Completed."""
-    import datetime as dt
-
-    deadline, since_t = time.time() + timeout, dt.datetime.fromisoformat(since)
-    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
-    body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "start_time": {"after_": since}},
-            "sort": "START_TIME_ASC"}
-    with _api(stack) as c:
-        while time.time() < deadline:
-            for run in c.post("flow_runs/filter", json=body).raise_for_status().json():
-                if not run["auto_scheduled"] or dt.datetime.fromisoformat(run["start_time"]) < since_t:
-                    continue
-                if run["state_type"] == "COMPLETED":
-                    return run["id"]
-                assert run["state_type"] in ("PENDING", "RUNNING"), run["state"]
-                break
-            time.sleep(1)
-    raise AssertionError(f"no scheduled run started after {since} and completed in {timeout} s")
+    print(f"{len(after)} overlapping runs after the IDX file changed; blessed={built[0].get('blessed')}: {built[0].get('why')}")
 
 
 def _children(pid: int) -> list[int]:
