@@ -8,6 +8,13 @@ from artifacts import gfile
 
 # per picture, before base64; a run's artifact stays a few hundred KB with four of them
 MAX_BYTES = 90_000
+# a 4x4 grid of 28-pixel samples is 112 pixels wide: enlarged (nearest neighbour) to be seen
+MIN_WIDTH = 320
+
+
+def _enlarge(img):
+    factor = -(-MIN_WIDTH // max(img.width, 1))
+    return img if factor <= 1 else img.resize((img.width * factor, img.height * factor), resample=0)
 
 
 def _png(img, max_bytes: int) -> bytes:
@@ -20,10 +27,11 @@ def _png(img, max_bytes: int) -> bytes:
 
 
 def _gif(img, max_bytes: int) -> bytes:
-    """An animation downscaled, then thinned to every k-th frame, until it fits."""
+    """An animation downscaled to half, then thinned to every k-th frame, then downscaled further,
+    until it fits (a last resort that still does not fit is returned as it is)."""
     from PIL import ImageSequence
 
-    frames = [f.convert("RGB") for f in ImageSequence.Iterator(img)]
+    frames = [_enlarge(f.convert("RGB")) for f in ImageSequence.Iterator(img)]
     duration = img.info.get("duration", 100)
     scale, step = 1.0, 1
     while True:
@@ -32,13 +40,17 @@ def _gif(img, max_bytes: int) -> bytes:
         small = [f.resize(size) for f in picked]
         buf = io.BytesIO()
         small[0].save(buf, format="GIF", save_all=True, append_images=small[1:], loop=0,
-                      duration=duration * step, optimize=True)
-        if buf.tell() <= max_bytes or (size[0] < 96 and len(picked) <= 4):
+                      duration=min(duration * step, 60_000), optimize=True)
+        if buf.tell() <= max_bytes:
             return buf.getvalue()
         if scale > 0.5:
             scale *= 0.75
-        else:
+        elif len(picked) > 8:
             step *= 2
+        elif min(size) > 48:
+            scale *= 0.75
+        else:
+            return buf.getvalue()
 
 
 def data_uri(path: str, max_bytes: int = MAX_BYTES) -> str:
@@ -47,10 +59,12 @@ def data_uri(path: str, max_bytes: int = MAX_BYTES) -> str:
 
     raw = gfile.read_bytes(path)
     img = Image.open(io.BytesIO(raw))
+    small = img.width < MIN_WIDTH
     if img.format == "GIF" and getattr(img, "n_frames", 1) > 1:
-        data, mime = (raw if len(raw) <= max_bytes else _gif(img, max_bytes)), "image/gif"
+        data, mime = (raw if len(raw) <= max_bytes and not small else _gif(img, max_bytes)), "image/gif"
     else:
-        data, mime = (raw if len(raw) <= max_bytes and img.format == "PNG" else _png(img, max_bytes)), "image/png"
+        keep = len(raw) <= max_bytes and img.format == "PNG" and not small
+        data, mime = (raw if keep else _png(_enlarge(img), max_bytes)), "image/png"
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 

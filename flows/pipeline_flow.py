@@ -138,7 +138,11 @@ def _make_flow(pipeline: str) -> Flow:
     def body(overrides: list[str] | None = None, root: str | None = None, run_id: str | None = None) -> dict:
         return run_stages(pipeline, list(overrides or []), root, run_id)
 
-    body.__doc__ = f"The {pipeline} pipeline: {get(pipeline).summary}."
+    # the Args lines become the field descriptions of the run form in the Prefect UI
+    body.__doc__ = (f"The {pipeline} pipeline: {get(pipeline).summary}.\n\nArgs:\n"
+                    "    overrides: KEY=VALUE strings, as `tapeline run --set` takes them.\n"
+                    "    root: artifact root URI; empty: $TAPELINE_ROOT of the worker, else ./tapeline-artifacts.\n"
+                    "    run_id: the run's id; empty: derived from the flow run.\n")
     # the module attribute it is bound to below, so a deployment's entrypoint resolves to it
     body.__name__ = body.__qualname__ = pipeline.replace("-", "_")
     return flow(body, name=pipeline, flow_run_name=_flow_run_name, log_prints=True,

@@ -156,7 +156,10 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._save()
         self._server(self._database_url())
-        env = self._env({"TAPELINE_REPO": str(REPO)})
+        env = self._env({})
+        # `prefect deploy` fills in {{ $VAR }} from its own environment when VAR is set: without
+        # TAPELINE_REPO here, prefect.yaml's pull step keeps its placeholder for each worker to fill
+        env.pop("TAPELINE_REPO", None)
         stack_prefect.ensure_pool(self.cfg["pool"], env)
         stack_prefect.deploy(env, REPO)
         stack_prefect.ensure_automations(env, int(worker_env(self.cfg["root"])["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]))

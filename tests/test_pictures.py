@@ -21,8 +21,9 @@ def test_large_png_and_gif_shrink_under_the_budget_and_stay_pictures(tmp_path):
     Image.fromarray(noise).save(tmp_path / "big.png")
     frames = [Image.fromarray(rng.integers(0, 255, (300, 300), dtype=np.uint8)) for _ in range(40)]
     frames[0].save(tmp_path / "big.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    small = np.zeros((28, 28), np.uint8)
-    Image.fromarray(small).save(tmp_path / "small.png")
+    Image.fromarray(rng.integers(0, 255, (400, 400), dtype=np.uint8)[:, :, None].repeat(3, 2) // 128 * 128
+                    ).save(tmp_path / "fits.png")
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "grid.png")
 
     for name, mime in (("big.png", "image/png"), ("big.gif", "image/gif")):
         assert (tmp_path / name).stat().st_size > pictures.MAX_BYTES
@@ -32,7 +33,10 @@ def test_large_png_and_gif_shrink_under_the_budget_and_stay_pictures(tmp_path):
         assert img.width >= 64
         if mime == "image/gif":
             assert img.n_frames >= 4  # still an animation
-    assert _decode(pictures.data_uri(str(tmp_path / "small.png")))[1] == (tmp_path / "small.png").read_bytes()
+    # a PNG that fits goes as it is; a tiny sample grid is enlarged without blurring
+    assert _decode(pictures.data_uri(str(tmp_path / "fits.png")))[1] == (tmp_path / "fits.png").read_bytes()
+    grid = np.asarray(Image.open(io.BytesIO(_decode(pictures.data_uri(str(tmp_path / "grid.png")))[1])))
+    assert grid.shape[0] >= pictures.MIN_WIDTH and set(np.unique(grid)) == {0, 255}
 
 
 def test_markdown_embeds_each_picture_and_names_one_it_cannot_read(tmp_path):

@@ -3,6 +3,7 @@
 back from the server and looked at in Debian's Chromium."""
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 import os
@@ -113,6 +114,46 @@ def test_second_up_finds_what_runs(stack, capsys):
     assert {n: (stack.dir / f"{n}.pid").read_text() for n in pids} == pids
 
 
+def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parameters(stack):
+    import yaml
+
+    from pipelines.registry import all_pipelines
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]}
+    deps = stack_prefect.deployments(stack.env)
+    assert set(deps) == {f"{p}/retrain" for p in all_pipelines()}
+    for name, d in deps.items():
+        # templated on the worker at run time, from its own TAPELINE_REPO
+        assert d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
+                                    {"directory": "{{ $TAPELINE_REPO }}"}}], d["pull_steps"]
+        props = d["parameter_openapi_schema"]["properties"]  # what the UI's run form is built from
+        assert {"type": "array", "items": {"type": "string"}} in props["overrides"]["anyOf"]
+        assert {"type": "string"} in props["root"]["anyOf"]
+        assert [s["schedule"]["cron"] for s in d["schedules"]] == crons[name.split("/")[0].replace("-", "_")]
+
+
+def test_server_beyond_loopback_requires_the_auth_string(stack, tmp_path):
+    """`--host 0.0.0.0` turns Prefect's basic auth on, with the string from the 0600 secrets file."""
+    import httpx
+
+    other = Stack(tmp_path / "state", host="0.0.0.0", port=_free_port())
+    other.dir.mkdir(parents=True)
+    auth = other.auth()
+    assert auth and auth == json.loads((other.dir / "secrets.json").read_text())["api_auth"]
+    assert stat.S_IMODE((other.dir / "secrets.json").stat().st_mode) == 0o600
+    try:
+        other._server(stack._database_url())
+        url = other.api_url
+        assert httpx.get(f"{url}/flows/", timeout=10).status_code in (401, 405)
+        assert httpx.post(f"{url}/flows/filter", json={}, timeout=10).status_code == 401
+        ok = httpx.post(f"{url}/flows/filter", json={}, timeout=10, auth=tuple(auth.split(":", 1)))
+        assert ok.status_code == 200 and {f["name"] for f in ok.json()} >= {"mnist-classifier"}
+    finally:
+        other.down()
+    assert not other.status()["api_healthy"]
+
+
 def test_worker_runs_deployment_then_reuses_every_stage_and_ui_shows_it(stack, tmp_path):
     first = trigger(stack, {"overrides": stack.sets})
     run = wait_final(stack, first)
@@ -170,8 +211,6 @@ def _replace_idx(data: Path) -> None:
 
 
 def _now() -> str:
-    import datetime as dt
-
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
@@ -180,7 +219,9 @@ def runs_started_after(stack, since: str) -> list[dict]:
     body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "start_time": {"after_": since}},
             "sort": "START_TIME_ASC"}
     with _api(stack) as c:
-        return c.post("flow_runs/filter", json=body).raise_for_status().json()
+        runs = c.post("flow_runs/filter", json=body).raise_for_status().json()
+    t = dt.datetime.fromisoformat(since)  # (runs not started pass the server's filter: drop them)
+    return [r for r in runs if r["start_time"] and dt.datetime.fromisoformat(r["start_time"]) > t]
 
 
 def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
@@ -188,7 +229,7 @@ def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         for run in runs_started_after(stack, since):
-            if run["auto_scheduled"] and run["state_type"] not in ("PENDING", "RUNNING"):
+            if run["auto_scheduled"] and run["state_type"] not in ("SCHEDULED", "PENDING", "RUNNING"):
                 assert run["state_type"] == "COMPLETED", run["state"]
                 return run["id"]
         time.sleep(1)
