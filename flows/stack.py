@@ -131,7 +131,8 @@ class Stack:
         env = self._env({"PREFECT_API_DATABASE_CONNECTION_URL": db_url,
                          "PREFECT_SERVER_API_HOST": self.cfg["host"],
                          "PREFECT_SERVER_API_PORT": str(self.cfg["port"]),
-                         "PREFECT_UI_API_URL": self.api_url})
+                         # what browsers call: on another host they need this machine's name
+                         "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL") or self.api_url})
         if self.auth():
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth()
         stack_process.start([sys.executable, "-m", "prefect", "server", "start"],
@@ -176,11 +177,11 @@ class Stack:
             if name in self.cfg["started"]:
                 stopped = stack_process.stop(self._file(f"{name}.pid"), MARKERS[name])
                 print(f"{name:<15}{'stopped' if stopped else 'was not running'}")
-        if "postgres" in self.cfg["started"] or purge:
+        if "postgres" in self.cfg["started"]:
             cluster = self._cluster()
             cluster.stop()
             print(f"postgres      stopped   cluster {cluster.version}/{cluster.name}")
-        if purge and "pg-cluster-created" in self.cfg["started"]:
+        if purge and "pg-cluster-created" in self.cfg["started"]:  # never a cluster up did not create
             self._cluster().drop()
             print("postgres      cluster dropped")
             self.cfg["started"] = []
