@@ -80,7 +80,8 @@ def _run_id(given: str | None) -> str:
     from prefect.runtime import flow_run
 
     start = flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)
-    return f"{start:%Y%m%dT%H%M%S}-{str(flow_run.id)[:6]}"
+    # Prefect's flow run ids are UUIDv7: the head is a clock (equal for hours), the tail random
+    return f"{start:%Y%m%dT%H%M%S}-{str(flow_run.id)[-6:]}"
 
 
 def _flow_run_name() -> str:

@@ -93,10 +93,11 @@ def markdown_artifact(stack, run_id: str) -> dict:
 
 
 def record(stack, run_id: str) -> dict:
-    """The run record the flow wrote into the artifact root (its run id ends with the flow run's id)."""
-    runs = Path(stack.cfg["root"], "runs")
-    (path,) = [p for p in runs.glob("*.json") if p.stem.endswith(run_id[:6])]
-    return json.loads(path.read_text())
+    """The run record the flow wrote into the artifact root (the flow run is named PIPELINE-RUN_ID)."""
+    with _api(stack) as c:
+        name = c.get(f"flow_runs/{run_id}").raise_for_status().json()["name"]
+    assert name.startswith("mnist-classifier-"), name
+    return json.loads(Path(stack.cfg["root"], "runs", name[len("mnist-classifier-"):] + ".json").read_text())
 
 
 def test_secrets_file_is_owner_only_and_outside_git(stack):
