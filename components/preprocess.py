@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,14 @@ class Params(StageParams):
     jitter_size: int | None = key("data.jitter_resize")
     jitter_copies: int = key("data.jitter_copies")
     val_holdout: int = key("data.val_holdout")
+    val_max_share: float = key("data.val_max_share")
+
+    def holdout(self, n_train: int) -> int:
+        """How many of n_train examples become "val": val_holdout, capped at val_max_share of
+        them (at least one, so a small run still has the val split its trainer expects)."""
+        if not self.val_holdout:
+            return 0
+        return max(1, min(self.val_holdout, math.floor(n_train * self.val_max_share)))
 
     @property
     def jitter_splits(self) -> tuple[str, ...]:
@@ -138,11 +147,13 @@ def run(out, inputs, p: Params, rt) -> None:
         if "val" in counts:
             raise UserError("data.val_holdout would replace the source's own val split", examples.uri,
                             "--set data.val_holdout=0")
-        if p.val_holdout >= counts.get("train", 0):
-            raise UserError(f"data.val_holdout={p.val_holdout} leaves no training examples "
-                            f"(train has {counts.get('train', 0)})", "--set", "use a smaller holdout")
-        holdout_from = counts["train"] - p.val_holdout
-        counts = {**counts, "train": holdout_from, "val": p.val_holdout}
+        holdout = p.holdout(counts.get("train", 0))
+        if holdout >= counts.get("train", 0):
+            raise UserError(f"data.val_holdout={p.val_holdout} (data.val_max_share={p.val_max_share}) "
+                            f"leaves no training examples (train has {counts.get('train', 0)})", "--set",
+                            "use a smaller data.val_holdout or data.val_max_share")
+        holdout_from = counts["train"] - holdout
+        counts = {**counts, "train": holdout_from, "val": holdout}
     missing = [s for s in tuple(p.train_splits) + (p.eval_split,) if s not in counts]
     if missing:
         raise UserError(f"split(s) {missing} not in the data (it has {sorted(counts)})", examples.uri,
