@@ -31,6 +31,18 @@ def _package_dirs(top: str) -> tuple[Path, ...]:
 
 
 @lru_cache(maxsize=None)
+def _top_module_file(top: str) -> Path | None:
+    """A top-level plain module (a recipe outside any package, e.g. a test's own pipeline)."""
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.submodule_search_locations or not (spec.origin or "").endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+@lru_cache(maxsize=None)
 def _module_file(name: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> Path | None:
     """The source file of a project module, found on disk: importlib.util.find_spec would
     import every parent package and module (`from pipelines.layers import x` names
@@ -38,6 +50,8 @@ def _module_file(name: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> Pat
     top, *rest = name.split(".")
     if top not in packages:
         return None
+    if not rest and _top_module_file(top) is not None:
+        return _top_module_file(top)
     for base in _package_dirs(top):
         path = base.joinpath(*rest)
         for candidate in (path.with_name(path.name + ".py") if rest else None, path / "__init__.py"):
