@@ -11,7 +11,7 @@ import numpy as np
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components import records
+from components import checkpoints, records
 
 OUTPUT = "Model"
 INPUTS = {"transformed": "TransformedExamples"}
@@ -185,15 +185,8 @@ def run(out, inputs, cfg, pipeline) -> None:
                                    **{f"net_{k}": v for k, v in setup.networks.items()},
                                    **{f"opt_{k}": v for k, v in setup.optimizers.items()},
                                    **{f"rng_{k}": v for k, v in setup.rngs.items()})
-        manager = tf.train.CheckpointManager(ckpt, gfile.join(work, "checkpoints"), max_to_keep=t.keep_checkpoints)
-        history = {k: [] for k in setup.metrics}
-        epoch_log: list[dict] = []
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            saved = np.load(io.BytesIO(gfile.read_bytes(gfile.join(work, f"history-{int(step_var.numpy())}.npz"))))
-            history = {k: list(saved[k]) for k in setup.metrics}
-            epoch_log = json.loads(str(saved["epochs"]))
-            print(f"train: resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})", flush=True)
+        manager = checkpoints.manager(ckpt, gfile.join(work, "checkpoints"), t.keep_checkpoints)
+        history, epoch_log = checkpoints.restore(ckpt, manager, step_var, work, setup.metrics)
         seconds = _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
                         work, total, steps_per_epoch)
         _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds)
