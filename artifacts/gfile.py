@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import uuid
 from typing import Any, Iterator
 
 _CHUNK = 1 << 20
@@ -69,7 +70,23 @@ def read_json(path: str) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    """JSON files are the store's small control files (champion, run records, a work directory's
+    config and progress): on a local root they are replaced whole or not at all, so a full disk
+    never leaves half of one for the next run to trip over. (Object stores write whole objects.)"""
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    if not is_local(path):
+        write_bytes(path, data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_bytes(tmp, data)
+        _gf().rename(tmp, path, overwrite=True)
+    except BaseException:
+        try:
+            remove(tmp)
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            pass
+        raise
 
 
 def copy(src: str, dst: str) -> None:

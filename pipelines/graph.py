@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from artifacts import gfile
+from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
 from pipelines.base import RECIPE_STAGES, Pipeline
@@ -97,9 +98,16 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact]) -> 
     params, code = node.params(), node.code()
     fp = stage_fingerprint(node.stage, code, params, {k: v.fingerprint for k, v in inputs.items()})
     comp = node.component
-    return store.get_or_build(
-        node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
-        code=code, build=lambda w: comp.run(w, inputs, node.cfg, node.pipeline))
+    try:
+        return store.get_or_build(
+            node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
+            code=code, build=lambda w: comp.run(w, inputs, node.cfg, node.pipeline))
+    except Exception as exc:
+        # a full disk is the user's to fix: one line; the store has committed nothing
+        user = UserError.find(exc) or storage_error(exc, store.root, node.key)
+        if user is None:
+            raise
+        raise user from None
 
 
 def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
