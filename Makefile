@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PIPELINE ?= fashion-dcgan
 ARGS ?=
 
-.PHONY: run test bench data
+.PHONY: run test bench fuzz data
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -29,4 +29,8 @@ test: $(STAMP) data
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
 
 bench: $(STAMP) data
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do [ $$b = benchmarks/fuzz.py ] || $(PY) $$b || exit 1; done
+
+# Seeded mutations of IDX files, JPEG bytes and paired folders through the data stages.
+fuzz: $(STAMP)
+	$(PY) benchmarks/fuzz.py --seed 17 --cases 210 --cli 4

@@ -43,6 +43,11 @@ def listdir(path: str) -> list[str]:
     return sorted(name.rstrip("/") for name in _gf().listdir(path))
 
 
+def stat(path: str):
+    """tf.io.gfile's stat: .length, .mtime_nsec."""
+    return _gf().stat(path)
+
+
 def rmtree(path: str) -> None:
     if _gf().isdir(path):
         _gf().rmtree(path)

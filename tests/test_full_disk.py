@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from artifacts.errors import UserError
+from benchmarks.fuzz import only_user_errors
 from tests.conftest import MNIST, tapeline
 from tests.test_data_stages import run_stages
 
@@ -39,20 +40,6 @@ def fill(disk: str, leave: int) -> str:
     with open(path, "wb") as f:
         f.write(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
     return path
-
-
-def tracebacks(stderr: str) -> list[str]:
-    """The exception line ending each traceback in stderr. Prefect logs a failed task's exception,
-    a UserError too (issue 15 silences that); any other exception there is a bug."""
-    lines, out = stderr.splitlines(), []
-    for i, line in enumerate(lines):
-        if line.startswith("Traceback (most recent call last):"):
-            out.append(next((ln for ln in lines[i + 1:] if not ln.startswith(" ")), ""))
-    return out
-
-
-def only_user_errors(stderr: str) -> bool:
-    return all(t.startswith("artifacts.errors.UserError: ") for t in tracebacks(stderr))
 
 
 def committed(root):
