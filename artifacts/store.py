@@ -241,6 +241,15 @@ class ArtifactStore:
         gfile.makedirs(gfile.join(self.root, pipeline))
         gfile.write_json(gfile.join(self.root, pipeline, CHAMPION), record)
 
+    def replace_champion(self, pipeline: str, record: dict, better: Callable[[dict | None], bool]) -> bool:
+        """Make record the champion if better(the champion of now) holds, judged and written under
+        one lock: of several runs promoting at once, a worse model never overwrites a better one."""
+        with lock.exclusive(self.lock_path(pipeline, "promote", "champion")):
+            if not better(self.champion(pipeline)):
+                return False
+            self.set_champion(pipeline, record)
+            return True
+
     def record_run(self, run_id: str, record: dict) -> str:
         gfile.makedirs(gfile.join(self.root, RUNS))
         path = gfile.join(self.root, RUNS, f"{run_id}.json")

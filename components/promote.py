@@ -27,7 +27,9 @@ def run(out, inputs, cfg, pipeline) -> None:
             gfile.copy(path, out.file("exported", path.rsplit("/", 1)[-1]))
     gfile.write_json(out.file("push.json"), record)
     out.metadata.update(pushed=pushed)
-    out.on_commit = (lambda art: store.set_champion(pipeline.name, {
+    # judged once more when it takes the title: another run may have promoted a better model since
+    out.on_commit = (lambda art: store.replace_champion(pipeline.name, {
         "version": art.version, "uri": art.uri, "metrics": result, "why": why,
         "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
-        "exported": art.path("exported")})) if pushed else None
+        "exported": art.path("exported")}, lambda now: metrics.bless(
+            recipe(pipeline).KIND, result, now, cfg.eval.tolerance)[0])) if pushed else None

@@ -119,7 +119,11 @@ def _load(work: str, split: str) -> dict:
     path = gfile.join(work, f"{split}.json")
     if not gfile.exists(path):
         return _empty()
-    return from_json(gfile.read_json(path))
+    try:
+        return from_json(gfile.read_json(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON that is not our statistics
+        raise UserError(f"statistics written by this run do not load ({type(e).__name__}); something else "
+                        "writes into the work directory", path, "run again; check who can write the root") from None
 
 
 def summarize(s: dict) -> dict:
