@@ -25,6 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # as the tests run it: the error line is the last
 
 MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
 KINDS = ("idx-header", "idx-count", "idx-truncate", "idx-gzip", "jpeg-bytes", "paired-files", "paired-names")

@@ -82,3 +82,30 @@ def test_disk_full_during_training_then_freed_rerun_completes(small_disk):
                                                               ("ingest", "validate", "preprocess")}
     verify = tapeline("verify", "--root", root)
     assert verify.returncode == 0 and "0 damaged" in verify.stdout, verify.stdout
+
+
+def test_disk_full_while_committing_leaves_nothing_that_looks_committed(monkeypatch):
+    """The marker itself fails half way (an empty _COMMITTED on a full disk): no artifact, one line."""
+    import uuid
+
+    import tensorflow as tf
+
+    from artifacts import gfile
+
+    root = f"ram://tapeline-full-{uuid.uuid4().hex}"
+    real = gfile.write_bytes
+
+    def full_at_commit(path, data):
+        if path.endswith("/_COMMITTED"):
+            real(path, b"")  # what a write that dies on ENOSPC leaves behind
+            raise tf.errors.ResourceExhaustedError(None, None, f"{path}; No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(gfile, "write_bytes", full_at_commit)
+    with pytest.raises(UserError) as err:
+        run_stages(root, "mnist-classifier", SETS, "ingest")
+    assert err.value.line() == f"no space left on {root} (mnist-classifier/ingest) — free space and run again"
+    assert gfile.listdir(f"{root}/mnist-classifier/ingest") in ([], ["_locks"])
+    monkeypatch.undo()
+    done, store = run_stages(root, "mnist-classifier", SETS, "ingest")
+    assert [a.uri for a in store.versions("mnist-classifier", "ingest")] == [done["mnist-classifier/ingest"].uri]
