@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PIPELINE ?= fashion-dcgan
 ARGS ?=
 
-.PHONY: run test bench fuzz data
+.PHONY: run test bench soak fuzz data
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -29,7 +29,12 @@ test: $(STAMP) data
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
 
 bench: $(STAMP) data
-	for b in benchmarks/*.py; do [ $$b = benchmarks/fuzz.py ] || $(PY) $$b || exit 1; done
+	for b in $(filter-out benchmarks/soak.py benchmarks/fuzz.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
+
+# Issue 11's resume soak: N random kill moments across the four pipelines (about a minute each).
+N ?= 40
+soak: $(STAMP) data
+	$(PY) benchmarks/soak.py $(N) --markdown
 
 # Seeded mutations of IDX files, JPEG bytes and paired folders through the data stages.
 fuzz: $(STAMP)

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from artifacts import gfile, lock
+from artifacts import failpoints, gfile, lock
 
 MANIFEST = "MANIFEST.json"
 COMMITTED = "_COMMITTED"  # written last: without it a directory is not an artifact
@@ -186,7 +186,9 @@ class ArtifactStore:
         gfile.makedirs(path)
         try:
             gfile.write_bytes(gfile.join(path, PENDING), fingerprint.encode())
+            failpoints.hit(f"store.build.{pipeline}/{stage}")
             yield w
+            failpoints.hit(f"store.built.{pipeline}/{stage}")
             gfile.remove(gfile.join(path, PENDING))
             files = {}
             for rel in gfile.walk_files(path):
@@ -228,6 +230,7 @@ class ArtifactStore:
                              inputs=inputs, code=code) as w:
                 build(w)
             art = self.find(pipeline, stage, fingerprint)
+            failpoints.hit(f"store.committed.{pipeline}/{stage}")
             if w.on_commit is not None:
                 w.on_commit(art)
         return StageRun(art, reused=False)

@@ -68,14 +68,16 @@ def load_history(work: str, step: int, metrics) -> tuple[dict, list]:
 _DAMAGE = (IndexError, ValueError, KeyError, EOFError, OSError, AssertionError)
 
 
-def restore(ckpt, mgr, step_var, work: str, metrics) -> tuple[dict, list]:
+def restore(ckpt, mgr, step_var, work: str, metrics, prepare=None) -> tuple[dict, list]:
     """Restore ckpt from the newest checkpoint that restores and whose history loads; each one
     that does not is reported in one warning line and skipped for the next older one. Returns
     (history, epoch log) at that step; with none left, the state training starts from (step 0).
 
     A failed restore may already have assigned some variables, so the fresh state is written
     first (in memory) and put back after every failure: a fallback starts from exactly the state
-    an uninterrupted run had there."""
+    an uninterrupted run had there. prepare(step) runs before each attempt (the train stage
+    starts a fresh iterator of the epoch that step is in), prepare(None) after a failure (it
+    drops that iterator again, so the object graph is the snapshot's)."""
     import tensorflow as tf
 
     empty = ({k: [] for k in metrics}, [])
@@ -90,12 +92,16 @@ def restore(ckpt, mgr, step_var, work: str, metrics) -> tuple[dict, list]:
             try:
                 step = int(name.split("-")[1])
                 history = load_history(work, step, metrics)
+                if prepare:
+                    prepare(step)
                 ckpt.restore(path).assert_existing_objects_matched()
                 if int(step_var.numpy()) != step:
                     raise ValueError(f"it holds step {int(step_var.numpy())}")
             except (tf.errors.OpError, *_DAMAGE) as e:
                 _warn(f"checkpoint {name} in {work} does not restore ({_one_line(e)}); "
                       "skipping it for the next older one")
+                if prepare:
+                    prepare(None)
                 ckpt.restore(snapshot).assert_existing_objects_matched()
                 continue
             print(f"train: resumed from step {step} ({path})", flush=True)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from artifacts import gfile
+from artifacts import failpoints, gfile
 from artifacts.errors import UserError
 from components import checkpoints, records
 
@@ -73,27 +73,28 @@ def _seed_states(networks) -> list:
     return out
 
 
-def _dataset(art, transform, cfg, setup, steps_per_epoch: int):
-    """Epoch e reads jitter copy e mod K. Each copy is one long-lived dataset that reshuffles
-    on every pass (seeded), so the stream is deterministic and its iterator checkpointable."""
-    import tensorflow as tf
+def _stream(art, transform, cfg, setup):
+    """The epoch stream over the train splits: epoch e reads jitter copy e mod K."""
+    from components.epochs import EpochStream
 
     t = cfg.train
-    copies = min(transform["copies"][s] for s in cfg.data.train_splits)
-    parse = records.parse_fn(transform, batched=True)
-    streams = []
-    for k in range(copies):
-        files = [f for s in cfg.data.train_splits for f in records.split_files(art, s, k)]
-        # shuffle the serialized records (uint8 bytes), then parse whole batches at once
-        d = tf.data.TFRecordDataset(files).shuffle(t.shuffle_buffer, seed=cfg.seed * 1009 + k,
-                                                   reshuffle_each_iteration=True)
-        d = d.batch(t.batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        streams.append(d.map(setup.batch).repeat())
-    if copies == 1:
-        return streams[0].prefetch(2)
-    choice = tf.data.Dataset.range(t.epochs).flat_map(
-        lambda e: tf.data.Dataset.from_tensors(e % copies).repeat(steps_per_epoch))
-    return tf.data.Dataset.choose_from_datasets(streams, choice).prefetch(2)
+    n_copies = min(transform["copies"][s] for s in cfg.data.train_splits)
+    copies = [[f for s in cfg.data.train_splits for f in records.split_files(art, s, k)] for k in range(n_copies)]
+    return EpochStream(copies, t.batch_size, t.shuffle_buffer, cfg.seed,
+                       records.parse_fn(transform, batched=True), setup.batch)
+
+
+def _epoch_of(stream, steps_per_epoch: int):
+    """For checkpoints.restore: before restoring a checkpoint of step s, a fresh iterator of the
+    epoch s is in (the checkpoint holds that one; fresh, even where a failed restore of the same
+    epoch touched the current one); None: no iterator, as before any restore."""
+    def prepare(step: int | None) -> None:
+        stream.epoch = -1
+        if hasattr(stream, "iterator"):
+            del stream.iterator
+        if step is not None:
+            stream.start(step // steps_per_epoch)
+    return prepare
 
 
 def _fixed_inputs(art, transform, cfg, n):
@@ -177,18 +178,18 @@ def run(out, inputs, cfg, pipeline) -> None:
             for name, opt in setup.optimizers.items():
                 opt.build(setup.networks[name].trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, name="step")
-        ds = _dataset(art, transform, cfg, setup, steps_per_epoch)
-        # a plain tf.data iterator of global batches, split per replica inside the step, so the
-        # checkpoint holds it under any strategy (a DistributedIterator is not trackable)
-        iterator = iter(ds)
-        ckpt = tf.train.Checkpoint(step=step_var, iterator=iterator, seed_states=_seed_states(setup.networks),
+        # plain tf.data iterators of global batches, split per replica inside the step, so the
+        # checkpoint holds them under any strategy (a DistributedIterator is not trackable)
+        stream = _stream(art, transform, cfg, setup)
+        ckpt = tf.train.Checkpoint(step=step_var, data=stream, seed_states=_seed_states(setup.networks),
                                    **{f"net_{k}": v for k, v in setup.networks.items()},
                                    **{f"opt_{k}": v for k, v in setup.optimizers.items()},
                                    **{f"rng_{k}": v for k, v in setup.rngs.items()})
         manager = checkpoints.manager(ckpt, gfile.join(work, "checkpoints"), t.keep_checkpoints)
-        history, epoch_log = checkpoints.restore(ckpt, manager, step_var, work, setup.metrics)
-        seconds = _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
-                        work, total, steps_per_epoch)
+        history, epoch_log = checkpoints.restore(ckpt, manager, step_var, work, setup.metrics,
+                                                 prepare=_epoch_of(stream, steps_per_epoch))
+        seconds = _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cfg, art,
+                        work, total, steps_per_epoch, pipeline.name)
         _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
                             devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),
@@ -213,8 +214,8 @@ def _per_replica(tf, strategy, batch):
     return strategy.experimental_distribute_values_from_function(part)
 
 
-def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, cfg, art,
-          work, total, steps_per_epoch) -> float:
+def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cfg, art,
+          work, total, steps_per_epoch, name) -> float:
     """Train to `total` steps; returns the seconds this session's loop took."""
     t = cfg.train
     names = setup.metrics
@@ -251,7 +252,8 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
                 if every > 0:
                     marks.append((step // every + 1) * every)
             n = min(min(marks) - step, t.steps_per_call)
-            values = {k: v.numpy() for k, v in run_steps(iterator, n).items()}
+            stream.start(step // steps_per_epoch)  # marks keep a call inside one epoch
+            values = {k: v.numpy() for k, v in run_steps(stream.iterator, n).items()}
             bad = [(i, k) for k in names for i in np.flatnonzero(~np.isfinite(values[k]))]
             if bad:
                 i, k = min(bad)
@@ -276,6 +278,7 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
                 rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
                 rec.update({k: v for k, v in last.items() if k.startswith("val_")})
                 epoch_log.append(rec)
+                failpoints.hit(f"train.{name}.epoch_end")
                 with writer.as_default(step=step):
                     for k, v in rec.items():
                         if k not in ("epoch", "step"):
@@ -283,12 +286,18 @@ def _loop(tf, strategy, setup, iterator, step_var, manager, history, epoch_log, 
             if sample_fn and (due(step, t.sample_every) or epoch_end):
                 arr = sample_fn().numpy()
                 gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
+                failpoints.hit(f"train.{name}.samples")
             if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total:
                 _save_history(gfile.join(work, f"history-{step}.npz"), history, epoch_log)
+                failpoints.hit(f"train.{name}.checkpoint.begin")
+                stream.start(step // steps_per_epoch)  # at an epoch end: save the next epoch's iterator
                 manager.save(checkpoint_number=step)
+                failpoints.hit(f"train.{name}.checkpoint.saved")
                 gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
                 _prune_histories(work, manager)
+                failpoints.hit(f"train.{name}.checkpoint.done")
             progress.update(step, epoch, last)
+            failpoints.hit(f"train.{name}.step")
     finally:
         progress.close()
         writer.flush()

@@ -12,7 +12,7 @@ from prefect import Flow, flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from artifacts import gfile
+from artifacts import failpoints, gfile
 from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
 from pipelines.graph import Node, nodes, run_node
@@ -103,6 +103,7 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
         result = stage_task.with_options(name=node.key)(store, node, done)
         done[node.key] = result.pop("artifact")
         stages[node.key] = result
+        failpoints.hit(f"flow.after.{node.key}")
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")

@@ -1,0 +1,184 @@
+"""Kill harness: `tapeline run` SIGKILLed (whole process group) at named or random moments, rerun
+on the same root, and compared with an uninterrupted run. Shared by tests and benchmarks/soak.py.
+
+Each pipeline runs at its own default batch size, shuffle buffer, checkpoint and sample intervals;
+only the amount of data, the number of epochs and evaluation's sample count are made small."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tests.conftest import MNIST, PEOPLE, REPO
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+CONFIGS = {
+    # 250 train + 50 val: 8 steps an epoch, 2 epochs (the default), checkpoint at the end only
+    "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50"],
+    # train+test 256 digits at batch 64: 4 steps an epoch, samples at epoch ends
+    "mnist-gan": [f"data.source=idx:{MNIST}", "data.max_examples=128", "train.epochs=3", "eval.num_samples=256"],
+    # 600 images at batch 256 (buffer 60000): 3 steps an epoch, a checkpoint every 5 epochs
+    "fashion-dcgan": [f"data.source=idx:{FASHION}", "data.max_examples=600", "train.epochs=6",
+                      "eval.num_samples=256"],
+    # 6 pairs at batch 1, 10 jitter copies, a checkpoint every 20 epochs (120 steps)
+    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=6", "data.image_size=32", "train.epochs=25"],
+}
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    moments: list[str] = field(default_factory=list)  # failpoints passed, in order
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(self.stdout)
+
+    @property
+    def resumed_from(self) -> int | None:
+        found = re.findall(r"resumed from step (\d+)", self.stderr)
+        return int(found[-1]) if found else None
+
+
+def run(pipeline: str, root: str, sets: list[str], failpoints: str = "", kill_after: float | None = None,
+        env: dict | None = None, timeout: float = 900) -> Run:
+    """`tapeline run --json` in its own process group; stopped at a failpoint, after kill_after
+    seconds (SIGKILL of the group from outside), or let finish."""
+    with tempfile.NamedTemporaryFile("r", suffix=".trace") as trace:
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "INFO",
+                    "TAPELINE_FAILPOINTS": failpoints, "TAPELINE_FAILPOINTS_TRACE": trace.name, **(env or {})}
+        args = [x for s in sets for x in ("--set", s)]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
+             "run", pipeline, "--json", "--root", root, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=full_env)
+        try:
+            out, err = proc.communicate(timeout=kill_after if kill_after is not None else timeout)
+        except subprocess.TimeoutExpired:
+            with_group(proc, signal.SIGKILL)
+            out, err = proc.communicate()
+            if kill_after is None:
+                raise
+        with_group(proc, signal.SIGKILL)  # a failpoint killed the group; reap anything left over
+        return Run(proc.returncode, out, err, trace.read().split())
+
+
+def with_group(proc, sig) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def killed(r: Run) -> bool:
+    return r.returncode == -signal.SIGKILL
+
+
+def stage_of(moment: str | None) -> str:
+    """The stage a failpoint name belongs to: train.P.x -> P/train, store.x.P/S and flow.after.P/S -> P/S."""
+    if not moment:
+        return "start-up"
+    if moment.startswith("train."):
+        return moment.split(".")[1] + "/train"
+    where = moment.split(".", 2)[-1]
+    return f"after {where}" if moment.startswith("flow.after.") else where
+
+
+@dataclass
+class Outcome:
+    """What an uninterrupted run and a resumed one must agree on, array for array."""
+    weights: dict
+    history: dict
+    samples: dict
+    metrics: dict
+
+    @classmethod
+    def of(cls, summary: dict, pipeline: str) -> "Outcome":
+        import keras
+
+        train = summary["stages"][f"{pipeline}/train"]["uri"]
+        weights = {os.path.basename(p): keras.saving.load_model(p, compile=False).get_weights()
+                   for p in sorted(glob.glob(f"{train}/models/*.keras"))}
+        with np.load(f"{train}/history.npz", allow_pickle=False) as h:
+            history = {k: h[k].copy() for k in h.files}
+        samples = {os.path.basename(p): np.load(p, allow_pickle=False)
+                   for p in sorted(glob.glob(f"{train}/samples/*.npy"))}
+        with open(f"{summary['stages'][f'{pipeline}/evaluate']['uri']}/metrics.json") as f:
+            metrics = json.load(f)
+        return cls(weights, history, samples, metrics)
+
+    def differences(self, other: "Outcome") -> list[str]:
+        out = []
+        for what in ("weights", "history", "samples"):
+            mine, theirs = getattr(self, what), getattr(other, what)
+            if mine.keys() != theirs.keys():
+                out.append(f"{what}: {sorted(mine)} != {sorted(theirs)}")
+                continue
+            for k in mine:
+                a, b = mine[k], theirs[k]
+                pairs = zip(a, b) if isinstance(a, list) else [(a, b)]
+                if (isinstance(a, list) and len(a) != len(b)) or not all(
+                        x.shape == y.shape and np.array_equal(x, y) for x, y in pairs):
+                    out.append(f"{what}/{k} differs")
+        numbers = [{k: v for k, v in m.items() if isinstance(v, (int, float))} for m in (self.metrics, other.metrics)]
+        if numbers[0] != numbers[1] or not numbers[0]:  # (the feature model's uri differs per root)
+            out.append(f"metrics {numbers[0]} != {numbers[1]}")
+        return out
+
+
+def root_problems(root: str, summary: dict) -> list[str]:
+    """`tapeline verify` clean, exactly one committed version of every stage the run used, and
+    the champion pointing at the run's promotion."""
+    problems = []
+    verify = subprocess.run([sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
+                             "verify", "--root", root], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    if verify.returncode != 0 or " 0 damaged" not in verify.stdout:
+        problems.append("verify: " + verify.stdout.strip().splitlines()[-1] if verify.stdout else verify.stderr[-500:])
+    for key in summary["stages"]:
+        n = len(glob.glob(f"{root}/{key}/*/_COMMITTED"))
+        if n != 1:
+            problems.append(f"{key}: {n} committed versions")
+    pipeline = summary["pipeline"]
+    promote = summary["stages"].get(f"{pipeline}/promote")
+    if promote is not None:
+        champion = json.load(open(f"{root}/{pipeline}/champion.json")) if os.path.exists(
+            f"{root}/{pipeline}/champion.json") else None
+        pushed = json.load(open(f"{promote['uri']}/push.json"))["pushed"]
+        if pushed and (champion is None or champion["uri"] != promote["uri"]):
+            problems.append(f"champion {champion and champion['uri']} is not the pushed {promote['uri']}")
+    return problems
+
+
+def chain(pipeline: str, root: str, kills: list[str | float], sets: list[str] | None = None,
+          env: dict | None = None) -> tuple[list[dict], Run]:
+    """Kill the run at each of `kills` in turn on one root (a failpoint spec, or seconds after
+    start), then let it finish. Returns one row per kill and the finishing run."""
+    sets = CONFIGS[pipeline] if sets is None else sets
+    rows = []
+    for k in kills:
+        r = run(pipeline, root, sets, **({"kill_after": k} if isinstance(k, float) else {"failpoints": k}), env=env)
+        row = {"pipeline": pipeline, "kill": k if isinstance(k, str) else f"after {k:.1f} s",
+               "landed": stage_of(r.moments[-1] if r.moments else None), "killed": killed(r),
+               "resumed_from": r.resumed_from}
+        if not killed(r) and r.returncode != 0:
+            raise AssertionError(f"run failed instead of being killed at {k}: {r.stderr[-3000:]}")
+        rows.append(row)
+    final = run(pipeline, root, sets, env=env)
+    if final.returncode != 0:
+        raise AssertionError(f"rerun after {kills} failed: {final.stderr[-3000:]}")
+    # each row's run resumed from what the one before it left; the last from the final run
+    for row, nxt in zip(rows, rows[1:] + [{"resumed_from": final.resumed_from}]):
+        row["resumed_from"] = nxt["resumed_from"]
+    return rows, final
+
