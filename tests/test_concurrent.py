@@ -10,7 +10,7 @@ import sys
 from benchmarks.fuzz import only_user_errors
 from tests.conftest import MNIST, REPO, tapeline
 
-BASE = [f"data.source=idx:{MNIST}", "data.max_examples=200", "data.val_holdout=40", "train.max_steps=12",
+BASE = [f"data.source=idx:{MNIST}", "data.max_examples=200", "data.val_holdout=40", "train.max_steps=4",
         "eval.batch_size=100"]
 # four different configs (one with different data, so two ingests race as well) and one config twice
 CONFIGS = [BASE, BASE + ["seed=1"], BASE + ["model.learning_rate=0.01"], BASE[:1] + ["data.max_examples=160"] + BASE[2:],
