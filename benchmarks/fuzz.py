@@ -26,6 +26,7 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # as the tests run it: the error line is the last
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a loaded machine
 
 MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
 KINDS = ("idx-header", "idx-count", "idx-truncate", "idx-gzip", "jpeg-bytes", "paired-files", "paired-names")
@@ -376,8 +377,11 @@ def fuzz(seed: int, cases: int, cli: int = 0, work: str | None = None, log=print
         if outcome == "anything else":
             bad.append((i, kind, what, detail))
         elif outcome == "one-line error":
-            errors.append((i, pipeline, sets, detail))
-    for i, pipeline, sets, detail in errors[:: max(1, len(errors) // cli)][:cli] if cli else []:
+            errors.append((i, kind, pipeline, sets, detail))
+    # through the CLI: the first failing case of each kind, JPEG and pairs before IDX
+    order = ("jpeg-bytes", "idx-header", "paired-files", "idx-gzip", "idx-count", "idx-truncate")
+    picked = [next(e for e in errors if e[1] == k) for k in order if any(e[1] == k for e in errors)][:cli]
+    for i, _kind, pipeline, sets, detail in picked:
         code, last, stderr = run_cli(pipeline, sets, os.path.join(work, f"cli-{i:04d}"))
         ok = code == 2 and last == f"tapeline: error: {detail}" and only_user_errors(stderr) and \
             not _cli_committed_failure(work, i)
