@@ -36,12 +36,18 @@ def manager(ckpt, directory: str, keep: int):
         return tf.train.CheckpointManager(ckpt, directory, max_to_keep=keep)
 
 
-def _candidates(mgr) -> list[str]:
-    """Checkpoint prefixes, highest step first: the manager's list, or (its state file lost) what
-    is on disk. By step, not by list order: a skipped checkpoint stays listed until training
-    reaches its step again and overwrites it."""
-    paths = list(mgr.checkpoints) or [p[: -len(".index")] for p in
-                                      gfile.glob(gfile.join(mgr.directory, "ckpt-*.index"))]
+def _candidates(directory: str) -> list[str]:
+    """Checkpoint prefixes in directory, highest step first: the CheckpointManager's list, or
+    (its state file lost) what is on disk. By step, not by list order: a skipped checkpoint stays
+    listed until training reaches its step again and overwrites it."""
+    import tensorflow as tf
+
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # an empty state file (manager() reports it where it owns the directory)
+        state = None
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    paths = paths or [p[: -len(".index")] for p in gfile.glob(gfile.join(directory, "ckpt-*.index"))]
     steps = {}
     for path in paths:
         m = re.fullmatch(r"ckpt-(\d+)", path.rsplit("/", 1)[-1])
@@ -68,8 +74,9 @@ def load_history(work: str, step: int, metrics) -> tuple[dict, list]:
 _DAMAGE = (IndexError, ValueError, KeyError, EOFError, OSError, AssertionError)
 
 
-def restore(ckpt, mgr, step_var, work: str, metrics, prepare=None) -> tuple[dict, list]:
-    """Restore ckpt from the newest checkpoint that restores and whose history loads; each one
+def restore(ckpt, directory: str, step_var, work: str, metrics, prepare=None) -> tuple[dict, list]:
+    """Restore ckpt from the newest checkpoint in directory that restores and whose history (in
+    work) loads; each one
     that does not is reported in one warning line and skipped for the next older one. Returns
     (history, epoch log) at that step; with none left, the state training starts from (step 0).
 
@@ -81,7 +88,7 @@ def restore(ckpt, mgr, step_var, work: str, metrics, prepare=None) -> tuple[dict
     import tensorflow as tf
 
     empty = ({k: [] for k in metrics}, [])
-    candidates = _candidates(mgr)
+    candidates = _candidates(directory)
     if not candidates:
         return empty
     ckpt.save_counter  # created lazily by the first restore: create it now, so the snapshot holds it

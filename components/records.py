@@ -15,7 +15,9 @@ NO_LABEL = -1  # what read_examples gives for an example without a label
 
 def encode(ex: dict[str, Any]) -> bytes:
     """bytes and str values become bytes features, ints and int tuples int64 features.
-    Filled in place on the protobuf: three times faster than building Feature objects."""
+    Filled in place on the protobuf: three times faster than building Feature objects.
+    Serialized deterministically (map keys sorted): the feature map's order otherwise varies
+    from process to process, and the same example must be the same bytes on every worker."""
     from tensorflow.core.example import example_pb2
 
     proto = example_pb2.Example()
@@ -29,7 +31,7 @@ def encode(ex: dict[str, Any]) -> bytes:
             feats[k].int64_list.value.extend(map(int, v))
         else:
             feats[k].int64_list.value.append(int(v))
-    return proto.SerializeToString()
+    return proto.SerializeToString(deterministic=True)
 
 
 def read_examples(path: str) -> dict[str, list]:

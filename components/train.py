@@ -1,6 +1,7 @@
 """train (Trainer): the one scratch-loop engine that runs every recipe's train step."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -11,7 +12,7 @@ import numpy as np
 
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
-from components import checkpoints, records
+from components import checkpoints, distribute, records
 
 OUTPUT = "Model"
 INPUTS = {"transformed": "TransformedExamples"}
@@ -37,9 +38,11 @@ def prepare_devices(cfg) -> None:
         pass  # already started; _strategy reports what it got
 
 
-def _strategy(name: str):
+def _strategy(name: str, workers: int = 1):
     import tensorflow as tf
 
+    if name == "multi_worker":
+        return distribute.strategy(workers)
     if name != "mirrored":
         return tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -60,6 +63,24 @@ def _devices(model) -> set[str]:
         for c in getattr(v, "values", [v]):  # a MirroredVariable holds one component per device
             out.add(c.device.rsplit("/", 1)[-1])
     return out
+
+
+@contextlib.contextmanager
+def own_keras_seeds(seed: int):
+    """While networks are built, Keras draws the seeds of unseeded initializers and Dropout layers
+    from a generator of its own instead of Python's global `random`. Other threads draw from that
+    one too (Prefect's services jitter their sleeps with it), so under load a run started from
+    other initial weights than the same run a moment earlier: not resumable, not reproducible."""
+    import random
+
+    from keras.src.random import seed_generator  # Keras 3's make_default_seed draws from its python_random
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def _seed_states(networks) -> list:
@@ -152,16 +173,18 @@ def run(out, inputs, cfg, pipeline) -> None:
     identity = {"fingerprint": work.rstrip("/").rsplit("/", 1)[-1], "params": pipeline.stage_params(cfg, "train"),
                 "data": art.fingerprint}
     cfg_path = gfile.join(work, "config.json")
-    if gfile.exists(cfg_path) and gfile.read_json(cfg_path) != json.loads(json.dumps(identity)):
+    chief = distribute.is_chief()  # other workers read the chief's checkpoints, write elsewhere
+    if chief and gfile.exists(cfg_path) and gfile.read_json(cfg_path) != json.loads(json.dumps(identity)):
         raise UserError("checkpoint was written by another training config or data", work,
                         "delete the work directory or rerun with the original --set values")
-    gfile.write_json(cfg_path, identity)
+    if chief:
+        gfile.write_json(cfg_path, identity)
 
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if t.mixed_precision else "float32")
-    strategy = _strategy(t.strategy)
+    strategy = _strategy(t.strategy, t.workers)
     n_train = sum(transform["splits"][s] for s in cfg.data.train_splits)
     if n_train == 0:
         raise UserError("no training examples", art.uri, "check data.train_splits")
@@ -174,7 +197,8 @@ def run(out, inputs, cfg, pipeline) -> None:
                     _fixed_inputs(art, transform, cfg, getattr(cfg.model, "num_fixed_samples", 4)))
     try:
         with strategy.scope():
-            setup = mod.build(cfg, info)
+            with own_keras_seeds(cfg.seed):
+                setup = mod.build(cfg, info)
             for name, opt in setup.optimizers.items():
                 opt.build(setup.networks[name].trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, name="step")
@@ -185,12 +209,14 @@ def run(out, inputs, cfg, pipeline) -> None:
                                    **{f"net_{k}": v for k, v in setup.networks.items()},
                                    **{f"opt_{k}": v for k, v in setup.optimizers.items()},
                                    **{f"rng_{k}": v for k, v in setup.rngs.items()})
-        manager = checkpoints.manager(ckpt, gfile.join(work, "checkpoints"), t.keep_checkpoints)
-        history, epoch_log = checkpoints.restore(ckpt, manager, step_var, work, setup.metrics,
-                                                 prepare=_epoch_of(stream, steps_per_epoch))
+        scratch = distribute.scratch_dir(work)
+        manager = checkpoints.manager(ckpt, gfile.join(scratch, "checkpoints"), t.keep_checkpoints)
+        # every worker restores the chief's checkpoints (the only ones ever read back)
+        history, epoch_log = checkpoints.restore(ckpt, gfile.join(work, "checkpoints"), step_var, work,
+                                                 setup.metrics, prepare=_epoch_of(stream, steps_per_epoch))
         seconds = _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, cfg, art,
-                        work, total, steps_per_epoch, pipeline.name)
-        _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds)
+                        scratch, total, steps_per_epoch, pipeline.name)
+        _export(out, setup, history, epoch_log, scratch, total, steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
                             devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),
                             precision=keras.mixed_precision.global_policy().name, xla=t.xla)

@@ -74,9 +74,11 @@ def cmd_gc(args) -> int:
 def cmd_run(args) -> int:
     from pipelines.registry import get
 
+    from components import beam_run
+
     pipeline = get(args.pipeline)
-    pipeline.config(args.set)  # bad keys and values fail here, before anything runs or imports
-    from flows.pipeline_flow import run_pipeline
+    beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
+    from flows.pipeline_flow import run_pipeline  # before anything runs or imports
 
     summary = run_pipeline(pipeline.name, args.set, open_store(args.root).root)
     if args.json:
@@ -98,6 +100,22 @@ def cmd_plan(args) -> int:
     for row in rows:
         print(f"{row['key']:28s} {row['action']:18s} {row['why']}")
     return 0
+
+
+def cmd_worker(args) -> int:
+    from components.distribute import run_worker
+
+    print(json.dumps(run_worker(args.pipeline, args.set, open_store(args.root).root), sort_keys=True))
+    return 0
+
+
+def cmd_train_workers(args) -> int:
+    from components.distribute import launch
+    from pipelines.registry import get
+
+    pipeline = get(args.pipeline)
+    pipeline.config(args.set)  # bad keys and values fail here, before any worker starts
+    return launch(pipeline.name, args.set, open_store(args.root).root, args.workers)
 
 
 def cmd_serve(args) -> int:
@@ -128,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         if name == "run":
             p.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    p = add("train-workers", cmd_train_workers,
+            "train with N MultiWorkerMirroredStrategy workers on this machine (then `run` reuses the model)")
+    p.add_argument("pipeline")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = add("worker", cmd_worker, "one training worker (TF_CONFIG names the cluster and this worker): "
+            "the data stages, then train in lockstep; worker 0 commits")
+    p.add_argument("pipeline")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p = add("artifacts", cmd_artifacts, "committed versions")
     p.add_argument("pipeline", nargs="?")
     p.add_argument("--json", action="store_true")

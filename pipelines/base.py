@@ -23,6 +23,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "promote": ("eval.tolerance",),
 }
 # Knobs that change how a stage runs, never what it produces.
+# The Beam engine (beam.runner, beam.options, its addresses) is left out of STAGE_PARAMS for the
+# same reason: every runner writes byte-identical payloads (tests/test_engines.py).
 RUNTIME_KEYS = ("train.log_every",)
 # Stages whose result depends on the recipe's own code (networks, steps, metrics).
 RECIPE_STAGES = ("train", "evaluate", "render")

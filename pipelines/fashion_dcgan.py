@@ -118,7 +118,7 @@ def latent_dim(cfg: Config) -> int:
 
 
 def upstream(cfg: Config):
-    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed)
+    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed, cfg.beam)
 
 
 PIPELINE = Pipeline(

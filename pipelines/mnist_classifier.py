@@ -99,12 +99,14 @@ PIPELINE = Pipeline(
     stages=("ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"))
 
 
-def feature_config(data: DataConfig, seed: int) -> Config:
+def feature_config(data: DataConfig, seed: int, beam: BeamConfig | None = None) -> Config:
     """The classifier a GAN pipeline evaluates in: same source and sizes, the seed's recipe.
-    Its train split must not be the GAN's test split, so no split is held out twice."""
+    Its train split must not be the GAN's test split, so no split is held out twice.
+    Its data stages run on the GAN's Beam engine (runtime settings; its own shard count)."""
     import dataclasses
 
-    return Config(seed=seed, data=dataclasses.replace(
+    engine = dataclasses.replace(beam, shards=Config().beam.shards) if beam else Config().beam
+    return Config(seed=seed, beam=engine, data=dataclasses.replace(
         Config().data, source=data.source, max_examples=data.max_examples,
         image_size=data.image_size, channels=data.channels,
         val_holdout=min(Config().data.val_holdout, (data.max_examples or 10 ** 9) // 5)))

@@ -113,7 +113,7 @@ def real_logit(nets, images):
 
 def upstream(cfg: Config):
     """The feature classifier for evaluation, trained on the same data by mnist-classifier."""
-    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed)
+    return mnist_classifier.PIPELINE.name, mnist_classifier.feature_config(cfg.data, cfg.seed, cfg.beam)
 
 
 PIPELINE = Pipeline(

@@ -59,14 +59,15 @@ class TrainConfig:
     summary_every: int = 100              # steps between tf.summary scalars
     log_every: int = 200                  # steps between plain log lines (no terminal)
     steps_per_call: int = 50              # steps inside one tf.function call (fewer host syncs)
-    strategy: Literal["default", "mirrored"] = "default"
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    workers: int = 1                      # multi_worker: worker processes (TF_CONFIG must list as many)
     mixed_precision: bool = False
     xla: bool = False
     deterministic: bool = True            # tf op determinism: bit-exact resume
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "shuffle_buffer", "checkpoint_every", "steps_per_call",
-                    "summary_every", "log_every", "keep_checkpoints"):
+                    "summary_every", "log_every", "keep_checkpoints", "workers"):
             value = getattr(self, key)
             require(value > 0, f"train.{key}", value, "use a positive integer")
         require(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps,
@@ -88,12 +89,18 @@ class RenderConfig:
 
 @dataclass(frozen=True)
 class BeamConfig:
-    runner: str = "DirectRunner"          # FlinkRunner, SparkRunner, DataflowRunner, ...
-    options: str = ""                     # extra Beam flags, e.g. "--direct_num_workers=2"
+    # direct | dask | portable | a Beam runner name (FlinkRunner, ...); never part of a fingerprint
+    runner: str = "direct"
+    options: str = ""                     # extra Beam flags, e.g. "--direct_running_mode=multi_processing"
     shards: int = 4                       # TFRecord shards per split (the unit of parallel work)
+    dask_address: str = ""                # dask: a `dask scheduler` (tcp://HOST:8786); empty = local cluster
+    partitions: int = 0                   # dask: bag partitions; 0 = one per shard
+    job_endpoint: str = ""                # portable: a Beam job service, HOST:PORT
+    worker_pool: str = ""                 # portable: an SDK worker pool HOST:PORT (EXTERNAL); empty = LOOPBACK
 
     def check(self) -> None:
         require(self.shards >= 1, "beam.shards", self.shards, "use 1 or more")
+        require(self.partitions >= 0, "beam.partitions", self.partitions, "use 0 (one per shard) or more")
 
 
 @dataclass(frozen=True)

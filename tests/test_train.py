@@ -124,3 +124,37 @@ def test_mirrored_on_two_logical_cpus_mixed_precision_and_xla_train_the_dcgan(tm
     assert gen.layers[1].dtype_policy.name == "mixed_float16" and gen.layers[-1].dtype_policy.name == "float32"
     out = gen(np.zeros((2, 100), np.float32), training=False)
     assert str(out.dtype) in ("float32", "<dtype: 'float32'>") and out.shape == (2, 28, 28, 1)
+
+
+def test_networks_are_built_alike_while_other_threads_draw_from_python_random():
+    """Prefect's services draw from Python's global `random` in their own threads; the weights a
+    recipe starts from must not depend on when they do."""
+    import random
+    import threading
+
+    import keras
+
+    from components.train import own_keras_seeds
+    from pipelines.recipe import DataInfo
+    from pipelines.registry import get, recipe
+
+    p = get("fashion-dcgan")
+    cfg, info = p.config([]), DataInfo((28, 28, 1), 10, 600)
+    stop = threading.Event()
+
+    def noise():
+        while not stop.is_set():
+            random.random()
+    built = []
+    thread = threading.Thread(target=noise, daemon=True)
+    thread.start()
+    try:
+        for _ in range(2):
+            keras.utils.set_random_seed(cfg.seed)
+            with own_keras_seeds(cfg.seed):
+                setup = recipe(p).build(cfg, info)
+            built.append([w.copy() for net in setup.networks.values() for w in net.get_weights()])
+    finally:
+        stop.set()
+        thread.join()
+    assert len(built[0]) > 4 and all(np.array_equal(a, b) for a, b in zip(*built))
