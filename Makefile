@@ -29,7 +29,7 @@ test: $(STAMP) data
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
 
 bench: $(STAMP) data
-	for b in $(filter-out benchmarks/soak.py benchmarks/fuzz.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
+	for b in $(filter-out benchmarks/soak.py benchmarks/fuzz.py benchmarks/fuzz_inputs.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
 
 # Issue 11's resume soak: N random kill moments across the four pipelines (about a minute each).
 N ?= 40
