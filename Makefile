@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PIPELINE ?= fashion-dcgan
 ARGS ?=
 
-.PHONY: run test bench soak fuzz data
+.PHONY: run test bench soak fuzz data test-deps stack-up stack-down stack-status
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -22,10 +22,34 @@ data:
 	    echo "note: could not install dataset-fashion-mnist; tapeline will need tfds or --set data.source"; \
 	  fi; }
 
+# What tests/test_stack.py starts for real: Debian's PostgreSQL, Chromium and its driver (as root, only
+# when missing; without them those tests skip and say why).
+test-deps:
+	@missing=""; command -v pg_createcluster >/dev/null || missing="$$missing postgresql"; \
+	  test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	  test -x /usr/bin/chromedriver || missing="$$missing chromium-driver"; \
+	  if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null)) || \
+	    echo "note: could not install$$missing; the stack tests will skip"; \
+	  fi
+
+# The production-like Prefect stack (docs/deployments.md): PostgreSQL, server, work pool, deployments, worker.
+# STACK_ARGS e.g. "--interval 60 --only mnist-classifier --set train.epochs=1" or "--host 0.0.0.0".
+STACK_ARGS ?=
+stack-up: $(STAMP)
+	$(PY) -m flows.stack up $(STACK_ARGS)
+
+stack-down: $(STAMP)
+	$(PY) -m flows.stack down $(STACK_ARGS)
+
+stack-status: $(STAMP)
+	$(PY) -m flows.stack status $(STACK_ARGS)
+
 run: $(STAMP) data
 	$(VENV)/bin/tapeline run $(PIPELINE) $(ARGS)
 
-test: $(STAMP) data
+test: $(STAMP) data test-deps
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
 
 bench: $(STAMP) data

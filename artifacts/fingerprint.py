@@ -21,16 +21,29 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(canonical(obj).encode("utf-8")).hexdigest()
 
 
-def _module_file(name: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> Path | None:
-    if name.split(".")[0] not in packages:
-        return None
+@lru_cache(maxsize=None)
+def _package_dirs(top: str) -> tuple[Path, ...]:
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(top)  # runs only the top package's __init__
     except (ImportError, ValueError):
+        return ()
+    return tuple(Path(p) for p in (spec.submodule_search_locations or [])) if spec else ()
+
+
+@lru_cache(maxsize=None)
+def _module_file(name: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> Path | None:
+    """The source file of a project module, found on disk: importlib.util.find_spec would
+    import every parent package and module (`from pipelines.layers import x` names
+    `pipelines.layers.x`, whose parent is layers.py, which imports TensorFlow)."""
+    top, *rest = name.split(".")
+    if top not in packages:
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    for base in _package_dirs(top):
+        path = base.joinpath(*rest)
+        for candidate in (path.with_name(path.name + ".py") if rest else None, path / "__init__.py"):
+            if candidate is not None and candidate.is_file():
+                return candidate
+    return None
 
 
 def _imports(name: str, path: Path, packages: tuple[str, ...]) -> set[str]:

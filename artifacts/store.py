@@ -229,7 +229,7 @@ class ArtifactStore:
             with self.writer(pipeline, stage, fingerprint, type=type, params=params,
                              inputs=inputs, code=code) as w:
                 build(w)
-            art = self.find(pipeline, stage, fingerprint)
+            art = self.load(w.path)  # hashed a moment ago by the commit: no second pass
             failpoints.hit(f"store.committed.{pipeline}/{stage}")
             if w.on_commit is not None:
                 w.on_commit(art)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +27,21 @@ class Params:
     jitter_resize: int
     copies: int
     val_holdout: int
+    val_max_share: float = 1.0
+
+    def holdout(self, n_train: int) -> int:
+        """How many of n_train examples become "val": val_holdout, capped at val_max_share of
+        them (at least one, so a small run still has the val split its trainer expects)."""
+        if not self.val_holdout:
+            return 0
+        return max(1, min(self.val_holdout, math.floor(n_train * self.val_max_share)))
 
     @classmethod
     def from_config(cls, cfg) -> "Params":
         d = cfg.data
         return cls(cfg.seed, d.layout, d.image_size, d.channels, d.normalize,
                    tuple(d.train_splits) if d.jitter else (), d.resize_for_jitter,
-                   d.jitter_copies if d.jitter else 1, d.val_holdout)
+                   d.jitter_copies if d.jitter else 1, d.val_holdout, d.val_max_share)
 
 
 def resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -130,11 +139,13 @@ def run(out, inputs, cfg, pipeline) -> None:
         if "val" in counts:
             raise UserError("data.val_holdout would replace the source's own val split", examples.uri,
                             "--set data.val_holdout=0")
-        if p.val_holdout >= counts.get("train", 0):
-            raise UserError(f"data.val_holdout={p.val_holdout} leaves no training examples "
-                            f"(train has {counts.get('train', 0)})", "--set", "use a smaller holdout")
-        holdout_from = counts["train"] - p.val_holdout
-        counts = {**counts, "train": holdout_from, "val": p.val_holdout}
+        holdout = p.holdout(counts.get("train", 0))
+        if holdout >= counts.get("train", 0):
+            raise UserError(f"data.val_holdout={p.val_holdout} (data.val_max_share={p.val_max_share}) "
+                            f"leaves no training examples (train has {counts.get('train', 0)})", "--set",
+                            "use a smaller data.val_holdout or data.val_max_share")
+        holdout_from = counts["train"] - holdout
+        counts = {**counts, "train": holdout_from, "val": holdout}
     missing = [s for s in cfg.data.train_splits + (cfg.data.eval_split,) if s not in counts]
     if missing:
         raise UserError(f"split(s) {missing} not in the data (it has {sorted(counts)})", examples.uri,

@@ -65,8 +65,7 @@ def read_idx(d: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     for p in (img_path, lbl_path):
         if not gfile.exists(p) or gfile.isdir(p):
             raise UserError("missing IDX file", p, "an idx: folder needs the four MNIST-format .gz files")
-        st = gfile.stat(p)
-        stamps.append((st.length, st.mtime_nsec))
+        stamps.append(gfile.stat(p))
     # cached per process (ingest's workers read a split once per shard), keyed by the files' size
     # and mtime too: a long-lived process (serve) must see data that changed on disk
     return _read_idx(img_path, lbl_path, tuple(stamps))

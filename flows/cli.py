@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -78,17 +79,63 @@ def cmd_run(args) -> int:
 
     pipeline = get(args.pipeline)
     beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
-    from flows.pipeline_flow import run_pipeline  # before anything runs or imports
+    server = _prefect_server_in_background()  # before anything runs or imports
+    from flows import quiet
+    from flows.pipeline_flow import run_pipeline
 
-    summary = run_pipeline(pipeline.name, args.set, open_store(args.root).root)
+    quiet.setup_logging(args.verbose)
+    store = open_store(args.root)
+    if server is not None:
+        server.join()
+    summary = run_pipeline(pipeline.name, args.set, store.root)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
-    else:
-        for key, st in summary["stages"].items():
-            print(f"{key:28s} {'reused' if st['reused'] else 'built '}  {st['uri']}")
-        print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
-        print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
+        return 0
+    print(stage_table(summary, store.root))
+    print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
+    print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
     return 0
+
+
+def _prefect_server_in_background():
+    """Prefect's temporary API server is a uvicorn subprocess that takes seconds to start;
+    start it now, while this process imports Prefect and the pipelines, not after. The flow
+    then finds it running (a failure here is left for the flow to meet and report)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+
+    def start():
+        try:
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - get_client starts it again and raises properly
+            pass
+
+    import threading
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
+
+
+def stage_table(summary: dict, root: str) -> str:
+    """The run at a glance: each stage, reused or built, its seconds, its artifact."""
+    stages = summary["stages"]
+    width = max(len(k) for k in stages)
+    lines = [f"{'stage':{width}s}  result  {'seconds':>8s}  artifact (under {root})"]
+    for key, st in stages.items():
+        uri = st["uri"][len(root):].lstrip("/") if st["uri"].startswith(root) else st["uri"]
+        lines.append(f"{key:{width}s}  {'reused' if st['reused'] else 'built ':6s}  "
+                     f"{st.get('seconds', float('nan')):8.1f}  {uri}")
+    total = sum(st.get("seconds", 0.0) for st in stages.values())
+    built = sum(not st["reused"] for st in stages.values())
+    lines.append(f"{'total':{width}s}  {built} built {total:8.1f}")
+    return "\n".join(lines)
 
 
 def cmd_plan(args) -> int:
@@ -119,7 +166,10 @@ def cmd_train_workers(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from flows import quiet
     from flows.serve import serve
+
+    quiet.setup_logging(args.verbose)
 
     serve(open_store(args.root).root, only=args.pipeline or None, dry_run=args.dry_run)
     return 0
@@ -132,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, fn, help, root=True):
         p = sub.add_parser(name, help=help)
         p.set_defaults(fn=fn)
+        p.add_argument("-v", "--verbose", action="store_true",
+                       default=os.environ.get("TAPELINE_VERBOSE", "") not in ("", "0", "false"),
+                       help="show every library's log: TensorFlow's C++ start-up lines, "
+                            "tracebacks of input errors ($TAPELINE_VERBOSE=1 does the same)")
         if root:
             p.add_argument("--root", default=default_root(),
                            help="artifact root URI (default: $TAPELINE_ROOT or ./tapeline-artifacts)")
@@ -171,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from flows import quiet
+
+    quiet.setup_env(args.verbose)  # before anything imports TensorFlow, Beam or Prefect
     try:
         return args.fn(args)
     except SystemExit:  # e.g. prefect.serve's SIGTERM handler: a clean stop

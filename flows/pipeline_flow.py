@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 import uuid
 
 from prefect import Flow, flow, get_run_logger, tags, task
@@ -62,8 +63,10 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
               "| stage | reused | artifact |", "|---|---|---|"]
     lines += [f"| {k} | {v['reused']} | `{v['uri']}` |" for k, v in summary["stages"].items()]
     pics = summary.get("pictures", {})
-    if pics:
-        lines += ["", "Pictures: " + ", ".join(f"[{k}]({v})" for k, v in pics.items())]
+    if pics:  # embedded as data: URIs, since a browser on the Prefect UI cannot open the root's paths
+        from flows.pictures import markdown
+
+        lines += ["", "## Pictures", ""] + markdown(pics)
     return "\n".join(lines)
 
 
@@ -79,7 +82,8 @@ def _run_id(given: str | None) -> str:
     from prefect.runtime import flow_run
 
     start = flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)
-    return f"{start:%Y%m%dT%H%M%S}-{str(flow_run.id)[:6]}"
+    # Prefect's flow run ids are UUIDv7: the head is a clock (equal for hours), the tail random
+    return f"{start:%Y%m%dT%H%M%S}-{str(flow_run.id)[-6:]}"
 
 
 def _flow_run_name() -> str:
@@ -91,16 +95,19 @@ def _flow_run_name() -> str:
 def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: str | None) -> dict:
     """The body of every pipeline's flow: each stage as a task, then the run record, the
     champion and a markdown artifact for the Prefect UI."""
-    from components.train import prepare_devices
-
     p = get(pipeline)
     cfg = p.config(overrides)
-    prepare_devices(cfg)
+    if cfg.train.strategy == "mirrored":  # else TensorFlow loads only when a stage needs it
+        from components.train import prepare_devices
+
+        prepare_devices(cfg)
     store = open_store(root)
     run_id = _run_id(run_id)
     done, stages = {}, {}
     for node in nodes(p, cfg):
+        started = time.perf_counter()
         result = stage_task.with_options(name=node.key)(store, node, done)
+        result["seconds"] = round(time.perf_counter() - started, 3)
         done[node.key] = result.pop("artifact")
         stages[node.key] = result
         failpoints.hit(f"flow.after.{node.key}")
@@ -115,7 +122,14 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     summary["champion"] = champion["version"] if champion else None
     pics = {}
     if f"{pipeline}/render" in done:
-        pics["history"] = done[f"{pipeline}/render"].path("history.png")
+        render = done[f"{pipeline}/render"]
+        grids = sorted(gfile.glob(render.path("grids", "step-*.png")))
+        if grids:  # the newest step's grid (its first triptych for pix2pix)
+            newest = grids[-1].rsplit("/", 1)[-1][:len("step-00000000")]
+            pics["samples"] = render.path("grids", newest + ".png")
+        pics["history"] = render.path("history.png")
+        if gfile.exists(render.path("confusion.png")):
+            pics["confusion"] = render.path("confusion.png")
     if f"{pipeline}/animate" in done:
         pics["gif"] = done[f"{pipeline}/animate"].path("training.gif")
     summary["pictures"] = pics
@@ -137,7 +151,11 @@ def _make_flow(pipeline: str) -> Flow:
     def body(overrides: list[str] | None = None, root: str | None = None, run_id: str | None = None) -> dict:
         return run_stages(pipeline, list(overrides or []), root, run_id)
 
-    body.__doc__ = f"The {pipeline} pipeline: {get(pipeline).summary}."
+    # the Args lines become the field descriptions of the run form in the Prefect UI
+    body.__doc__ = (f"The {pipeline} pipeline: {get(pipeline).summary}.\n\nArgs:\n"
+                    "    overrides: KEY=VALUE strings, as `tapeline run --set` takes them.\n"
+                    "    root: artifact root URI; empty: $TAPELINE_ROOT of the worker, else ./tapeline-artifacts.\n"
+                    "    run_id: the run's id; empty: derived from the flow run.\n")
     # the module attribute it is bound to below, so a deployment's entrypoint resolves to it
     body.__name__ = body.__qualname__ = pipeline.replace("-", "_")
     return flow(body, name=pipeline, flow_run_name=_flow_run_name, log_prints=True,

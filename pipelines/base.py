@@ -15,6 +15,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "validate": ("validate", "data.layout"),
     "preprocess": ("seed", "data.image_size", "data.channels", "data.layout", "data.normalize",
                    "data.jitter", "data.jitter_resize", "data.jitter_copies", "data.val_holdout",
+                   "data.val_max_share",
                    "beam.shards"),
     "train": ("seed", "model", "train", "data.train_splits", "data.eval_split"),
     "evaluate": ("seed", "eval.num_samples", "eval.batch_size", "data.eval_split"),

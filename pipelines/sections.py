@@ -21,7 +21,8 @@ class DataConfig:
     layout: Literal["image", "paired"] = "image"  # paired: target left, input right
     train_splits: tuple[str, ...] = ("train",)    # what the trainer reads (mnist-gan: train,test)
     eval_split: str = "test"
-    val_holdout: int = 0                  # last N train examples become split "val"
+    val_holdout: int = 0                  # last N train examples become split "val", but at most
+    val_max_share: float = 0.2            # this share of train: a small run (data.max_examples) trains
     normalize: Literal["unit", "symmetric", "raw"] = "unit"  # [0,1] | [-1,1] | 0..255
     jitter: bool = False                  # pix2pix random jitter on the train split
     jitter_resize: int | None = None      # None: image_size * 286 / 256, the tutorial's ratio
@@ -34,6 +35,8 @@ class DataConfig:
         require(self.channels in (1, 3), "data.channels", self.channels, "use 1 or 3")
         require(self.jitter_copies >= 1, "data.jitter_copies", self.jitter_copies, "use 1 or more")
         require(self.val_holdout >= 0, "data.val_holdout", self.val_holdout, "use 0 or more")
+        require(0 < self.val_max_share <= 1, "data.val_max_share", self.val_max_share,
+                "use a share above 0 and at most 1")
         require(bool(self.train_splits), "data.train_splits", self.train_splits, "name at least one split")
 
     @property

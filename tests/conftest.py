@@ -35,7 +35,7 @@ def harness():
     """One Prefect test server (temporary database) for every test that runs a flow."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):  # its explicit 30 s ignores the env above
         yield
 
 

@@ -49,6 +49,11 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     ui = prefect_artifacts(pipeline)  # what the Prefect UI shows for the run
     assert ui[f"{pipeline}-training"].data == 100.0 and "step" in ui[f"{pipeline}-training"].description
     assert "**blessed:** True" in ui[f"{pipeline}-run"].data and f"{pipeline}/train" in ui[f"{pipeline}-run"].data
+    # the pictures travel inside the artifact, so a browser on the UI shows them (tests/test_stack.py looks)
+    assert "![history](data:image/png;base64," in ui[f"{pipeline}-run"].data
+    if f"{pipeline}/animate" in first["stages"]:
+        assert "![gif](data:image/gif;base64," in ui[f"{pipeline}-run"].data
+    assert len(ui[f"{pipeline}-run"].data) < 600_000
     model = stages[f"{pipeline}/train"]["uri"]
     assert gfile.exists(f"{model}/history.npz") and gfile.glob(f"{model}/logs/events.*")
     render = stages[f"{pipeline}/render"]["uri"]

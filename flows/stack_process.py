@@ -1,0 +1,84 @@
+"""Long-running stack processes (Prefect server, worker) started in their own session and found again by pid file."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def alive(pid_file: Path, marker: str) -> int | None:
+    """The pid in pid_file when that process still runs and its command line contains marker
+    (a recycled pid belongs to someone else and is never ours to stop)."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if marker in cmdline else None
+
+
+def start(cmd: list[str], env: dict, log: Path, pid_file: Path, cwd: str | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop(pid_file: Path, marker: str, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group we started, SIGKILL after timeout; False when nothing of ours ran."""
+    pid = alive(pid_file, marker)
+    pid_file.unlink(missing_ok=True)
+    if pid is None:
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return True
+            except ChildProcessError:  # not our child (started by an earlier `up`): poll /proc
+                if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+                    return True
+            time.sleep(0.2)
+    return True
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def healthy(api_url: str, auth: str | None = None) -> bool:
+    req = urllib.request.Request(f"{api_url}/health")
+    if auth:
+        import base64
+
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=3) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_healthy(api_url: str, pid_file: Path, marker: str, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.time() + timeout
+    while not healthy(api_url):
+        if alive(pid_file, marker) is None:
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise RuntimeError(f"the Prefect server exited during start-up; its log {log} ends:\n{tail}")
+        if time.time() > deadline:
+            raise RuntimeError(f"the Prefect server did not answer {api_url}/health in {timeout:.0f} s (log: {log})")
+        time.sleep(0.5)

@@ -1,0 +1,324 @@
+"""The production-like stack for real: Debian PostgreSQL, `prefect server start`, a process work pool,
+`prefect deploy --all`, `prefect worker start`; runs triggered through the API and by a schedule, read
+back from the server and looked at in Debian's Chromium."""
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows import stack_postgres, stack_prefect
+from flows.stack import Stack
+from tests import prefect_ui
+from tests.conftest import MNIST, REPO, tapeline
+
+STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"]
+# where the screenshots go: a temp dir, or docs/img when TAPELINE_SCREENSHOTS says so (docs/deployments.md)
+SHOTS = os.environ.get("TAPELINE_SCREENSHOTS")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One stack for the module, on free ports, with its own cluster, state dir and artifact root."""
+    why = stack_postgres.available()
+    if why:
+        pytest.skip(f"PostgreSQL cannot run here: {why}")
+    base = tmp_path_factory.mktemp("stack")
+    data = base / "mnist"  # a copy of MNIST this module may change (a replaced IDX file)
+    shutil.copytree(MNIST, data)
+    os.environ["TAPELINE_STACK_POLL_SECONDS"] = "2"  # the worker picks runs up sooner than its default 10 s
+    s = Stack(base / "state", port=_free_port(), pg_cluster=f"tapeline-test-{uuid.uuid4().hex[:8]}",
+              root=str(base / "root"))
+    s.data = data
+    s.sets = [f"data.source=idx:{data}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=30"]
+    try:
+        s.up()
+        s.env = s._env({})
+        yield s
+    finally:
+        s.down(purge=True)
+        assert not s.status()["api_healthy"]
+
+
+def _api(stack):
+    return stack_prefect.api(stack.env)
+
+
+def trigger(stack, parameters: dict) -> str:
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    with _api(stack) as c:
+        run = c.post(f"deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+        return run.raise_for_status().json()["id"]
+
+
+def wait_final(stack, run_id: str, timeout: float = 400) -> dict:
+    deadline = time.time() + timeout
+    with _api(stack) as c:
+        while True:
+            run = c.get(f"flow_runs/{run_id}").raise_for_status().json()
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            assert time.time() < deadline, f"flow run {run_id} still {run['state_name']} after {timeout} s"
+            time.sleep(1)
+
+
+def task_runs(stack, run_id: str) -> dict[str, str]:
+    with _api(stack) as c:
+        body = {"flow_runs": {"id": {"any_": [run_id]}}}
+        runs = c.post("task_runs/filter", json=body).raise_for_status().json()
+    return {r["name"].rsplit("-", 1)[0]: r["state_name"] for r in runs}
+
+
+def markdown_artifact(stack, run_id: str) -> dict:
+    with _api(stack) as c:
+        body = {"artifacts": {"flow_run_id": {"any_": [run_id]}, "type": {"any_": ["markdown"]}}}
+        (art,) = c.post("artifacts/filter", json=body).raise_for_status().json()
+    return art
+
+
+def record(stack, run_id: str) -> dict:
+    """The run record the flow wrote into the artifact root (the flow run is named PIPELINE-RUN_ID)."""
+    with _api(stack) as c:
+        name = c.get(f"flow_runs/{run_id}").raise_for_status().json()["name"]
+    assert name.startswith("mnist-classifier-"), name
+    return json.loads(Path(stack.cfg["root"], "runs", name[len("mnist-classifier-"):] + ".json").read_text())
+
+
+def test_secrets_file_is_owner_only_and_outside_git(stack):
+    path = stack.dir / "secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not str(path.resolve()).startswith(str(REPO))
+    assert stack.secrets()["db_password"] in stack._database_url()
+
+
+def test_second_up_finds_what_runs(stack, capsys):
+    pids = {n: (stack.dir / f"{n}.pid").read_text() for n in ("prefect-server", "prefect-worker")}
+    stack.up()
+    out = capsys.readouterr().out
+    assert "server        running" in out and "worker        running" in out, out
+    assert {n: (stack.dir / f"{n}.pid").read_text() for n in pids} == pids
+
+
+def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parameters(stack):
+    import yaml
+
+    from pipelines.registry import all_pipelines
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]}
+    deps = stack_prefect.deployments(stack.env)
+    assert set(deps) == {f"{p}/retrain" for p in all_pipelines()}
+    for name, d in deps.items():
+        # templated on the worker at run time, from its own TAPELINE_REPO
+        assert d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
+                                    {"directory": "{{ $TAPELINE_REPO }}"}}], d["pull_steps"]
+        props = d["parameter_openapi_schema"]["properties"]  # what the UI's run form is built from
+        assert {"type": "array", "items": {"type": "string"}} in props["overrides"]["anyOf"]
+        assert {"type": "string"} in props["root"]["anyOf"]
+        assert [s["schedule"]["cron"] for s in d["schedules"]] == crons[name.split("/")[0].replace("-", "_")]
+
+
+def test_server_beyond_loopback_requires_the_auth_string(stack, tmp_path):
+    """`--host 0.0.0.0` turns Prefect's basic auth on, with the string from the 0600 secrets file."""
+    import httpx
+
+    other = Stack(tmp_path / "state", host="0.0.0.0", port=_free_port())
+    other.dir.mkdir(parents=True)
+    auth = other.auth()
+    assert auth and auth == json.loads((other.dir / "secrets.json").read_text())["api_auth"]
+    assert stat.S_IMODE((other.dir / "secrets.json").stat().st_mode) == 0o600
+    try:
+        other._server(stack._database_url())
+        url = other.api_url
+        assert httpx.get(f"{url}/flows/", timeout=10).status_code in (401, 405)
+        assert httpx.post(f"{url}/flows/filter", json={}, timeout=10).status_code == 401
+        ok = httpx.post(f"{url}/flows/filter", json={}, timeout=10, auth=tuple(auth.split(":", 1)))
+        assert ok.status_code == 200 and {f["name"] for f in ok.json()} >= {"mnist-classifier"}
+    finally:
+        other.down()
+    assert not other.status()["api_healthy"]
+
+
+def test_worker_runs_deployment_then_reuses_every_stage_and_ui_shows_it(stack, tmp_path):
+    first = trigger(stack, {"overrides": stack.sets})
+    run = wait_final(stack, first)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert task_runs(stack, first) == {f"mnist-classifier/{s}": "Completed" for s in STAGES}
+    rec = record(stack, first)
+    assert rec["root"] == stack.cfg["root"]  # no root parameter: the worker's TAPELINE_ROOT
+    assert not any(v["reused"] for v in rec["stages"].values())
+
+    art = markdown_artifact(stack, first)
+    for needle in ("accuracy", "**blessed:**", "**champion:**", "mnist-classifier/train",
+                   "](data:image/png;base64,"):
+        assert needle in art["data"], needle
+
+    t0 = time.time()
+    second = trigger(stack, {"overrides": stack.sets})
+    assert wait_final(stack, second)["state_type"] == "COMPLETED"
+    assert all(v["reused"] for v in record(stack, second)["stages"].values())
+    print(f"second run: every stage reused, {time.time() - t0:.1f} s from trigger to Completed")
+
+    why = prefect_ui.unavailable()
+    if why:
+        pytest.skip(f"no browser: {why}")
+    shots = Path(SHOTS) if SHOTS else tmp_path
+    with prefect_ui.Browser() as b:
+        b.open(f"{stack.ui_url}/runs/flow-run/{first}")
+        b.wait_text("Completed", "mnist-classifier", "train step")  # the training progress log lines
+        b.click_text("Task Runs")
+        text = b.wait_text(*[f"mnist-classifier/{s}" for s in STAGES], "(7 Completed)")
+        b.screenshot(shots / "ui-task-runs.png")
+        b.click_text("Artifacts")
+        b.wait_text("mnist-classifier-run")
+        b.screenshot(shots / "ui-flow-run.png")  # the run graph, one node per stage, and its artifacts
+        b.click_text("mnist-classifier-run")
+        text = b.wait_text("accuracy", "loss", "blessed: True", "champion:", "Pictures")
+        assert f"/artifacts/artifact/{art['id']}" in b.driver.current_url
+        assert rec["run_id"] in text and rec["champion"] in text
+        imgs = b.images()
+        assert [i["alt"] for i in imgs] == ["history", "confusion"], imgs
+        assert all(i["complete"] and i["width"] > 100 for i in imgs), imgs  # decoded, not broken icons
+        b.screenshot(shots / "ui-artifact.png")
+        b.scroll_to_text("history")
+        b.screenshot(shots / "ui-artifact-pictures.png")
+
+
+def _replace_idx(data: Path) -> None:
+    """A replaced IDX file: the same shape, the first images inverted (as a re-export would change
+    them), moved into place atomically as a careful publisher does."""
+    path = data / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[16:16 + 28 * 28 * 100] = bytes(255 - b for b in raw[16:16 + 28 * 28 * 100])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(bytes(raw)))
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def runs_started_after(stack, since: str) -> list[dict]:
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "start_time": {"after_": since}},
+            "sort": "START_TIME_ASC"}
+    with _api(stack) as c:
+        runs = c.post("flow_runs/filter", json=body).raise_for_status().json()
+    t = dt.datetime.fromisoformat(since)  # (runs not started pass the server's filter: drop them)
+    return [r for r in runs if r["start_time"] and dt.datetime.fromisoformat(r["start_time"]) > t]
+
+
+def wait_scheduled_run(stack, since: str, timeout: float = 300) -> str:
+    """The id of the first schedule-made flow run that started after `since`, once it is Completed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for run in runs_started_after(stack, since):
+            if run["auto_scheduled"] and run["state_type"] not in ("SCHEDULED", "PENDING", "RUNNING"):
+                assert run["state_type"] == "COMPLETED", run["state"]
+                return run["id"]
+        time.sleep(1)
+    raise AssertionError(f"no scheduled run started after {since} and completed in {timeout} s")
+
+
+def test_schedule_fires_and_changed_data_trains_a_challenger_while_runs_overlap(stack):
+    """An interval schedule of 10 s (what `stack up --interval` adds, with its own overrides) fires by
+    itself; with the data unchanged its run reuses every stage. Then an IDX file is replaced: the
+    scheduled runs that keep firing and a run triggered by hand overlap on one root; the challenger
+    is trained once, every run completes, the champion changes only if the challenger is blessed,
+    and the root verifies clean."""
+    warm = trigger(stack, {"overrides": stack.sets})  # (the first test may have run alone)
+    assert wait_final(stack, warm)["state_type"] == "COMPLETED"
+    champion_path = Path(stack.cfg["root"], "mnist-classifier", "champion.json")
+    champion_before = json.loads(champion_path.read_text())
+    old_train = record(stack, warm)["stages"]["mnist-classifier/train"]["uri"]
+
+    t0 = _now()
+    stack_prefect.add_interval(stack.env, 10, stack.sets, ["mnist-classifier"])
+    try:
+        sched = wait_scheduled_run(stack, since=t0)
+        assert all(v["reused"] for v in record(stack, sched)["stages"].values())
+    finally:
+        stack_prefect.remove_interval(stack.env, 10)  # the server drops its runs not yet started
+    for run in runs_started_after(stack, t0):  # a clean cut: nothing in flight reads the old file
+        wait_final(stack, run["id"])
+
+    _replace_idx(stack.data)
+    since = _now()
+    stack_prefect.add_interval(stack.env, 10, stack.sets, ["mnist-classifier"])
+    try:
+        manual = trigger(stack, {"overrides": stack.sets})
+        wait_scheduled_run(stack, since=since)
+        assert wait_final(stack, manual)["state_type"] == "COMPLETED"
+    finally:
+        stack_prefect.remove_interval(stack.env, 10)
+    after = [wait_final(stack, r["id"]) for r in runs_started_after(stack, since)]
+    assert len(after) >= 2 and {r["state_type"] for r in after} == {"COMPLETED"}, [r["state_name"] for r in after]
+    recs = [record(stack, r["id"]) for r in after]
+    trains = {r["stages"]["mnist-classifier/train"]["uri"] for r in recs}
+    assert len(trains) == 1 and old_train not in trains, "one challenger for every run that saw the new file"
+    built = [r for r in recs if not r["stages"]["mnist-classifier/train"]["reused"]]
+    assert len(built) == 1, "trained once; the overlapping runs waited for it and reused it"
+    champion = json.loads(champion_path.read_text())
+    assert (champion != champion_before) == bool(built[0].get("blessed")), (built[0].get("why"), champion)
+    out = tapeline("verify", "--root", stack.cfg["root"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    print(f"{len(after)} overlapping runs after the IDX file changed; blessed={built[0].get('blessed')}: {built[0].get('why')}")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_run_whose_worker_is_killed_is_rescheduled_and_resumes_from_its_checkpoint(stack):
+    """SIGKILL the worker mid-training: the run's engine reports Crashed, the stack's automation puts the
+    same flow run back to Scheduled, the next worker (here: `stack up` again, as a supervisor would)
+    picks it up and train resumes from its newest checkpoint instead of step 0."""
+    sets = stack.sets[:-1] + ["train.epochs=400", "train.max_steps=600", "train.checkpoint_every=50"]
+    run_id = trigger(stack, {"overrides": sets})
+    worker = int((stack.dir / "prefect-worker.pid").read_text())
+    work = Path(stack.cfg["root"], "mnist-classifier", "train", "_work")
+    deadline = time.time() + 300
+    while not list(work.glob("*/checkpoints/ckpt-*.index")):
+        assert time.time() < deadline, "no checkpoint written in 300 s"
+        time.sleep(0.2)
+    engines = _children(worker)
+    assert engines, "the worker runs the flow in a child process"
+    os.kill(worker, 9)
+
+    stack.up()  # a new worker polls the pool
+    deadline = time.time() + 300
+    with _api(stack) as c:
+        while True:
+            run = c.get(f"flow_runs/{run_id}").raise_for_status().json()
+            if run["state_type"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                break
+            assert time.time() < deadline, f"still {run['state_name']} after 300 s"
+            time.sleep(1)
+        states = [(s["type"], s["name"]) for s in c.get("flow_run_states/", params={"flow_run_id": run_id}).json()]
+        logs = c.post("logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+    assert run["state_type"] == "COMPLETED", states
+    crashed = states.index(("CRASHED", "Crashed"))
+    assert states[crashed + 1] == ("SCHEDULED", "AwaitingRetry"), states
+    resumed = [entry["message"] for entry in logs if "resumed from step" in entry["message"]]
+    assert resumed and "from step 0" not in resumed[0], [entry["message"] for entry in logs][-20:]
+    assert record(stack, run_id)["stages"]["mnist-classifier/train"]["reused"] is False  # one record, the resumed run's
