@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from artifacts.errors import UserError
-from benchmarks.fuzz import only_user_errors
+from benchmarks.fuzz import no_traceback
 from tests.conftest import MNIST, tapeline
 from tests.test_data_stages import run_stages
 
@@ -70,7 +70,7 @@ def test_disk_full_during_training_then_freed_rerun_completes(small_disk):
     filler = fill(small_disk, 200_000)  # room for the data stages' outputs, not for a checkpoint
     out = tapeline("run", "mnist-classifier", *args)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert only_user_errors(out.stderr), out.stderr[-3000:]
+    assert no_traceback(out.stderr), out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1] == \
         f"tapeline: error: no space left on {root} (mnist-classifier/train) — free space and run again"
     assert committed(root) == ["ingest", "preprocess", "validate"] and uncommitted(root) == []
