@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PIPELINE ?= fashion-dcgan
 ARGS ?=
 
-.PHONY: run test bench soak data test-deps stack-up stack-down stack-status
+.PHONY: run test bench soak fuzz data test-deps stack-up stack-down stack-status
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -53,9 +53,13 @@ test: $(STAMP) data test-deps
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
 
 bench: $(STAMP) data
-	for b in $(filter-out benchmarks/soak.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
+	for b in $(filter-out benchmarks/soak.py benchmarks/fuzz.py benchmarks/fuzz_inputs.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
 
 # Issue 11's resume soak: N random kill moments across the four pipelines (about a minute each).
 N ?= 40
 soak: $(STAMP) data
 	$(PY) benchmarks/soak.py $(N) --markdown
+
+# Seeded mutations of IDX files, JPEG bytes and paired folders through the data stages.
+fuzz: $(STAMP)
+	$(PY) benchmarks/fuzz.py --seed 17 --cases 210 --cli 4

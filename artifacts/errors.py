@@ -1,6 +1,8 @@
 """The one error type for bad user input: printed as one line, exit status 2."""
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Bad input the user can fix: a config key, a data file, a resume that no longer matches.
@@ -42,3 +44,31 @@ class UserError(Exception):
                     return cls(text[start + len(cls.TAG):end])
             exc = exc.__cause__ or exc.__context__
         return None
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+_CANNOT_WRITE = {errno.EROFS: "Read-only file system", errno.EIO: "Input/output error"}
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def storage_error(exc: BaseException, root: str, stage: str) -> UserError | None:
+    """A full disk (ENOSPC, a quota) or a filesystem that refuses writes, met anywhere in exc's
+    chain or text (TensorFlow and Beam re-raise OSErrors as their own types, with the strerror
+    in the message), as the one-line error; None for anything else."""
+    for e in _chain(exc):
+        text = str(e)
+        code = getattr(e, "errno", None)
+        if code in _NO_SPACE or any(t in text for t in _NO_SPACE_TEXT):
+            return UserError(f"no space left on {root}", stage, "free space and run again")
+        reason = _CANNOT_WRITE.get(code) or next((t for t in _CANNOT_WRITE.values() if t in text), None)
+        if reason:
+            return UserError(f"cannot write to {root}: {reason}", stage, "check the filesystem and run again")
+    return None

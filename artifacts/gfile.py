@@ -10,6 +10,7 @@ import json
 import os
 import posixpath
 import shutil
+import uuid
 from typing import Any, Iterator
 
 _CHUNK = 1 << 20
@@ -42,6 +43,12 @@ class _LocalFiles:
     @staticmethod
     def glob(pattern: str) -> list[str]:
         return _glob.glob(pattern)
+
+    @staticmethod
+    def rename(src: str, dst: str, overwrite: bool = False) -> None:
+        if not overwrite and os.path.exists(dst):
+            raise FileExistsError(dst)
+        os.replace(src, dst)
 
 
 def _gf(path: str):
@@ -79,6 +86,15 @@ def listdir(path: str) -> list[str]:
     return sorted(name.rstrip("/") for name in _gf(path).listdir(path))
 
 
+def stat(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of one file."""
+    if "://" not in path:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    st = _gf(path).stat(path)
+    return st.length, st.mtime_nsec
+
+
 def rmtree(path: str) -> None:
     if _gf(path).isdir(path):
         _gf(path).rmtree(path)
@@ -106,7 +122,23 @@ def read_json(path: str) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    """JSON files are the store's small control files (champion, run records, a work directory's
+    config and progress): on a local root they are replaced whole or not at all, so a full disk
+    never leaves half of one for the next run to trip over. (Object stores write whole objects.)"""
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    if not is_local(path):
+        write_bytes(path, data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_bytes(tmp, data)
+        _gf(path).rename(tmp, path, overwrite=True)
+    except BaseException:
+        try:
+            remove(tmp)
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            pass
+        raise
 
 
 def copy(src: str, dst: str) -> None:

@@ -87,6 +87,16 @@ class Writer:
         return gfile.join(self.path, *parts)
 
 
+def _discard(path: str) -> None:
+    """Remove a failed write; what cannot be removed now (a dying mount) is left for `gc`, but
+    never a marker that would make it look committed."""
+    for remove in (lambda: gfile.remove(gfile.join(path, COMMITTED)), lambda: gfile.rmtree(path)):
+        try:
+            remove()
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            pass
+
+
 class ArtifactStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/") if root not in ("/",) else root
@@ -174,35 +184,35 @@ class ArtifactStore:
         path = gfile.join(self.stage_root(pipeline, stage), version)
         w = Writer(path, self.work_dir(pipeline, stage, fingerprint), self)
         gfile.makedirs(path)
-        gfile.write_bytes(gfile.join(path, PENDING), fingerprint.encode())
         try:
+            gfile.write_bytes(gfile.join(path, PENDING), fingerprint.encode())
             failpoints.hit(f"store.build.{pipeline}/{stage}")
             yield w
+            failpoints.hit(f"store.built.{pipeline}/{stage}")
+            gfile.remove(gfile.join(path, PENDING))
+            files = {}
+            for rel in gfile.walk_files(path):
+                sha, size = gfile.sha256(gfile.join(path, rel))
+                files[rel] = {"sha256": sha, "size": size}
+            if not files:
+                raise RuntimeError(f"stage {stage} of {pipeline} produced no files")
+            manifest = {
+                "type": type, "pipeline": pipeline, "stage": stage, "version": version,
+                "fingerprint": fingerprint, "params": dict(params), "code_digest": code,
+                "inputs": {k: {"uri": v.uri, "fingerprint": v.fingerprint} for k, v in inputs.items()},
+                "packages": package_versions(), "created": created.isoformat(),
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "metadata": w.metadata, "files": files,
+            }
+            gfile.write_json(gfile.join(path, MANIFEST), manifest)
+            manifest_sha, _ = gfile.sha256(gfile.join(path, MANIFEST))
+            gfile.write_bytes(gfile.join(path, COMMITTED), manifest_sha.encode())
         except BaseException:
-            # A Python-level failure leaves nothing half-written; a SIGKILL leaves an uncommitted
-            # directory that nothing lists or reuses and `gc` removes.
-            gfile.rmtree(path)
+            # A Python-level failure (a full disk included, even while committing) leaves nothing
+            # committed; a SIGKILL leaves an uncommitted directory that nothing lists or reuses
+            # and `gc` removes.
+            _discard(path)
             raise
-        failpoints.hit(f"store.built.{pipeline}/{stage}")
-        gfile.remove(gfile.join(path, PENDING))
-        files = {}
-        for rel in gfile.walk_files(path):
-            sha, size = gfile.sha256(gfile.join(path, rel))
-            files[rel] = {"sha256": sha, "size": size}
-        if not files:
-            gfile.rmtree(path)
-            raise RuntimeError(f"stage {stage} of {pipeline} produced no files")
-        manifest = {
-            "type": type, "pipeline": pipeline, "stage": stage, "version": version,
-            "fingerprint": fingerprint, "params": dict(params), "code_digest": code,
-            "inputs": {k: {"uri": v.uri, "fingerprint": v.fingerprint} for k, v in inputs.items()},
-            "packages": package_versions(), "created": created.isoformat(),
-            "host": socket.gethostname(), "pid": os.getpid(),
-            "metadata": w.metadata, "files": files,
-        }
-        gfile.write_json(gfile.join(path, MANIFEST), manifest)
-        manifest_sha, _ = gfile.sha256(gfile.join(path, MANIFEST))
-        gfile.write_bytes(gfile.join(path, COMMITTED), manifest_sha.encode())
         gfile.rmtree(w.work_dir)
 
     def get_or_build(self, pipeline: str, stage: str, fingerprint: str, *, type: str,
@@ -234,6 +244,15 @@ class ArtifactStore:
     def set_champion(self, pipeline: str, record: dict) -> None:
         gfile.makedirs(gfile.join(self.root, pipeline))
         gfile.write_json(gfile.join(self.root, pipeline, CHAMPION), record)
+
+    def replace_champion(self, pipeline: str, record: dict, better: Callable[[dict | None], bool]) -> bool:
+        """Make record the champion if better(the champion of now) holds, judged and written under
+        one lock: of several runs promoting at once, a worse model never overwrites a better one."""
+        with lock.exclusive(self.lock_path(pipeline, "promote", "champion")):
+            if not better(self.champion(pipeline)):
+                return False
+            self.set_champion(pipeline, record)
+            return True
 
     def record_run(self, run_id: str, record: dict) -> str:
         gfile.makedirs(gfile.join(self.root, RUNS))

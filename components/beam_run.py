@@ -121,6 +121,16 @@ def run(rt, build: Callable) -> None:
 def user_errors(fn):
     """Decorate DoFn bodies: a UserError survives Beam's re-raising as a tagged message."""
     import functools
+    import inspect
+
+    if inspect.isgeneratorfunction(fn):  # a DoFn body that yields runs only when Beam iterates it
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except UserError as e:
+                raise RuntimeError(e.tagged()) from None
+        return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

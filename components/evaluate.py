@@ -33,7 +33,7 @@ def load_models(model_art) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             local = f"{tmp}/{name}.keras"
             gfile.copy(path, local)
-            out[name] = keras.saving.load_model(local, compile=False)
+            out[name] = keras.saving.load_model(local, compile=False, safe_mode=True)  # no Lambda bytecode from a root
     return out
 
 

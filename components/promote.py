@@ -41,7 +41,9 @@ def run(out, inputs, params: Params, rt) -> None:
             gfile.copy(path, out.file("exported", path.rsplit("/", 1)[-1]))
     gfile.write_json(out.file("push.json"), record)
     out.metadata.update(pushed=pushed, blessed=blessed)
-    out.on_commit = (lambda art: store.set_champion(rt.pipeline, {
+    # judged once more when it takes the title: another run may have promoted a better model since
+    out.on_commit = (lambda art: store.replace_champion(rt.pipeline, {
         "version": art.version, "uri": art.uri, "metrics": result, "why": why,
         "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
-        "exported": art.path("exported")})) if pushed else None
+        "exported": art.path("exported")}, lambda now: metrics.bless(
+            params.primary, params.higher_is_better, result, now, params.tolerance)[0])) if pushed else None

@@ -65,7 +65,9 @@ def decode_rgb(data: bytes, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
     except Exception as e:
-        raise UserError(f"undecodable image: {e}", where, "replace or remove the file") from None
+        from components.sources import image_error
+
+        raise UserError(f"undecodable image: {image_error(e)}", where, "replace or remove the file") from None
 
 
 def arrays(artifact, split: str, limit: int | None = None) -> dict[str, np.ndarray]:

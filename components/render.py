@@ -120,7 +120,7 @@ def run(out, inputs, params: Params, rt) -> None:
     import tensorflow as tf
 
     model = inputs["model"]
-    data = np.load(io.BytesIO(gfile.read_bytes(model.path("history.npz"))))
+    data = np.load(io.BytesIO(gfile.read_bytes(model.path("history.npz"))), allow_pickle=False)
     epochs = json.loads(str(data["epochs"]))
     history = {k: data[k] for k in data.files if k != "epochs"}
     gfile.makedirs(out.file("grids"))
@@ -135,13 +135,13 @@ def run(out, inputs, params: Params, rt) -> None:
     samples = gfile.glob(model.path("samples", "*.npy"))
     fixed = None
     if transform["layout"] == "paired" and samples:
-        n = np.load(io.BytesIO(gfile.read_bytes(samples[0]))).shape[0]
+        n = np.load(io.BytesIO(gfile.read_bytes(samples[0])), allow_pickle=False).shape[0]
         ex = list(records.dataset(transform_art, params.eval_split).take(n).as_numpy_iterator())
         fixed = [(_to_uint8(e["input"], norm), _to_uint8(e["image"], norm)) for e in ex]
     frames = []
     for path in samples:
         step = int(path.rsplit("/", 1)[-1][:-4])
-        arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path))), norm)
+        arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False), norm)
         name = f"step-{step:08d}.png"
         if fixed is None:
             g = grid(arr)

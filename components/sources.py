@@ -58,15 +58,26 @@ def _idx_header(data: bytes, path: str, magic: int, ndim: int) -> tuple[int, ...
     return struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
 
 
-@lru_cache(maxsize=8)
 def read_idx(d: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images N x H x W uint8, labels N) of one split, checked against the IDX format."""
     img_path, lbl_path = _idx_files(d, split)
+    stamps = []
     for p in (img_path, lbl_path):
-        if not gfile.exists(p):
+        if not gfile.exists(p) or gfile.isdir(p):
             raise UserError("missing IDX file", p, "an idx: folder needs the four MNIST-format .gz files")
+        stamps.append(gfile.stat(p))
+    # cached per process (ingest's workers read a split once per shard), keyed by the files' size
+    # and mtime too: a long-lived process (serve) must see data that changed on disk
+    return _read_idx(img_path, lbl_path, tuple(stamps))
+
+
+@lru_cache(maxsize=8)
+def _read_idx(img_path: str, lbl_path: str, _stamps: tuple) -> tuple[np.ndarray, np.ndarray]:
     raw = _gunzip(img_path)
     n, h, w = _idx_header(raw, img_path, 2051, 3)
+    if not (h and w):
+        raise UserError(f"IDX images file says its images are {h} x {w} pixels", img_path,
+                        "replace the file with a complete copy")
     if len(raw) != 16 + n * h * w:
         raise UserError(f"IDX images file holds {len(raw) - 16} pixel bytes, header says "
                         f"{n} x {h} x {w} = {n * h * w}", img_path, "replace the file with a complete copy")
@@ -87,8 +98,15 @@ def _natural(name: str):
 
 
 def paired_files(d: str, split: str) -> list[str]:
-    names = [n for n in gfile.listdir(gfile.join(d, split)) if n.lower().endswith(IMAGE_EXTS)]
+    """The pair images of one split: files (a folder named x.jpg is not one) with an image extension."""
+    names = [n for n in gfile.listdir(gfile.join(d, split)) if n.lower().endswith(IMAGE_EXTS)
+             and not gfile.isdir(gfile.join(d, split, n))]
     return [gfile.join(d, split, n) for n in sorted(names, key=_natural)]
+
+
+def image_error(e: Exception) -> str:
+    """PIL's reason, without the in-memory buffer's address it names (the line stays the same)."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)) or type(e).__name__
 
 
 def check_pair(path: str, data: bytes) -> tuple[int, int]:
@@ -100,7 +118,7 @@ def check_pair(path: str, data: bytes) -> tuple[int, int]:
             im.load()
             w, h = im.size
     except Exception as e:
-        raise UserError(f"undecodable image: {e}", path, "replace or remove the file") from None
+        raise UserError(f"undecodable image: {image_error(e)}", path, "replace or remove the file") from None
     # Facades layout: two halves side by side. Halves are resized to the model size later, so a
     # half may be shorter than it is wide (some real pairs are), never taller.
     if w % 2 or h > w // 2 or h < w // 8:

@@ -14,7 +14,7 @@ import numpy as np
 
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
-from components import distribute, records
+from components import checkpoints, distribute, records
 from components.contract import StageParams, key
 
 OUTPUT = "Model"
@@ -133,6 +133,19 @@ def _stream(art, transform, p: Params, setup):
                        records.parse_fn(transform, batched=True), setup.batch)
 
 
+def _epoch_of(stream, steps_per_epoch: int):
+    """For checkpoints.restore: before restoring a checkpoint of step s, a fresh iterator of the
+    epoch s is in (the checkpoint holds that one; fresh, even where a failed restore of the same
+    epoch touched the current one); None: no iterator, as before any restore."""
+    def prepare(step: int | None) -> None:
+        stream.epoch = -1
+        if hasattr(stream, "iterator"):
+            del stream.iterator
+        if step is not None:
+            stream.start(step // steps_per_epoch)
+    return prepare
+
+
 def _fixed_inputs(art, transform, p: Params, n):
     if transform["layout"] != "paired":
         return None
@@ -220,19 +233,10 @@ def run(out, inputs, p: Params, rt) -> None:
                                    **{f"opt_{k}": v for k, v in setup.optimizers.items()},
                                    **{f"rng_{k}": v for k, v in setup.rngs.items()})
         scratch = distribute.scratch_dir(work)
-        manager = tf.train.CheckpointManager(ckpt, gfile.join(scratch, "checkpoints"), max_to_keep=t.keep_checkpoints)
-        latest = tf.train.latest_checkpoint(gfile.join(work, "checkpoints"))  # the chief's
-        history = {k: [] for k in setup.metrics}
-        epoch_log: list[dict] = []
-        if latest:
-            # the checkpoint holds the iterator of the epoch its step is in: start that epoch first
-            saved_step = tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")
-            stream.start(int(saved_step) // steps_per_epoch)
-            ckpt.restore(latest).assert_existing_objects_matched()
-            saved = np.load(io.BytesIO(gfile.read_bytes(gfile.join(work, f"history-{int(step_var.numpy())}.npz"))))
-            history = {k: list(saved[k]) for k in setup.metrics}
-            epoch_log = json.loads(str(saved["epochs"]))
-            print(f"train: resumed from step {int(step_var.numpy())} ({latest})", flush=True)
+        manager = checkpoints.manager(ckpt, gfile.join(scratch, "checkpoints"), t.keep_checkpoints)
+        # every worker restores the chief's checkpoints (the only ones ever read back)
+        history, epoch_log = checkpoints.restore(ckpt, gfile.join(work, "checkpoints"), step_var, work,
+                                                 setup.metrics, prepare=_epoch_of(stream, steps_per_epoch))
         seconds = _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p, rt, art,
                         scratch, total, steps_per_epoch, rt.pipeline)
         _export(out, setup, history, epoch_log, scratch, total, steps_per_epoch, seconds)

@@ -36,17 +36,22 @@ def _pixels(data: bytes, fmt: bytes, shape: list) -> np.ndarray | None:
         return None
 
 
+def _empty() -> dict:
+    return {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
+            "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
+            "hashes": {}, "undecodable": []}
+
+
 def shard_stats(item):
     """Partial statistics of one shard file: (split, partial). Pixels are reduced per shard
     in one numpy pass per shape, not per example."""
     split, path = item
     cols = records.read_examples(path)
     labels = np.asarray(cols["label"], np.int64)
-    s = {"count": len(labels), "shapes": Counter(), "formats": Counter(f.decode() for f in cols["format"]),
-         "labels": Counter(labels[labels != records.NO_LABEL].tolist()),
-         "unlabeled": int((labels == records.NO_LABEL).sum()),
-         "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
-         "hashes": {}, "undecodable": []}
+    s = _empty()
+    s.update(count=len(labels), formats=Counter(f.decode() for f in cols["format"]),
+             labels=Counter(labels[labels != records.NO_LABEL].tolist()),
+             unlabeled=int((labels == records.NO_LABEL).sum()))
     by_shape: dict[tuple, list[np.ndarray]] = {}
     for ex_id, data, fmt, shape in zip(cols["id"], cols["image"], cols["format"], cols["shape"]):
         px = _pixels(data, fmt, shape)
@@ -83,15 +88,37 @@ def merge_stats(parts):
     return out
 
 
+def to_json(s: dict) -> dict:
+    """Merged statistics as plain JSON: the work directory lies in a shared root, so what is read
+    back from it must be data that cannot run code (never a pickle)."""
+    return {**s, "shapes": dict(s["shapes"]), "formats": dict(s["formats"]),
+            "labels": {str(k): v for k, v in s["labels"].items()}}
+
+
+def from_json(s: dict) -> dict:
+    return {**s, "shapes": Counter(s["shapes"]), "formats": Counter(s["formats"]),
+            "labels": Counter({int(k): v for k, v in s["labels"].items()})}
+
+
 class _Save:
     def __init__(self, work: str):
         self.work = work
 
     def __call__(self, kv):
-        import pickle
-
         split, s = kv
-        gfile.write_bytes(gfile.join(self.work, f"{split}.pkl"), pickle.dumps(s))
+        gfile.write_json(gfile.join(self.work, f"{split}.json"), to_json(s))
+
+
+def _load(work: str, split: str) -> dict:
+    """A split's statistics as Beam wrote them; a split with no shards has none: empty."""
+    path = gfile.join(work, f"{split}.json")
+    if not gfile.exists(path):
+        return _empty()
+    try:
+        return from_json(gfile.read_json(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON that is not our statistics
+        raise UserError(f"statistics written by this run do not load ({type(e).__name__}); something else "
+                        "writes into the work directory", path, "run again; check who can write the root") from None
 
 
 def summarize(s: dict) -> dict:
@@ -139,13 +166,12 @@ def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
 
 
 def run(out, inputs, p: Params, rt) -> None:
-    import pickle
-
     import apache_beam as beam
 
     examples = inputs["examples"]
     splits = gfile.read_json(examples.path("splits.json"))["splits"]
     items = [(s, f) for s in splits for f in gfile.glob(examples.path(s, "data-*.tfrecord"))]
+    gfile.rmtree(out.work_dir)  # only this run's Beam output is read back, nothing left before it
     gfile.makedirs(out.work_dir)
 
     def build(pl):
@@ -155,7 +181,7 @@ def run(out, inputs, p: Params, rt) -> None:
                 | "Save" >> beam.Map(_Save(out.work_dir)))
 
     beam_run.run(rt, build)
-    raw = {s: pickle.loads(gfile.read_bytes(gfile.join(out.work_dir, f"{s}.pkl"))) for s in splits}
+    raw = {s: _load(out.work_dir, s) for s in splits}
     stats = {s: summarize(v) for s, v in raw.items()}
     found = anomalies(raw, p)
     errors = [a for a in found if a["severity"] == "error"]

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from artifacts import failpoints, gfile
+from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
 from components.contract import Runtime
 from pipelines.graph import Node, nodes, run_node
@@ -132,7 +133,13 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     if f"{pipeline}/animate" in done:
         pics["gif"] = done[f"{pipeline}/animate"].path("training.gif")
     summary["pictures"] = pics
-    store.record_run(run_id, summary)
+    try:
+        store.record_run(run_id, summary)
+    except Exception as exc:  # a full disk after the last stage: every stage is committed, say so in one line
+        user = storage_error(exc, store.root, "run record")
+        if user is None:
+            raise
+        raise user from None
     create_markdown_artifact(_markdown(pipeline, run_id, summary), key=f"{pipeline}-run",
                              description=f"tapeline {pipeline} run {run_id}")
     return summary

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from artifacts import gfile
+from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
 from components.contract import Runtime
@@ -126,9 +127,16 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
     params, code = p.as_dict(), node.code()
     fp = stage_fingerprint(node.stage, code, params, {k: v.fingerprint for k, v in inputs.items()})
     rt = node.runtime(runtime)
-    return store.get_or_build(
-        node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
-        code=code, build=lambda w: comp.run(w, inputs, p, rt), reuse=node.reuse)
+    try:
+        return store.get_or_build(
+            node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
+            code=code, build=lambda w: comp.run(w, inputs, p, rt), reuse=node.reuse)
+    except Exception as exc:
+        # a full disk is the user's to fix: one line; the store has committed nothing
+        user = UserError.find(exc) or storage_error(exc, store.root, node.key)
+        if user is None:
+            raise
+        raise user from None
 
 
 def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:

@@ -17,14 +17,14 @@ from pipelines.registry import get
 from tests.conftest import CORRUPT, MNIST, PEOPLE, tapeline
 
 
-def run_stages(root, pipeline, sets, upto):
+def run_stages(root, pipeline, sets, upto, runtime=None):
     p = get(pipeline)
     cfg = p.config(sets)
     store, done = ArtifactStore(root), {}
     for n in nodes(p, cfg):
         if n.pipeline.name != pipeline:
             continue
-        done[n.key] = run_node(store, n, done).artifact
+        done[n.key] = run_node(store, n, done, runtime).artifact
         if n.stage == upto:
             return done, store
 

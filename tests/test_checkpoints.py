@@ -1,0 +1,133 @@
+"""A damaged checkpoint (truncated, bit-flipped, missing shard, planted history) is skipped for
+the next older one, and the rerun ends bit-identical to an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+# the DCGAN at its default batch size (256), shuffle buffer and steps per call; 2 steps per epoch
+SETS = [f"data.source=idx:{FASHION}", "data.max_examples=512", "train.max_steps=6",
+        "train.checkpoint_every=2", "train.log_every=2"]
+STOP_AT = 4  # the stopped run leaves checkpoints 2 and 4 (keep_checkpoints defaults to 2)
+
+
+class _Bomb:
+    """Unpickling this creates the marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def pickle_bomb(marker: str) -> bytes:
+    return pickle.dumps(_Bomb(marker))
+
+
+SCRIPT = r"""
+import contextlib, glob, io, json, os, shutil, sys
+import numpy as np
+from components.contract import Runtime
+from pipelines.registry import get
+from tests.test_data_stages import run_stages
+from tests.test_train import weights
+
+base, sets, stop_at, marker = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+damages = json.loads(sys.argv[5])
+PIPE = "fashion-dcgan"
+
+def run(root, runtime=None):
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        done, _ = run_stages(root, PIPE, sets, "train", runtime)
+    return weights(done[PIPE + "/train"].uri), log.getvalue().splitlines()
+
+class Stop(Exception):
+    pass
+
+def stop(step, total):
+    if step >= stop_at:
+        raise Stop()
+
+straight, _ = run(base + "/straight")
+try:  # the orchestrator's progress callback stops training mid-way
+    run(base + "/stopped", Runtime.from_config(get(PIPE).config(sets), on_progress=stop))
+except Stop:
+    pass
+assert not glob.glob(base + "/stopped/" + PIPE + "/train/*/_COMMITTED")
+
+def damage(root, kind):
+    work = glob.glob(root + "/" + PIPE + "/train/_work/*")[0]
+    ckpts = sorted(glob.glob(work + "/checkpoints/ckpt-*.index"), key=lambda p: int(p.split("-")[-1][:-6]))
+    newest = [ckpts[-1][:-6]] if kind != "all" else [c[:-6] for c in ckpts]
+    for n, prefix in enumerate(newest):
+        shard = glob.glob(prefix + ".data-*")[0]
+        data = open(shard, "rb").read()
+        if kind == "truncate":
+            open(shard, "wb").write(data[: len(data) // 2])
+        elif kind == "bitflip" or (kind == "all" and n == 0):
+            i = len(data) // 2
+            open(shard, "wb").write(data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1:])
+        elif kind == "all":  # the newest one's shard is missing
+            os.remove(shard)
+        elif kind == "pickle":
+            step = prefix.rsplit("-", 1)[-1]
+            open(work + "/history-" + step + ".npz", "wb").write(bytes.fromhex(sys.argv[6]))
+    return [os.path.basename(p) for p in newest]
+
+out = {}
+for kind in damages:
+    root = base + "/" + kind
+    shutil.copytree(base + "/stopped", root)
+    damaged = damage(root, kind)
+    w, lines = run(root)
+    out[kind] = {"damaged": damaged, "identical": w.keys() == straight.keys() and bool(w) and all(
+                     all(np.array_equal(x, y) for x, y in zip(w[k], straight[k])) for k in w),
+                 "lines": [ln for ln in lines if ln.startswith("train: warning") or "resumed from" in ln]}
+out["marker_exists"] = os.path.exists(marker)
+print(json.dumps(out))
+"""
+
+
+def _pickled_npz(marker: str) -> bytes:
+    """A history file whose arrays are pickled objects: only np.load(allow_pickle=True) runs them."""
+    import io
+
+    import numpy as np
+
+    arr = np.empty(1, dtype=object)
+    arr[0] = _Bomb(marker)
+    buf = io.BytesIO()
+    np.savez(buf, g_loss=arr, d_loss=arr, epochs=arr)
+    return buf.getvalue()
+
+
+def test_damaged_newest_checkpoint_is_skipped_and_the_run_ends_identical(tmp_path):
+    marker = str(tmp_path / "MARKER")
+    kinds = ["truncate", "bitflip", "pickle", "all"]  # all: the newest shard missing, the older bit-flipped
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(SETS), str(STOP_AT), marker,
+                           json.dumps(kinds), _pickled_npz(marker).hex()],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["marker_exists"]  # the planted history was never unpickled
+    for kind in ("truncate", "bitflip", "pickle"):
+        lines = out[kind]["lines"]
+        assert out[kind]["damaged"] == [f"ckpt-{STOP_AT}"], kind
+        warnings = [ln for ln in lines if ln.startswith("train: warning")]
+        assert len(warnings) == 1 and f"ckpt-{STOP_AT} " in warnings[0], (kind, lines)
+        assert lines[-1].startswith(f"train: resumed from step {STOP_AT - 2} "), (kind, lines)
+        assert out[kind]["identical"], kind
+    lines = out["all"]["lines"]
+    assert [ln.split(" in ")[0] for ln in lines] == [f"train: warning: checkpoint ckpt-{STOP_AT}",
+                                                     f"train: warning: checkpoint ckpt-{STOP_AT - 2}",
+                                                     "train: warning: no checkpoint"], lines
+    assert out["all"]["identical"]
