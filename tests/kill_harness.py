@@ -158,6 +158,10 @@ def root_problems(root: str, summary: dict) -> list[str]:
         pushed = json.load(open(f"{promote['uri']}/push.json"))["pushed"]
         if pushed and (champion is None or champion["uri"] != promote["uri"]):
             problems.append(f"champion {champion and champion['uri']} is not the pushed {promote['uri']}")
+        # on a fresh root the run's model is blessed: whichever run pushed it, it is the champion now
+        model = summary["stages"][f"{pipeline}/train"]["uri"]
+        if champion is None or champion.get("artifacts", {}).get("model") != model:
+            problems.append(f"champion {champion and champion.get('artifacts')} is not the run's model {model}")
     return problems
 
 
