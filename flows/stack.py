@@ -135,10 +135,9 @@ class Stack:
                          "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL") or self.api_url})
         if self.auth():
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth()
-        stack_process.start([sys.executable, "-m", "prefect", "server", "start"],
-                            env, log, pid_file)
+        proc = stack_process.start([sys.executable, "-m", "prefect", "server", "start"], env, log, pid_file)
         self._mark(SERVER)
-        stack_process.wait_healthy(self.api_url, pid_file, MARKERS[SERVER], log)
+        stack_process.wait_healthy(self.api_url, proc, log)
         print(f"server        started   {self.ui_url}   (log {log})")
 
     def _worker(self) -> None:

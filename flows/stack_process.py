@@ -10,24 +10,35 @@ import urllib.request
 from pathlib import Path
 
 
-def alive(pid_file: Path, marker: str) -> int | None:
+def alive(pid_file: Path, marker: str, settle: float = 5.0) -> int | None:
     """The pid in pid_file when that process still runs and its command line contains marker
-    (a recycled pid belongs to someone else and is never ours to stop)."""
+    (a recycled pid belongs to someone else and is never ours to stop).
+
+    A process in the middle of exec() has an empty /proc/PID/cmdline for a moment (the kernel is swapping
+    its memory map), and `Popen` can return inside that moment on a loaded machine: an empty command
+    line of a live process is read again for up to `settle` seconds before it counts as not ours."""
     try:
         pid = int(pid_file.read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, ValueError, IndexError):
         return None
-    return pid if marker in cmdline else None
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        if cmdline.strip() or _zombie(pid) or time.monotonic() > deadline:
+            return pid if marker in cmdline else None
+        time.sleep(0.05)
 
 
-def start(cmd: list[str], env: dict, log: Path, pid_file: Path, cwd: str | None = None) -> int:
+def start(cmd: list[str], env: dict, log: Path, pid_file: Path, cwd: str | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
 
 
 def stop(pid_file: Path, marker: str, timeout: float = 20.0) -> bool:
@@ -73,12 +84,15 @@ def healthy(api_url: str, auth: str | None = None) -> bool:
         return False
 
 
-def wait_healthy(api_url: str, pid_file: Path, marker: str, log: Path, timeout: float = 180.0) -> None:
+def wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    """Wait for /api/health (Prefect serves it without auth) while the server we just started runs;
+    whether it still runs is asked of the Popen we hold, never guessed from /proc."""
     deadline = time.time() + timeout
     while not healthy(api_url):
-        if alive(pid_file, marker) is None:
+        if proc.poll() is not None:
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-            raise RuntimeError(f"the Prefect server exited during start-up; its log {log} ends:\n{tail}")
+            raise RuntimeError(f"the Prefect server exited during start-up (exit {proc.returncode}); "
+                               f"its log {log} ends:\n{tail}")
         if time.time() > deadline:
             raise RuntimeError(f"the Prefect server did not answer {api_url}/health in {timeout:.0f} s (log: {log})")
         time.sleep(0.5)

@@ -139,9 +139,6 @@ def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parame
         assert [s["schedule"]["cron"] for s in d["schedules"]] == crons[name.split("/")[0].replace("-", "_")]
 
 
-@pytest.mark.skip(reason="after the issue 12/15/17 merges the server started on 0.0.0.0 is found dead by "
-                  "stack_process.alive (its Popen child is a zombie while a process with the same command line "
-                  "keeps serving), so the test fails and leaves that server behind; open in issue 17")
 def test_server_beyond_loopback_requires_the_auth_string(stack, tmp_path):
     """`--host 0.0.0.0` turns Prefect's basic auth on, with the string from the 0600 secrets file."""
     import httpx
