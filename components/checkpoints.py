@@ -23,37 +23,91 @@ def _warn(text: str) -> None:
 
 
 def manager(ckpt, directory: str, keep: int):
-    """A CheckpointManager over directory; a state file TensorFlow refuses is reported and set
-    aside (the checkpoints themselves are still found on disk by restore())."""
+    """A CheckpointManager over directory, once its state file is verified.
+
+    The manager acts on that file: it restores what it names and, past max_to_keep, deletes the
+    `.index` and `.data-*` files of what it names. A file that does not parse, or that names
+    anything but `ckpt-N` in this directory (a root's writer could point it at files elsewhere),
+    is reported in one warning line and written again from the checkpoints on disk."""
     import tensorflow as tf
 
+    state = gfile.join(directory, STATE_FILE)
+    if gfile.exists(state):
+        why = _state_problem(directory)
+        if why:
+            _warn(f"checkpoint list {state} {why}; listing the checkpoints on disk instead")
+            gfile.remove(state)
+            on_disk = _on_disk(directory)
+            if on_disk:  # oldest first and relative, as the manager writes it: it sweeps them as usual
+                _write_state(directory, [p.rsplit("/", 1)[1] for p in on_disk])
+    return tf.train.CheckpointManager(ckpt, directory, max_to_keep=keep)
+
+
+def _write_state(directory: str, names: list[str]) -> None:
+    from google.protobuf import text_format
+    from tensorflow.python.checkpoint.checkpoint_management import CheckpointState
+
+    import time
+
+    # timestamps after last_preserved_timestamp: the manager may delete them past max_to_keep
+    # (without timestamps it would keep them all, for ever)
+    now = time.time()
+    state = CheckpointState(model_checkpoint_path=names[-1], all_model_checkpoint_paths=names,
+                            all_model_checkpoint_timestamps=[now - len(names) + i for i in range(len(names))],
+                            last_preserved_timestamp=now - len(names) - 1)
+    gfile.write_bytes(gfile.join(directory, STATE_FILE), text_format.MessageToString(state).encode())
+
+
+def _state_problem(directory: str) -> str | None:
+    """Why the state file in directory cannot be trusted, or None."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+    from tensorflow.python.checkpoint.checkpoint_management import CheckpointState
+
     try:
-        return tf.train.CheckpointManager(ckpt, directory, max_to_keep=keep)
-    except ValueError as e:  # e.g. an empty state file: "Invalid checkpoint state loaded from ..."
-        _warn(f"checkpoint list {gfile.join(directory, STATE_FILE)} does not load ({_one_line(e)}); "
-              "looking for checkpoints on disk")
-        gfile.remove(gfile.join(directory, STATE_FILE))
-        return tf.train.CheckpointManager(ckpt, directory, max_to_keep=keep)
+        parsed = CheckpointState()
+        text_format.Merge(gfile.read_bytes(gfile.join(directory, STATE_FILE)).decode("utf-8"), parsed)
+    except (text_format.ParseError, UnicodeDecodeError, tf.errors.OpError, OSError) as e:
+        return f"does not load ({_one_line(e)})"
+    names = [parsed.model_checkpoint_path, *parsed.all_model_checkpoint_paths]
+    if not parsed.model_checkpoint_path:
+        return "names no checkpoint"
+    strange = [n for n in names if not _ours(directory, n)]
+    if strange:
+        return f"names {strange[0]!r}, not a checkpoint of this directory"
+    return None
+
+
+def _ours(directory: str, path: str) -> bool:
+    head, _, name = path.rpartition("/")
+    return bool(re.fullmatch(r"ckpt-\d+", name)) and head in ("", directory.rstrip("/"))
+
+
+def _on_disk(directory: str) -> list[str]:
+    """Checkpoint prefixes in directory by their .index files, lowest step first."""
+    found = {}
+    for index in gfile.glob(gfile.join(directory, "ckpt-*.index")):
+        name = index.rsplit("/", 1)[-1][: -len(".index")]
+        if re.fullmatch(r"ckpt-\d+", name):
+            found[int(name[5:])] = gfile.join(directory, name)
+    return [found[k] for k in sorted(found)]
 
 
 def _candidates(directory: str) -> list[str]:
-    """Checkpoint prefixes in directory, highest step first: the CheckpointManager's list, or
-    (its state file lost) what is on disk. By step, not by list order: a skipped checkpoint stays
-    listed until training reaches its step again and overwrites it."""
+    """Checkpoint prefixes in directory, highest step first: what the state file lists, when it
+    can be trusted, or else what is on disk; always as ckpt-N in directory, never a path the
+    file names. By step, not by list order: a skipped checkpoint stays listed until training
+    reaches its step again and overwrites it."""
     import tensorflow as tf
 
-    try:
-        state = tf.train.get_checkpoint_state(directory)
-    except ValueError:  # an empty state file (manager() reports it where it owns the directory)
-        state = None
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    paths = paths or [p[: -len(".index")] for p in gfile.glob(gfile.join(directory, "ckpt-*.index"))]
-    steps = {}
-    for path in paths:
-        m = re.fullmatch(r"ckpt-(\d+)", path.rsplit("/", 1)[-1])
-        if m:
-            steps[int(m.group(1))] = path
-    return [steps[k] for k in sorted(steps, reverse=True)]
+    if gfile.exists(gfile.join(directory, STATE_FILE)) and not _state_problem(directory):
+        names = [p.rpartition("/")[2] for p in tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths]
+        listed = {int(n[5:]): gfile.join(directory, n) for n in names}
+    else:  # no list, or one manager() reports and rewrites where it owns the directory
+        listed = {}
+    if not listed:
+        listed = {int(p.rsplit("-", 1)[1]): p for p in _on_disk(directory)}
+    return [listed[k] for k in sorted(listed, reverse=True)]
 
 
 def load_history(work: str, step: int, metrics) -> tuple[dict, list]:

@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 from tests.conftest import REPO
 
@@ -131,3 +132,57 @@ def test_damaged_newest_checkpoint_is_skipped_and_the_run_ends_identical(tmp_pat
                                                      f"train: warning: checkpoint ckpt-{STOP_AT - 2}",
                                                      "train: warning: no checkpoint"], lines
     assert out["all"]["identical"]
+
+
+def _tiny(directory, keep=2, steps=(1, 2, 3)):
+    """A one-variable checkpoint saved at `steps` through checkpoints.manager()."""
+    import tensorflow as tf
+
+    from components import checkpoints
+
+    v = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(step=v)
+    m = checkpoints.manager(ckpt, str(directory), keep)
+    for s in steps:
+        v.assign(s)
+        m.save(checkpoint_number=s)
+    return ckpt, v
+
+
+def test_a_checkpoint_list_that_does_not_parse_is_rewritten_from_disk(tmp_path, capsys):
+    from components import checkpoints
+
+    _tiny(tmp_path)
+    (tmp_path / "checkpoint").write_bytes(b"\xff\xfe model_checkpoint_path: {{{")
+    capsys.readouterr()
+    ckpt, v = _tiny(tmp_path, steps=(4,))
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("train: warning")]
+    assert len(warnings) == 1 and "does not load" in warnings[0], warnings
+    # rebuilt from disk (ckpt-2, ckpt-3), so the manager swept the oldest as usual after saving ckpt-4
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-4.index"]
+    assert checkpoints._candidates(str(tmp_path)) == [str(tmp_path / "ckpt-4"), str(tmp_path / "ckpt-3")]
+
+
+def test_a_checkpoint_list_naming_files_elsewhere_never_reaches_them(tmp_path, capsys):
+    """A root's writer points the list at files outside the work directory: the manager would
+    restore them and, past max_to_keep, delete them. They are neither read nor deleted."""
+    from components import checkpoints
+
+    work, victim = tmp_path / "work", tmp_path / "elsewhere"
+    victim.mkdir()
+    for name in ("ckpt-1.index", "ckpt-1.data-00000-of-00001"):
+        (victim / name).write_text("keep me")
+    _tiny(work)
+    # with timestamps newer than last_preserved_timestamp, a plain CheckpointManager deletes the
+    # files it names once max_to_keep newer ones exist (tried: it does, absolute path or relative)
+    listed = [str(victim / "ckpt-1"), "../elsewhere/ckpt-1", "ckpt-3"]
+    (work / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\n' + "".join(
+        f'all_model_checkpoint_paths: "{p}"\nall_model_checkpoint_timestamps: {time.time()}\n' for p in listed))
+    assert checkpoints._candidates(str(work)) == [str(work / "ckpt-3"), str(work / "ckpt-2")]
+    capsys.readouterr()
+    _tiny(work, steps=(4, 5, 6))
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("train: warning")]
+    assert len(warnings) == 1 and "not a checkpoint of this directory" in warnings[0], warnings
+    assert sorted(p.name for p in victim.iterdir()) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+    assert all(p.read_text() == "keep me" for p in victim.iterdir())
+    assert sorted(p.name for p in work.glob("ckpt-*.index")) == ["ckpt-5.index", "ckpt-6.index"]

@@ -109,3 +109,24 @@ def test_disk_full_while_committing_leaves_nothing_that_looks_committed(monkeypa
     monkeypatch.undo()
     done, store = run_stages(root, "mnist-classifier", SETS, "ingest")
     assert [a.uri for a in store.versions("mnist-classifier", "ingest")] == [done["mnist-classifier/ingest"].uri]
+
+
+def test_read_only_root_is_the_one_line_error_then_rerun_completes(small_disk):
+    """The filesystem under the root turns read-only (a remount after I/O errors): one line, exit 2,
+    and once it is writable again the same command completes."""
+    root = f"{small_disk}/root"
+    run_stages(root, "mnist-classifier", SETS, "ingest")
+    subprocess.run(["mount", "-o", "remount,ro", small_disk], check=True)
+    try:
+        args = ["--root", root] + [x for s in SETS for x in ("--set", s)]
+        out = tapeline("run", "mnist-classifier", *args)
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert no_traceback(out.stderr), out.stderr[-3000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"tapeline: error: cannot write to {root}: Read-only file system (mnist-classifier/"), last
+        assert last.endswith(") — check the filesystem and run again"), last
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", small_disk], check=True)
+    assert committed(root) == ["ingest"] and uncommitted(root) == []
+    done, _ = run_stages(root, "mnist-classifier", SETS, "preprocess")
+    assert committed(root) == ["ingest", "preprocess", "validate"]
