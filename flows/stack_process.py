@@ -14,7 +14,7 @@ def alive(pid_file: Path, marker: str, settle: float = 5.0) -> int | None:
     """The pid in pid_file when that process still runs and its command line contains marker
     (a recycled pid belongs to someone else and is never ours to stop).
 
-    A process in the middle of exec() has an empty /proc/PID/cmdline for a moment (the kernel is swapping
+    A process in the middle of an exec has an empty /proc/PID/cmdline for a moment (the kernel is swapping
     its memory map), and `Popen` can return inside that moment on a loaded machine: an empty command
     line of a live process is read again for up to `settle` seconds before it counts as not ours."""
     try:
