@@ -38,23 +38,40 @@ def _to_uint8(x: np.ndarray, normalize: dict) -> np.ndarray:
     return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
 
 
-def grid(images: np.ndarray) -> np.ndarray:
-    """N images (H, W, C) as one square-ish grid, like the tutorials' 4x4 subplot figure."""
+# The seed's generate_and_save_images draws 16 samples in a 4x4-inch figure (400 pixels at
+# matplotlib's 100 dpi), about 90 pixels a sample with white space between them. A grid here is
+# at least that readable: every image enlarged by a whole factor (nearest neighbour: no smoothing
+# of the pixels the generator made) to about CELL pixels, a white GAP between them.
+CELL = 112
+GAP = 4
+
+
+def grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
+    """N images (H, W, C) uint8 as one readable grid, square-ish unless cols is given."""
     n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    out = np.zeros((rows * h, cols * w, c), images.dtype)
-    for i, img in enumerate(images):
+    f = max(1, round(CELL / max(h, w)))
+    big = images.repeat(f, axis=1).repeat(f, axis=2) if f > 1 else images
+    bh, bw = h * f, w * f
+    # white space between samples, as in the seed's figure; dark lines where the images are light
+    # at their edges (pix2pix's white backgrounds), so each image's bounds stay visible
+    edges = np.concatenate([images[:, 0].ravel(), images[:, -1].ravel(), images[:, :, 0].ravel(),
+                            images[:, :, -1].ravel()])
+    shade = 255 if edges.mean() < 160 else 64
+    out = np.full((rows * bh + (rows + 1) * GAP, cols * bw + (cols + 1) * GAP, c), shade, images.dtype)
+    for i, img in enumerate(big):
         r, k = divmod(i, cols)
-        out[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
+        y, x = GAP + r * (bh + GAP), GAP + k * (bw + GAP)
+        out[y:y + bh, x:x + bw] = img
     return out
 
 
 def _png(path: str, img: np.ndarray) -> None:
-    plt = _plt()
+    from PIL import Image
+
     buf = io.BytesIO()
-    plt.imsave(buf, img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-               vmin=0, vmax=255, format="png")
+    Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(buf, format="PNG")
     gfile.write_bytes(path, buf.getvalue())
 
 
@@ -139,21 +156,25 @@ def run(out, inputs, params: Params, rt) -> None:
         ex = list(records.dataset(transform_art, params.eval_split).take(n).as_numpy_iterator())
         fixed = [(_to_uint8(e["input"], norm), _to_uint8(e["image"], norm)) for e in ex]
     frames = []
-    for path in samples:
+    last = None
+    for path in sorted(samples, key=lambda p: int(p.rsplit("/", 1)[-1][:-4])):
         step = int(path.rsplit("/", 1)[-1][:-4])
         arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False), norm)
         name = f"step-{step:08d}.png"
-        if fixed is None:
+        if fixed is None:  # the GANs' fixed-seed samples
             g = grid(arr)
-            _png(out.file("grids", name), g)
-        else:
-            for i in range(min(params.max_triptychs, len(arr))):
-                triptych(out.file("grids", name if i == 0 else f"step-{step:08d}-{i}.png"),
-                         fixed[i][0], fixed[i][1], arr[i])
-            g = np.concatenate([fixed[0][0], fixed[0][1], arr[0]], axis=1)
+        else:  # pix2pix: a row of input | ground truth | prediction per fixed input
+            k = min(params.max_triptychs, len(arr))
+            g = grid(np.stack([x for i in range(k) for x in (fixed[i][0], fixed[i][1], arr[i])]), cols=3)
+        _png(out.file("grids", name), g)
         frames.append(name)
+        last = arr
         with writer.as_default(step=step):
             tf.summary.image("samples", g[None].astype(np.float32) / 255.0)
+    if fixed is not None and last is not None:
+        # the tutorial's generate_images, titled, for the trained model (the newest samples)
+        for i in range(min(params.max_triptychs, len(last))):
+            triptych(out.file(f"triptych-{i}.png"), fixed[i][0], fixed[i][1], last[i])
     writer.flush()
     gfile.write_json(out.file("frames.json"), frames)
     out.metadata.update(frames=len(frames))

@@ -124,7 +124,7 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     if f"{pipeline}/render" in done:
         render = done[f"{pipeline}/render"]
         grids = sorted(gfile.glob(render.path("grids", "step-*.png")))
-        if grids:  # the newest step's grid (its first triptych for pix2pix)
+        if grids:  # the newest step's grid (pix2pix: a row of triptychs per fixed input)
             newest = grids[-1].rsplit("/", 1)[-1][:len("step-00000000")]
             pics["samples"] = render.path("grids", newest + ".png")
         pics["history"] = render.path("history.png")

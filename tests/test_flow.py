@@ -9,6 +9,7 @@ from PIL import Image
 from artifacts import gfile
 from tests.conftest import MNIST, PEOPLE, tapeline
 
+TINY_IMAGE_SIZE = 32
 TINY = {
     "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50",
                          "train.max_steps=20"],
@@ -17,7 +18,7 @@ TINY = {
     "fashion-dcgan": ["data.source=idx:/usr/share/datasets/fashion-mnist", "data.max_examples=300",
                       "train.batch_size=32", "train.max_steps=8", "train.sample_every=2",
                       "train.shuffle_buffer=300", "eval.num_samples=200"],
-    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", "data.image_size=32",
+    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", f"data.image_size={TINY_IMAGE_SIZE}",
                 "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2", "train.steps_per_call=2"],
 }
 
@@ -81,12 +82,19 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
         with Image.open(png) as im:
             im.verify()
     grids = json.load(open(f"{render}/frames.json"))
+    from components.render import GAP
+
+    assert len(gfile.glob(f"{render}/grids/*.png")) == len(grids)
     with Image.open(f"{render}/grids/{grids[0]}") as im:
-        if pipeline == "pix2pix":  # input | ground truth | prediction, one per fixed input
-            assert len(gfile.glob(f"{render}/grids/*.png")) == 4 * len(grids)
-            assert im.size[0] > 2.5 * im.size[1], im.size
-        else:  # the 16 fixed-seed samples as a 4x4 grid of 28-pixel images
-            assert im.size == (4 * 28, 4 * 28)
+        # readable like the seed's 4x4-inch figure: every image enlarged to about 100 pixels
+        if pipeline == "pix2pix":  # input | ground truth | prediction, a row per fixed input
+            side = TINY_IMAGE_SIZE * round(112 / TINY_IMAGE_SIZE)
+            rows = min(4, len(gfile.glob(f"{render}/triptych-*.png")))
+            assert rows >= 1 and im.size == (3 * side + 4 * GAP, rows * side + (rows + 1) * GAP), im.size
+            with Image.open(f"{render}/triptych-0.png") as t:  # the tutorial's titled generate_images
+                assert t.size[0] > 2.5 * t.size[1] and t.size[0] >= 500, t.size
+        else:  # the 16 fixed-seed samples as a 4x4 grid of 28-pixel images, each 4x enlarged
+            assert im.size == (4 * 112 + 5 * GAP, 4 * 112 + 5 * GAP), im.size
     gif = stages[f"{pipeline}/animate"]["uri"] + "/training.gif"
     import imageio.v2 as imageio
 
