@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PIPELINE ?= fashion-dcgan
 ARGS ?=
 
-.PHONY: run test bench soak fuzz data test-deps stack-up stack-down stack-status
+.PHONY: run test test-long bench soak fuzz data test-deps stack-up stack-down stack-status
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -51,6 +51,10 @@ run: $(STAMP) data
 
 test: $(STAMP) data test-deps
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
+
+# What is too long for the default suite (kills under MirroredStrategy, ...): pytest -m long.
+test-long: $(STAMP) data test-deps
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -m long
 
 bench: $(STAMP) data
 	for b in $(filter-out benchmarks/soak.py benchmarks/fuzz.py benchmarks/fuzz_inputs.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done

@@ -17,13 +17,17 @@ CONFIGS = [BASE, BASE + ["seed=1"], BASE + ["model.learning_rate=0.01"], BASE[:1
            BASE + ["seed=2"], BASE + ["seed=2"]]
 
 
-def test_six_runs_at_once_on_one_root_make_one_artifact_set(tmp_path):
+def test_six_runs_at_once_on_one_root_make_one_artifact_set(harness, tmp_path):
+    """On one Prefect server, as runs of a work pool are (no temporary server per process)."""
+    import prefect.settings
+
+    api = {"PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
     root = str(tmp_path / "root")
     procs = [subprocess.Popen([sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
                                "run", "mnist-classifier", "--json", "--root", root,
                                *[x for s in sets for x in ("--set", s)]],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}) for sets in CONFIGS]
+                              env={**os.environ, "PYTHONPATH": str(REPO), **api}) for sets in CONFIGS]
     outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [e[-2000:] for _, e in outs]
     assert all(no_traceback(e) for _, e in outs)
@@ -32,6 +36,10 @@ def test_six_runs_at_once_on_one_root_make_one_artifact_set(tmp_path):
     # decision; every other stage has one version per fingerprint
     same = {k: v["uri"] for k, v in runs[4].items() if not k.endswith("/promote")}
     assert same == {k: v["uri"] for k, v in runs[5].items() if not k.endswith("/promote")}
+    # what only these two need: one built it, the other waited on its lock and reused it
+    theirs = [k for k in same if all(r[k]["fingerprint"] != runs[4][k]["fingerprint"] for r in runs[:4])]
+    assert "mnist-classifier/train" in theirs, theirs
+    assert all(runs[4][k]["reused"] != runs[5][k]["reused"] for k in theirs), theirs
     total = 0
     for key in runs[0]:
         stage = key.split("/")[1]

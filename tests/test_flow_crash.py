@@ -1,50 +1,5 @@
-"""Two `tapeline run`s at once on one root; deployments resolve. (Kills: tests/test_kill_harness.py.)"""
+"""Deployments resolve. (Kills: tests/test_kill_harness.py; runs at once on one root: tests/test_concurrent.py.)"""
 from __future__ import annotations
-
-import glob
-import json
-import os
-import subprocess
-import sys
-
-from tests.conftest import MNIST, REPO, tapeline
-
-
-def args(root, sets):
-    return ["--root", root] + [x for s in sets for x in ("--set", s)]
-
-
-def start(pipeline, root, sets):
-    return subprocess.Popen([sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
-                             "run", pipeline, "--json", *args(root, sets)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
-def committed(root, pipeline, stage):
-    return glob.glob(f"{root}/{pipeline}/{stage}/*/_COMMITTED")
-
-
-def test_two_runs_at_once_on_one_root_make_one_set_of_artifacts(tmp_path):
-    root = str(tmp_path / "root")
-    sets = [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=30"]
-    procs = [start("mnist-classifier", root, sets) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
-    a, b = (json.loads(o)["stages"] for o, _ in outs)
-    built = lambda stages: {k: v["uri"] for k, v in stages.items() if k != "mnist-classifier/promote"}  # noqa: E731
-    assert built(a) == built(b)
-    for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "render"):
-        assert len(committed(root, "mnist-classifier", stage)) == 1, stage
-        assert a[f"mnist-classifier/{stage}"]["reused"] != b[f"mnist-classifier/{stage}"]["reused"]
-    # each run records its own decision, and the champion is the one model both trained
-    assert len(committed(root, "mnist-classifier", "promote")) == 2
-    assert not a["mnist-classifier/promote"]["reused"] and not b["mnist-classifier/promote"]["reused"]
-    champion = json.load(open(f"{root}/mnist-classifier/champion.json"))
-    assert champion["artifacts"]["model"] == a["mnist-classifier/train"]["uri"]
-    assert champion["uri"] in (a["mnist-classifier/promote"]["uri"], b["mnist-classifier/promote"]["uri"])
-    verify = tapeline("verify", "--root", root)
-    assert verify.returncode == 0 and "0 damaged" in verify.stdout
 
 
 def test_prefect_yaml_deployments_resolve_to_the_pipeline_flows():
