@@ -12,14 +12,9 @@ import tempfile
 import time
 
 from common import REPO
+from components.distribute import free_ports
 
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(port: int, proc, timeout: float = 120) -> None:
@@ -41,7 +36,7 @@ def services(workers: int = 2):
     Every server runs at nice 10, with this repository importable and this venv first on PATH."""
     env = {**os.environ, "PYTHONPATH": REPO, "PATH": f"{BIN}:{os.environ['PATH']}"}
     logs = tempfile.mkdtemp(prefix="tapeline-engines-")
-    sched, job, pool = free_port(), free_port(), free_port()
+    sched, job, pool = free_ports(3)
     commands = {
         "scheduler": [f"{BIN}/dask", "scheduler", "--host", "127.0.0.1", "--port", str(sched), "--no-dashboard"],
         "workers": [f"{BIN}/dask", "worker", f"tcp://127.0.0.1:{sched}", "--nworkers", str(workers),

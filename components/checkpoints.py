@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import uuid
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from artifacts import gfile
 
 STATE_FILE = "checkpoint"  # CheckpointManager's list of checkpoints (a text proto)
+_NAME = re.compile(r"ckpt-\d+")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -31,23 +33,21 @@ def manager(ckpt, directory: str, keep: int):
     is reported in one warning line and written again from the checkpoints on disk."""
     import tensorflow as tf
 
-    state = gfile.join(directory, STATE_FILE)
-    if gfile.exists(state):
-        why = _state_problem(directory)
-        if why:
-            _warn(f"checkpoint list {state} {why}; listing the checkpoints on disk instead")
+    _, why = _listed(directory)
+    if why:
+        state = gfile.join(directory, STATE_FILE)
+        _warn(f"checkpoint list {state} {why}; listing the checkpoints on disk instead")
+        on_disk = _on_disk(directory)
+        if on_disk:  # oldest first and relative, as the manager writes it: it sweeps them as usual
+            _write_state(directory, [p.rsplit("/", 1)[1] for p in on_disk])
+        else:
             gfile.remove(state)
-            on_disk = _on_disk(directory)
-            if on_disk:  # oldest first and relative, as the manager writes it: it sweeps them as usual
-                _write_state(directory, [p.rsplit("/", 1)[1] for p in on_disk])
     return tf.train.CheckpointManager(ckpt, directory, max_to_keep=keep)
 
 
 def _write_state(directory: str, names: list[str]) -> None:
     from google.protobuf import text_format
     from tensorflow.python.checkpoint.checkpoint_management import CheckpointState
-
-    import time
 
     # timestamps after last_preserved_timestamp: the manager may delete them past max_to_keep
     # (without timestamps it would keep them all, for ever)
@@ -58,29 +58,33 @@ def _write_state(directory: str, names: list[str]) -> None:
     gfile.write_bytes(gfile.join(directory, STATE_FILE), text_format.MessageToString(state).encode())
 
 
-def _state_problem(directory: str) -> str | None:
-    """Why the state file in directory cannot be trusted, or None."""
+def _listed(directory: str) -> tuple[list[str], str | None]:
+    """The checkpoint names (ckpt-N) the state file in directory lists, and why it cannot be
+    trusted (None when it can, or when there is no state file)."""
     import tensorflow as tf
     from google.protobuf import text_format
     from tensorflow.python.checkpoint.checkpoint_management import CheckpointState
 
+    path = gfile.join(directory, STATE_FILE)
+    if not gfile.exists(path):
+        return [], None
     try:
         parsed = CheckpointState()
-        text_format.Merge(gfile.read_bytes(gfile.join(directory, STATE_FILE)).decode("utf-8"), parsed)
+        text_format.Merge(gfile.read_bytes(path).decode("utf-8"), parsed)
     except (text_format.ParseError, UnicodeDecodeError, tf.errors.OpError, OSError) as e:
-        return f"does not load ({_one_line(e)})"
-    names = [parsed.model_checkpoint_path, *parsed.all_model_checkpoint_paths]
+        return [], f"does not load ({_one_line(e)})"
     if not parsed.model_checkpoint_path:
-        return "names no checkpoint"
-    strange = [n for n in names if not _ours(directory, n)]
+        return [], "names no checkpoint"
+    strange = [n for n in (parsed.model_checkpoint_path, *parsed.all_model_checkpoint_paths)
+               if not _ours(directory, n)]
     if strange:
-        return f"names {strange[0]!r}, not a checkpoint of this directory"
-    return None
+        return [], f"names {strange[0]!r}, not a checkpoint of this directory"
+    return [n.rpartition("/")[2] for n in parsed.all_model_checkpoint_paths], None
 
 
 def _ours(directory: str, path: str) -> bool:
     head, _, name = path.rpartition("/")
-    return bool(re.fullmatch(r"ckpt-\d+", name)) and head in ("", directory.rstrip("/"))
+    return bool(_NAME.fullmatch(name)) and head in ("", directory.rstrip("/"))
 
 
 def _on_disk(directory: str) -> list[str]:
@@ -88,7 +92,7 @@ def _on_disk(directory: str) -> list[str]:
     found = {}
     for index in gfile.glob(gfile.join(directory, "ckpt-*.index")):
         name = index.rsplit("/", 1)[-1][: -len(".index")]
-        if re.fullmatch(r"ckpt-\d+", name):
+        if _NAME.fullmatch(name):
             found[int(name[5:])] = gfile.join(directory, name)
     return [found[k] for k in sorted(found)]
 
@@ -98,13 +102,8 @@ def _candidates(directory: str) -> list[str]:
     can be trusted, or else what is on disk; always as ckpt-N in directory, never a path the
     file names. By step, not by list order: a skipped checkpoint stays listed until training
     reaches its step again and overwrites it."""
-    import tensorflow as tf
-
-    if gfile.exists(gfile.join(directory, STATE_FILE)) and not _state_problem(directory):
-        names = [p.rpartition("/")[2] for p in tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths]
-        listed = {int(n[5:]): gfile.join(directory, n) for n in names}
-    else:  # no list, or one manager() reports and rewrites where it owns the directory
-        listed = {}
+    names, _ = _listed(directory)  # an untrusted list: manager() reports and rewrites it
+    listed = {int(n[5:]): gfile.join(directory, n) for n in names}
     if not listed:
         listed = {int(p.rsplit("-", 1)[1]): p for p in _on_disk(directory)}
     return [listed[k] for k in sorted(listed, reverse=True)]

@@ -13,18 +13,13 @@ import pytest
 
 from artifacts import gfile
 from artifacts.errors import UserError
+from components.distribute import free_ports
 from tests.conftest import REPO, tapeline
 from tests.test_data_stages import run_stages
 
 BIN = os.path.dirname(sys.executable)
 FASHION = "/usr/share/datasets/fashion-mnist"
 TINY = [f"data.source=idx:{FASHION}", "data.max_examples=200"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc, timeout: float = 90) -> None:
@@ -63,7 +58,7 @@ def engines(tmp_path_factory):
     """A dask scheduler with `dask worker --nworkers 2 --nthreads 1`, and Beam's job service with
     an external SDK worker pool: started for real, stopped at the end."""
     logs = tmp_path_factory.mktemp("engine-logs")
-    sched, job, pool = _port(), _port(), _port()
+    sched, job, pool = free_ports(3)
     procs = []
     try:
         procs.append(_start([f"{BIN}/dask", "scheduler", "--host", "127.0.0.1", "--port", str(sched),
@@ -126,7 +121,7 @@ def test_portable_job_service_with_external_worker_pool_writes_the_same_bytes(en
 
 
 def test_unreachable_engines_are_one_line_errors(tmp_path):
-    dead = _port()  # bound then closed: nothing listens there
+    dead = free_ports(1)[0]  # bound then closed: nothing listens there
     for sets, expect in ((["beam.runner=dask", f"beam.dask_address=tcp://127.0.0.1:{dead}"],
                           f"nothing answers at tcp://127.0.0.1:{dead} (Connection refused) (beam.dask_address)"),
                          (["beam.runner=portable"], "needs a job service (beam.job_endpoint)")):

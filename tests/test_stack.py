@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import shutil
-import socket
 import stat
 import time
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from components.distribute import free_ports
 from flows import stack_postgres, stack_prefect
 from flows.stack import Stack
 from tests import prefect_ui
@@ -32,12 +32,6 @@ def reused_but_promote(rec: dict) -> bool:
     return all(v["reused"] != k.endswith("/promote") for k, v in stages.items())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """One stack for the module, on free ports, with its own cluster, state dir and artifact root."""
@@ -48,7 +42,7 @@ def stack(tmp_path_factory):
     data = base / "mnist"  # a copy of MNIST this module may change (a replaced IDX file)
     shutil.copytree(MNIST, data)
     os.environ["TAPELINE_STACK_POLL_SECONDS"] = "2"  # the worker picks runs up sooner than its default 10 s
-    s = Stack(base / "state", port=_free_port(), pg_cluster=f"tapeline-test-{uuid.uuid4().hex[:8]}",
+    s = Stack(base / "state", port=free_ports(1)[0], pg_cluster=f"tapeline-test-{uuid.uuid4().hex[:8]}",
               root=str(base / "root"))
     s.data = data
     s.sets = [f"data.source=idx:{data}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=30"]
@@ -143,7 +137,7 @@ def test_server_beyond_loopback_requires_the_auth_string(stack, tmp_path):
     """`--host 0.0.0.0` turns Prefect's basic auth on, with the string from the 0600 secrets file."""
     import httpx
 
-    other = Stack(tmp_path / "state", host="0.0.0.0", port=_free_port())
+    other = Stack(tmp_path / "state", host="0.0.0.0", port=free_ports(1)[0])
     other.dir.mkdir(parents=True)
     auth = other.auth()
     assert auth and auth == json.loads((other.dir / "secrets.json").read_text())["api_auth"]
