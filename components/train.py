@@ -14,7 +14,7 @@ import numpy as np
 
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
-from components import checkpoints, distribute, records
+from components import checkpoints, distribute, interrupt, records
 from components.contract import StageParams, key
 
 OUTPUT = "Model"
@@ -277,8 +277,11 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
         return tuple(tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32) for k in names)
 
     def run_steps(it, n: int) -> dict:
-        """n one-step graphs dispatched back to back; the host reads the metrics once per call."""
-        outs = [one_step(it) for _ in range(n)]
+        """Up to n one-step graphs dispatched back to back; the host reads the metrics once per
+        call. A stop request ends the call at the next step boundary (after at least one step)."""
+        outs = [one_step(it)]
+        while len(outs) < n and not interrupt.requested():
+            outs.append(one_step(it))
         return {k: tf.stack([o[i] for o in outs]) for i, k in enumerate(names)}
 
     sample_fn = tf.function(setup.sample) if setup.sample else None
@@ -295,58 +298,63 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
         return every > 0 and s % every == 0
 
     try:
-        while step < total:
-            marks = [total, (step // steps_per_epoch + 1) * steps_per_epoch]
-            for every in (t.checkpoint_every, ck_epochs, t.sample_every, t.summary_every):
-                if every > 0:
-                    marks.append((step // every + 1) * every)
-            n = min(min(marks) - step, t.steps_per_call)
-            stream.start(step // steps_per_epoch)  # marks keep a call inside one epoch
-            values = {k: v.numpy() for k, v in run_steps(stream.iterator, n).items()}
-            bad = [(i, k) for k in names for i in np.flatnonzero(~np.isfinite(values[k]))]
-            if bad:
-                i, k = min(bad)
-                last = manager.latest_checkpoint
-                raise TrainingDiverged(f"training diverged: {k} is {values[k][i]} at step {step + i + 1}",
-                                       work, f"the last good checkpoint ({last or 'none'}) is kept; "
-                                       "lower the learning rate and rerun")
-            for k in names:
-                history[k].extend(values[k].tolist())
-            step += n
-            epoch = (step - 1) // steps_per_epoch + 1
-            last = {k: float(values[k][-1]) for k in names}
-            if due(step, t.summary_every) or step == total:
-                with writer.as_default(step=step):
-                    for k, v in last.items():
-                        tf.summary.scalar(k, v)
-            epoch_end = step % steps_per_epoch == 0 or step == total
-            if epoch_end and val_fn is not None:
-                last.update(_validate(val_fn, setup, art))
-            if epoch_end:
-                first = (epoch - 1) * steps_per_epoch
-                rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
-                rec.update({k: v for k, v in last.items() if k.startswith("val_")})
-                epoch_log.append(rec)
-                failpoints.hit(f"train.{name}.epoch_end")
-                with writer.as_default(step=step):
-                    for k, v in rec.items():
-                        if k not in ("epoch", "step"):
-                            tf.summary.scalar(f"epoch/{k}", v)
-            if sample_fn and (due(step, t.sample_every) or epoch_end):
-                arr = sample_fn().numpy()
-                gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
-                failpoints.hit(f"train.{name}.samples")
-            if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total:
-                _save_history(gfile.join(work, f"history-{step}.npz"), history, epoch_log)
-                failpoints.hit(f"train.{name}.checkpoint.begin")
-                stream.start(step // steps_per_epoch)  # at an epoch end: save the next epoch's iterator
-                manager.save(checkpoint_number=step)
-                failpoints.hit(f"train.{name}.checkpoint.saved")
-                gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
-                _prune_histories(work, manager)
-                failpoints.hit(f"train.{name}.checkpoint.done")
-            progress.update(step, epoch, last)
-            failpoints.hit(f"train.{name}.step")
+        with interrupt.deferred():  # a signal is acted on at the next step boundary
+            while step < total:
+                marks = [total, (step // steps_per_epoch + 1) * steps_per_epoch]
+                for every in (t.checkpoint_every, ck_epochs, t.sample_every, t.summary_every):
+                    if every > 0:
+                        marks.append((step // every + 1) * every)
+                n = min(min(marks) - step, t.steps_per_call)
+                stream.start(step // steps_per_epoch)  # marks keep a call inside one epoch
+                values = {k: v.numpy() for k, v in run_steps(stream.iterator, n).items()}
+                n = len(values[names[0]])  # fewer than asked when a stop was requested
+                stop = interrupt.requested()
+                bad = [(i, k) for k in names for i in np.flatnonzero(~np.isfinite(values[k]))]
+                if bad:
+                    i, k = min(bad)
+                    last = manager.latest_checkpoint
+                    raise TrainingDiverged(f"training diverged: {k} is {values[k][i]} at step {step + i + 1}",
+                                           work, f"the last good checkpoint ({last or 'none'}) is kept; "
+                                           "lower the learning rate and rerun")
+                for k in names:
+                    history[k].extend(values[k].tolist())
+                step += n
+                epoch = (step - 1) // steps_per_epoch + 1
+                last = {k: float(values[k][-1]) for k in names}
+                if due(step, t.summary_every) or step == total:
+                    with writer.as_default(step=step):
+                        for k, v in last.items():
+                            tf.summary.scalar(k, v)
+                epoch_end = step % steps_per_epoch == 0 or step == total
+                if epoch_end and val_fn is not None:
+                    last.update(_validate(val_fn, setup, art))
+                if epoch_end:
+                    first = (epoch - 1) * steps_per_epoch
+                    rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
+                    rec.update({k: v for k, v in last.items() if k.startswith("val_")})
+                    epoch_log.append(rec)
+                    failpoints.hit(f"train.{name}.epoch_end")
+                    with writer.as_default(step=step):
+                        for k, v in rec.items():
+                            if k not in ("epoch", "step"):
+                                tf.summary.scalar(f"epoch/{k}", v)
+                if sample_fn and (due(step, t.sample_every) or epoch_end):
+                    arr = sample_fn().numpy()
+                    gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
+                    failpoints.hit(f"train.{name}.samples")
+                if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total or stop:
+                    _save_history(gfile.join(work, f"history-{step}.npz"), history, epoch_log)
+                    failpoints.hit(f"train.{name}.checkpoint.begin")
+                    stream.start(step // steps_per_epoch)  # at an epoch end: save the next epoch's iterator
+                    manager.save(checkpoint_number=step)
+                    failpoints.hit(f"train.{name}.checkpoint.saved")
+                    gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
+                    _prune_histories(work, manager)
+                    failpoints.hit(f"train.{name}.checkpoint.done")
+                progress.update(step, epoch, last)
+                if stop and step < total:  # at the total, train finishes and commits first
+                    raise interrupt.Interrupted(stop, f"{name}/train", step, total, saved=True)
+                failpoints.hit(f"train.{name}.step")
     finally:
         progress.close()
         writer.flush()

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import signal
 import sys
 import traceback
 
 from artifacts.errors import UserError
 from artifacts.store import default_root, open_store
+from components import interrupt
+from flows import local_api
 
 
 def cmd_pipelines(args) -> int:
@@ -79,14 +83,14 @@ def cmd_run(args) -> int:
 
     pipeline = get(args.pipeline)
     beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
-    server = _prefect_server_in_background()  # before anything runs or imports
+    server = local_api.start_in_background()  # before anything runs or imports
     from flows import quiet
     from flows.pipeline_flow import run_pipeline
 
     quiet.setup_logging(args.verbose)
     store = open_store(args.root)
     if server is not None:
-        server.join()
+        server.wait()
     summary = run_pipeline(pipeline.name, args.set, store.root)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -95,32 +99,6 @@ def cmd_run(args) -> int:
     print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
     print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
     return 0
-
-
-def _prefect_server_in_background():
-    """Prefect's temporary API server is a uvicorn subprocess that takes seconds to start;
-    start it now, while this process imports Prefect and the pipelines, not after. The flow
-    then finds it running (a failure here is left for the flow to meet and report)."""
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-
-    def start():
-        try:
-            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-                return
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()
-        except Exception:  # noqa: BLE001 - get_client starts it again and raises properly
-            pass
-
-    import threading
-
-    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    thread.start()
-    return thread
 
 
 def stage_table(summary: dict, root: str) -> str:
@@ -229,13 +207,17 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet.setup_env(args.verbose)  # before anything imports TensorFlow, Beam or Prefect
     try:
-        return args.fn(args)
+        if args.fn is cmd_serve:  # prefect.serve stops its runner on SIGTERM itself
+            return args.fn(args)
+        with interrupt.handlers():
+            return args.fn(args)
     except SystemExit:  # e.g. prefect.serve's SIGTERM handler: a clean stop
         raise
-    except KeyboardInterrupt:
-        print("tapeline: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+        return _interrupted(exc)
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        if _is_cancelled_run(exc) and interrupt.requested():
+            return _interrupted(exc)
         user = UserError.find(exc)
         if user is None:
             traceback.print_exc()
@@ -244,5 +226,48 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _is_cancelled_run(exc: BaseException) -> bool:
+    """Prefect's CancelledRun: what calling a flow that ended Cancelled raises."""
+    return type(exc).__name__ == "CancelledRun" and type(exc).__module__.startswith("prefect")
+
+
+def _interrupted(exc: BaseException) -> int:
+    """The one line for a run stopped by Ctrl-C or SIGTERM, and the shell's exit code for it.
+    Prefect logs to the console synchronously, so its lines are out already: this one is last."""
+    signum = getattr(exc, "signum", None) or interrupt.requested() or signal.SIGINT
+    line = exc.line() if isinstance(exc, interrupt.Interrupted) else (
+        str(exc) if _is_cancelled_run(exc) else interrupt.Interrupted(signum).line())
+    print(f"tapeline: {line}", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
+def console() -> None:
+    """The `tapeline` command: main(), then out at once. Exit handlers run (Prefect's: the last
+    logs and events sent, its temporary server stopped); what Python does after them (TensorFlow's
+    teardown, seconds after an interrupted run) would only delay the shell's prompt."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _drain_prefect()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _drain_prefect(timeout: float = 5.0) -> None:
+    """Send Prefect's queued logs and events while its API is still up. Its exit handlers stop
+    the temporary server before logging's own flush runs, which then waits 5 s on a log worker
+    that can no longer reach it (the last records of an interrupted run were still queued)."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort: the run's own outcome is decided
+            pass
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

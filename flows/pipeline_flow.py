@@ -13,10 +13,12 @@ import uuid
 from prefect import Flow, flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.states import Cancelled, State
 
 from artifacts import failpoints, gfile
 from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
+from components import interrupt
 from components.contract import Runtime
 from pipelines.graph import Node, nodes, run_node
 from pipelines.registry import all_pipelines, get
@@ -45,7 +47,10 @@ def stage_task(store: ArtifactStore, node: Node, done: dict, runtime: Runtime) -
     """Reuse or build one stage; returns small JSON (uri, fingerprint, reused)."""
     if node.stage == "train":
         runtime = dataclasses.replace(runtime, on_progress=_training_progress(node))
-    run = run_node(store, node, done, runtime)
+    try:
+        run = run_node(store, node, done, runtime)
+    except interrupt.Interrupted as stop:  # the task too ends Cancelled, not Crashed
+        return Cancelled(message=stop.line())
     get_run_logger().info("%s %s %s", node.key, "reused" if run.reused else "built", run.artifact.uri)
     return {"uri": run.artifact.uri, "fingerprint": run.artifact.fingerprint, "reused": run.reused,
             "artifact": run.artifact}
@@ -102,13 +107,26 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     run_id = _run_id(run_id)
     runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
     done, stages = {}, {}
-    for node in nodes(p, cfg):
-        started = time.perf_counter()
-        result = stage_task.with_options(name=node.key)(store, node, done, runtime)
-        result["seconds"] = round(time.perf_counter() - started, 3)
-        done[node.key] = result.pop("artifact")
-        stages[node.key] = result
-        failpoints.hit(f"flow.after.{node.key}")
+    interrupt.reset()
+    # Prefect's engine has put its own SIGTERM handler in place (it would raise inside any
+    # stage, mid-step): ours asks the stage to stop at its next safe point instead
+    with interrupt.handlers():
+        try:
+            for node in nodes(p, cfg):
+                interrupt.check()
+                started = time.perf_counter()
+                with interrupt.stage(node.key):
+                    result = stage_task.with_options(name=node.key)(store, node, done, runtime)
+                if isinstance(result, State):  # the stage stopped on a signal: its task is Cancelled
+                    return Cancelled(message=result.message)
+                result["seconds"] = round(time.perf_counter() - started, 3)
+                done[node.key] = result.pop("artifact")
+                stages[node.key] = result
+                failpoints.hit(f"flow.after.{node.key}")
+        except interrupt.Interrupted as stop:
+            # Cancelled, not Crashed: a stop that was asked for, with everything it reached saved
+            # (the CLI turns the CancelledRun this gives its caller into the one line and 130/143)
+            return Cancelled(message=str(stop))
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")

@@ -1,0 +1,115 @@
+"""Ctrl-C and SIGTERM as a request to stop: the running stage stops at its next safe point.
+
+A stage that can stop cleanly mid-way (train, at a step boundary) runs inside `deferred()`: a
+signal there is only noted, and the stage polls `requested()`, saves, and raises `Interrupted`
+itself. Anywhere else the first signal raises `Interrupted` at once: Beam, evaluate and render
+abandon their work, and nothing is committed (an artifact exists only once `_COMMITTED` is
+written). A second signal always raises at once. The orchestrator installs the handlers
+(`handlers()`) and says which stage runs (`stage()`); components only poll.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """The run stopped on a signal. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way (Beam, Prefect, a component) takes it for a failure."""
+
+    def __init__(self, signum: int, stage: str = "", step: int | None = None, total: int | None = None,
+                 saved: bool = False):
+        self.signum, self.stage, self.step, self.total, self.saved = signum, stage, step, total, saved
+        super().__init__(self.line())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process the signal ended: 130, 143
+
+    def line(self) -> str:
+        where = f" during {self.stage}" if self.stage else ""
+        if self.step is not None:
+            where += f" at step {self.step}/{self.total}"
+            where += " (checkpoint saved)" if self.saved else " (last checkpoint kept)"
+        elif self.stage:
+            where += " (nothing committed)"
+        return f"interrupted{where} — run the same command again to resume"
+
+
+class _State:
+    def __init__(self):
+        self.signum: int | None = None   # the first signal received, until reset()
+        self.deferring = 0               # > 0 while a stage polls requested() itself
+        self.stage = ""                  # what runs now, for the message
+
+
+_state = _State()
+
+
+def _handler(signum, frame) -> None:
+    first = _state.signum is None
+    if first:
+        _state.signum = signum
+    if first and _state.deferring:
+        return  # the stage saves at its next step boundary, then raises
+    raise Interrupted(signum, _state.stage)
+
+
+def requested() -> int | None:
+    """The signal that asked this process to stop, or None."""
+    return _state.signum
+
+
+def reset() -> None:
+    _state.signum = None
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """While inside, a first signal is only noted: the caller polls requested() at safe points
+    and stops there (raising Interrupted with what it saved)."""
+    _state.deferring += 1
+    try:
+        yield
+    finally:
+        _state.deferring -= 1
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the stage that runs now (for the interrupted line)."""
+    previous, _state.stage = _state.stage, name
+    try:
+        yield
+    finally:
+        _state.stage = previous
+
+
+@contextlib.contextmanager
+def handlers() -> Iterator[None]:
+    """Install the stop handlers for SIGINT and SIGTERM (main thread only: elsewhere Python
+    cannot take signals, and this is a no-op); the previous ones come back on exit. A signal
+    that already arrived stays requested: the stage after it raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _handler)
+    try:
+        if _state.signum is not None and not _state.deferring:
+            raise Interrupted(_state.signum, _state.stage)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def check() -> None:
+    """Raise Interrupted now if a stop was requested (for a stage between its safe points)."""
+    if _state.signum is not None:
+        raise Interrupted(_state.signum, _state.stage)
