@@ -102,13 +102,15 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     run_id = _run_id(run_id)
     runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
     done, stages = {}, {}
-    for node in nodes(p, cfg):
-        started = time.perf_counter()
-        result = stage_task.with_options(name=node.key)(store, node, done, runtime)
-        result["seconds"] = round(time.perf_counter() - started, 3)
-        done[node.key] = result.pop("artifact")
-        stages[node.key] = result
-        failpoints.hit(f"flow.after.{node.key}")
+    with store.lease(run_id) as lease:  # `tapeline gc` beside this run keeps what it holds
+        for node in nodes(p, cfg):
+            started = time.perf_counter()
+            result = stage_task.with_options(name=node.key)(store, node, done, runtime)
+            result["seconds"] = round(time.perf_counter() - started, 3)
+            done[node.key] = result.pop("artifact")
+            stages[node.key] = result
+            lease.add(done[node.key].uri)
+            failpoints.hit(f"flow.after.{node.key}")
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")
