@@ -17,13 +17,18 @@ class Damage:
 
 def verify(store: ArtifactStore) -> tuple[int, list[Damage]]:
     """(number of artifacts checked, the damaged ones). What the listing met out of place (a
-    symlink, a FIFO) is in store.skipped afterwards: reported, never followed."""
+    symlink, a FIFO) is in store.skipped afterwards, reported, never followed; control files that
+    do not read (champion.json, run records, leases) are in store.unreadable."""
     checked, damaged = 0, []
     for _p, _s, art in store.all_artifacts():
         checked += 1
         problems = store.check(art)
         if problems:
             damaged.append(Damage(art.uri, tuple(problems)))
+    for p in store.pipelines():  # control files that do not read are noted in store.unreadable
+        store.champion(p)
+    store.runs()
+    store.leased()
     return checked, damaged
 
 
@@ -57,6 +62,8 @@ def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.
     for run in store.runs()[-keep:] if keep > 0 else []:
         for stage in run.get("stages", {}).values():
             needed |= store.lineage(stage["uri"])
+    store.leased()
+    _refuse_in_doubt(store)
     removed = []
     for p in store.pipelines():
         for s in store.stages(p):
@@ -74,8 +81,17 @@ def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.
     return removed
 
 
+def _refuse_in_doubt(store: ArtifactStore) -> None:
+    """A champion, run record or lease that cannot be read might protect anything: remove nothing."""
+    for path, what in sorted(store.unreadable.items()):
+        raise UserError(f"cannot tell what {path.rsplit('/', 1)[-1]} protects: {what}", path,
+                        "repair or remove it; gc removes nothing until then")
+
+
 def _leased(store: ArtifactStore, uri: str) -> bool:
-    return any(uri in store.lineage(u) for u in store.leased())
+    leased = store.leased()
+    _refuse_in_doubt(store)
+    return any(uri in store.lineage(u) for u in leased)
 
 
 def _remove_unleased(store: ArtifactStore, pipeline: str, stage: str, uri: str, fingerprint: str,

@@ -171,6 +171,9 @@ class ArtifactStore:
         # what the listings met out of place (a symlink, a file where a folder belongs): reported
         # by verify and gc, never followed
         self.skipped: dict[str, str] = {}
+        # control files (champion.json, run records, leases) that could not be read: gc cannot
+        # tell what they protect, so it removes nothing while there is one
+        self.unreadable: dict[str, str] = {}
         self._lease: Lease | None = None
 
     # -- layout -----------------------------------------------------------------------------
@@ -426,15 +429,16 @@ class ArtifactStore:
         """The champion record, its artifact references resolved under this root (a reference
         that names nothing here is dropped). A damaged champion.json reads as no champion."""
         path = gfile.join(self.root, pipeline, CHAMPION)
-        if not self.contained(path) or gfile.kind(path) == "missing":
+        if gfile.kind(path) == "missing":
             return None
         try:
+            if not self.contained(path):
+                raise OSError(0, "reached through a symlink, not followed")
             rec = gfile.read_json(path)
+            if not isinstance(rec, dict):
+                raise ValueError("not a champion record")
         except (OSError, ValueError) as e:
-            self.skipped[path] = f"unreadable, {_reason(e)}"
-            return None
-        if not isinstance(rec, dict):
-            self.skipped[path] = "not a champion record"
+            self.unreadable[path] = f"unreadable, {_reason(e)}"
             return None
         arts = rec.get("artifacts") if isinstance(rec.get("artifacts"), dict) else {}
         rec["artifacts"] = {k: u for k, u in ((k, self.resolve(v)) for k, v in arts.items()) if u}
@@ -476,6 +480,7 @@ class ArtifactStore:
         parse is noted in self.skipped and left out."""
         base = gfile.join(self.root, folder)
         if not self.contained(base):
+            self.unreadable[base] = "a symlink or not a folder, not followed"
             return []
         out = []
         for name in gfile.listdir(base):
@@ -485,7 +490,7 @@ class ArtifactStore:
             try:
                 out.append(parse(gfile.read_json(path)))
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-                self.skipped[path] = f"unreadable, {_reason(e)}"
+                self.unreadable[path] = f"unreadable, {_reason(e)}"
         return out
 
     def runs(self) -> list[dict]:

@@ -61,12 +61,13 @@ def cmd_verify(args) -> int:
         print(f"DAMAGED {d.uri}: {'; '.join(d.problems)}")
     _print_skipped(store)
     print(f"verified {checked} artifacts: {checked - len(damaged)} ok, {len(damaged)} damaged"
-          + (f", {len(store.skipped)} out of place" if store.skipped else ""))
-    return 1 if damaged or store.skipped else 0
+          + (f", {len(store.skipped) + len(store.unreadable)} out of place"
+             if store.skipped or store.unreadable else ""))
+    return 1 if damaged or store.skipped or store.unreadable else 0
 
 
 def _print_skipped(store) -> None:
-    for path, what in sorted(store.skipped.items()):
+    for path, what in sorted({**store.skipped, **store.unreadable}.items()):
         print(f"OUT OF PLACE {path}: {what}")
 
 
