@@ -1,6 +1,7 @@
 """Config sections shared by every pipeline; each pipeline sets the seed tutorial's values."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,8 +101,22 @@ class BeamConfig:
     worker_pool: str = ""                 # portable: an SDK worker pool HOST:PORT (EXTERNAL); empty = LOOPBACK
 
     def check(self) -> None:
+        require(_known_runner(self.runner), "beam.runner", self.runner,
+                "use direct, dask, portable, a Beam runner name (FlinkRunner, ...) or a runner class's dotted path")
         require(self.shards >= 1, "beam.shards", self.shards, "use 1 or more")
         require(self.partitions >= 0, "beam.partitions", self.partitions, "use 0 (one per shard) or more")
+
+
+# Beam's StandardOptions.ALL_KNOWN_RUNNERS (2.6x) and our aliases; a dotted path names any other
+_RUNNERS = {"direct", "dask", "portable", "bundlebaseddirect", "dataflow", "flink", "fnapi", "interactive",
+            "kafkastreams", "prism", "spark", "switchingdirect", "testdataflow", "testdirect"}
+
+
+def _known_runner(name: str) -> bool:
+    if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name):
+        return True
+    low = name.lower()
+    return low in _RUNNERS or (low.endswith("runner") and low[:-len("runner")] in _RUNNERS)
 
 
 @dataclass(frozen=True)
