@@ -462,9 +462,10 @@ class ArtifactStore:
             return True
 
     def _relative(self, obj: Any) -> Any:
-        """obj with every path under the root written relative to it."""
+        """obj with every path under the root written relative to it (a record's metrics are
+        kept as the evaluation wrote them: values, not references the store follows)."""
         if isinstance(obj, dict):
-            return {k: (v if k == "root" else self._relative(v)) for k, v in obj.items()}
+            return {k: (v if k in ("root", "metrics") else self._relative(v)) for k, v in obj.items()}
         if isinstance(obj, list):
             return [self._relative(v) for v in obj]
         return self.ref(obj) if isinstance(obj, str) else obj
