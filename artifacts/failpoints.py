@@ -6,13 +6,17 @@ whole process group (action `kill`, the default: a crash that runs no cleanup, e
 OOM killer or a lost machine) or raises InjectedFault (action `raise`: a Python-level failure,
 which a Prefect retry sees). `*` in a name matches anything (`store.built.*@2`). With
 `TAPELINE_FAILPOINTS_TRACE=FILE` every moment passed is appended to FILE (how the soak learns
-the moments a run has, and where a kill at a random time landed).
+the moments a run has, and where a kill at a random time landed). Action `pause` stops the
+process there, alive, until a test lets it go: it writes DIR/NAME.paused (DIR from
+`TAPELINE_FAILPOINTS_PAUSE_DIR`, NAME the moment with `/` as `_`) and waits for DIR/NAME.resume
+(how a test runs `gc` beside a live run at a moment it chooses).
 """
 from __future__ import annotations
 
 import fnmatch
 import os
 import signal
+import time
 
 ENV = "TAPELINE_FAILPOINTS"
 _hits: dict[str, int] = {}
@@ -48,4 +52,15 @@ def hit(name: str) -> None:
             continue
         if action == "raise":
             raise InjectedFault(f"failpoint {name} ({pattern}@{count})")
+        if action == "pause":
+            _pause(name)
+            continue
         os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _pause(name: str) -> None:
+    stem = os.path.join(os.environ[ENV + "_PAUSE_DIR"], name.replace("/", "_"))
+    with open(stem + ".paused", "w"):
+        pass
+    while not os.path.exists(stem + ".resume"):
+        time.sleep(0.05)

@@ -123,7 +123,7 @@ def files_digest(paths: list[str]) -> str:
     """Digest of data files by content (not mtime): a file rewritten in place changes it."""
     from artifacts import gfile
 
-    return digest({p: gfile.sha256(p)[0] for p in sorted(paths)})
+    return digest({p: gfile.sha256(p, follow=True)[0] for p in sorted(paths)})  # a data folder may link its files
 
 
 def stage_fingerprint(stage: str, code: str, params: Mapping[str, Any],

@@ -1,10 +1,12 @@
 """verify (re-hash every committed artifact) and gc (drop what nothing needs)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from artifacts import gfile, lock
-from artifacts.store import COMMITTED, LOCKS, PENDING, WORK, ArtifactStore
+from artifacts import gfile
+from artifacts.errors import UserError
+from artifacts.store import COMMITTED, FINGERPRINT, PENDING, ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -14,20 +16,43 @@ class Damage:
 
 
 def verify(store: ArtifactStore) -> tuple[int, list[Damage]]:
-    """(number of artifacts checked, the damaged ones)."""
+    """(number of artifacts checked, the damaged ones). What the listing met out of place (a
+    symlink, a FIFO) is in store.skipped afterwards, reported, never followed; control files that
+    do not read (champion.json, run records, leases) are in store.unreadable."""
     checked, damaged = 0, []
     for _p, _s, art in store.all_artifacts():
         checked += 1
         problems = store.check(art)
         if problems:
             damaged.append(Damage(art.uri, tuple(problems)))
+    for p in store.pipelines():  # control files that do not read are noted in store.unreadable
+        store.champion(p)
+    store.runs()
+    store.leased()
     return checked, damaged
 
 
-def gc(store: ArtifactStore, keep: int, dry_run: bool = False) -> list[str]:
-    """Remove committed artifacts that no champion and none of the last `keep` runs reference,
-    and abandoned partial writes. Work dirs (resumable training state) are kept. Returns the
-    removed URIs."""
+def _age(uri: str, now: float) -> float:
+    """Seconds since the newest of the folder, its marker and its _PENDING changed (a
+    missing time counts as old)."""
+    newest = 0.0
+    for path in (uri, gfile.join(uri, COMMITTED), gfile.join(uri, PENDING)):
+        try:
+            newest = max(newest, gfile.lstat_mtime(path))
+        except Exception:  # noqa: BLE001 - missing, or a remote folder (no time of its own)
+            pass
+    return now - newest
+
+
+def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.0) -> list[str]:
+    """Remove committed artifacts that no champion, none of the last `keep` runs and no live
+    lease needs, and abandoned partial writes; nothing younger than `grace` seconds. Work dirs
+    (resumable training state) are kept. Nothing out of place is followed (store.skipped lists
+    it). Returns the removed URIs.
+
+    Safe beside live runs: an artifact is removed only under its fingerprint's lock, the lock a
+    run holds while it builds or reuses it, after the leases are read again under that lock."""
+    now = time.time()
     needed: set[str] = set()
     for p in store.pipelines():
         champ = store.champion(p)
@@ -37,30 +62,75 @@ def gc(store: ArtifactStore, keep: int, dry_run: bool = False) -> list[str]:
     for run in store.runs()[-keep:] if keep > 0 else []:
         for stage in run.get("stages", {}).values():
             needed |= store.lineage(stage["uri"])
+    store.leased()
+    _refuse_in_doubt(store)
     removed = []
     for p in store.pipelines():
         for s in store.stages(p):
-            base = store.stage_root(p, s)
-            for name in gfile.listdir(base):
-                if name in (WORK, LOCKS):
+            for uri in store.entries(p, s):
+                if uri in needed or _age(uri, now) < grace:
                     continue
-                uri = gfile.join(base, name)
-                if gfile.exists(gfile.join(uri, COMMITTED)):
-                    if uri.rstrip("/") in needed:
+                if gfile.kind(gfile.join(uri, COMMITTED)) != "missing":
+                    art = store.load(uri)
+                    fp = art.fingerprint if art is not None else ""
+                    if not _remove_unleased(store, p, s, uri, fp, dry_run):
                         continue
-                elif not _abandoned(store, p, s, uri):
+                elif not _abandoned(store, p, s, uri, dry_run):
                     continue
                 removed.append(uri)
-                if not dry_run:
-                    gfile.rmtree(uri)
     return removed
 
 
-def _abandoned(store: ArtifactStore, pipeline: str, stage: str, uri: str) -> bool:
-    """An uncommitted directory whose writer is gone (its fingerprint lock is free)."""
+def _refuse_in_doubt(store: ArtifactStore) -> None:
+    """A champion, run record or lease that cannot be read might protect anything: remove nothing."""
+    for path, what in sorted(store.unreadable.items()):
+        raise UserError(f"cannot tell what {path.rsplit('/', 1)[-1]} protects: {what}", path,
+                        "repair or remove it; gc removes nothing until then")
+
+
+def _leased(store: ArtifactStore, uri: str) -> bool:
+    leased = store.leased()
+    _refuse_in_doubt(store)
+    return any(uri in store.lineage(u) for u in leased)
+
+
+def _remove_unleased(store: ArtifactStore, pipeline: str, stage: str, uri: str, fingerprint: str,
+                     dry_run: bool) -> bool:
+    """Remove a committed artifact unless a live run holds it; True if removed (or would be)."""
+    if not FINGERPRINT.fullmatch(fingerprint):  # damaged: no run can reuse it
+        return not _leased(store, uri) and _rm(uri, dry_run)
+    return _under_lock(store, pipeline, stage, fingerprint,
+                       lambda: not _leased(store, uri) and _rm(uri, dry_run))
+
+
+def _under_lock(store: ArtifactStore, pipeline: str, stage: str, fingerprint: str, act) -> bool:
+    """act() while holding the fingerprint's lock, if it is free; a lock file out of place (a
+    symlink, a FIFO) is noted in store.skipped and the entry kept."""
+    path = store.lock_path(pipeline, stage, fingerprint)
+    try:
+        with store.locked(path, blocking=False) as free:
+            return bool(free) and act()
+    except UserError as e:
+        store.skipped[path] = e.what
+        return False
+
+
+def _rm(uri: str, dry_run: bool) -> bool:
+    if not dry_run:
+        gfile.rmtree(uri)  # never follows a link (gfile.rmtree)
+    return True
+
+
+def _abandoned(store: ArtifactStore, pipeline: str, stage: str, uri: str, dry_run: bool) -> bool:
+    """Remove an uncommitted directory whose writer is gone (its fingerprint lock is free); a
+    _PENDING that does not hold a fingerprint is data, never made into a lock path."""
     pending = gfile.join(uri, PENDING)
-    if not gfile.exists(pending):
-        return True
-    fingerprint = gfile.read_bytes(pending).decode().strip()
-    with lock.exclusive(store.lock_path(pipeline, stage, fingerprint), blocking=False) as free:
-        return free
+    fingerprint = ""
+    if gfile.kind(pending) == "file":
+        try:
+            fingerprint = gfile.read_bytes(pending, 1024).decode("ascii").strip()
+        except (OSError, ValueError):
+            pass
+    if not FINGERPRINT.fullmatch(fingerprint):
+        return _rm(uri, dry_run)  # written whole by every writer: not one of ours, or long dead
+    return _under_lock(store, pipeline, stage, fingerprint, lambda: _rm(uri, dry_run))

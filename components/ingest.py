@@ -19,23 +19,24 @@ class Params(StageParams):
     max_examples: int | None = key("data.max_examples")
     layout: str = key("data.layout")
     shards: int = key("beam.shards")
+    max_image_pixels: int = key("data.max_image_pixels")
 
 
 def resolve_source(params: Params) -> InputRef:
-    r = sources.resolve(params.source)
+    r = sources.resolve(params.source, params.max_image_pixels)
     return InputRef(r.uri, r.digest)
 
 
 class _WriteShard:
     """Beam DoFn body: one element = one shard of one split; reads, checks, writes it."""
 
-    def __init__(self, resolved: sources.Resolved, out_dir: str, layout: str):
-        self.r, self.out, self.layout = resolved, out_dir, layout
+    def __init__(self, resolved: sources.Resolved, out_dir: str, layout: str, max_pixels: int):
+        self.r, self.out, self.layout, self.max_pixels = resolved, out_dir, layout, max_pixels
 
     @beam_run.user_errors
     def __call__(self, unit):
         split, shard, nshards, start, end = unit
-        images, labels, fmt = sources.load_split(self.r, split)
+        images, labels, fmt = sources.load_split(self.r, split, self.max_pixels)
         ids = sources.example_ids(self.r, split, start, end)
         recs = []
         for i, ex_id in zip(range(start, end), ids):
@@ -46,7 +47,7 @@ class _WriteShard:
             else:
                 data = images[i]
                 if self.layout == "paired":
-                    h, w = sources.check_pair(f"{self.r.location}/{ex_id}", data)
+                    h, w = sources.check_pair(f"{self.r.location}/{ex_id}", data, self.max_pixels)
                     ex.update(shape=(h, w, 3))
                 ex.update(image=data, format="encoded")
             if labels is not None:
@@ -61,7 +62,7 @@ class _WriteShard:
 def run(out, inputs, p: Params, rt) -> None:
     import apache_beam as beam
 
-    r = sources.resolve(p.source)
+    r = sources.resolve(p.source, p.max_image_pixels)
     if p.layout == "paired" and r.kind != "paired":
         raise UserError(f"{rt.pipeline} needs side-by-side pairs, got {r.kind}: data", "data.source",
                         "give --set data.source=paired:DIR")
@@ -77,7 +78,7 @@ def run(out, inputs, p: Params, rt) -> None:
 
     def build(pl):
         return (pl | "Shards" >> beam.Create(units)
-                | "Write" >> beam.FlatMap(_WriteShard(r, out.path, p.layout)))
+                | "Write" >> beam.FlatMap(_WriteShard(r, out.path, p.layout, p.max_image_pixels)))
 
     beam_run.run(rt, build)
     missing = [u for u in units if not gfile.exists(out.file(u[0], records.shard_name(u[1], u[2])))]

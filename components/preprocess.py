@@ -31,6 +31,7 @@ class Params(StageParams):
     jitter_copies: int = key("data.jitter_copies")
     val_holdout: int = key("data.val_holdout")
     val_max_share: float = key("data.val_max_share")
+    max_image_pixels: int = key("data.max_image_pixels")
 
     def holdout(self, n_train: int) -> int:
         """How many of n_train examples become "val": val_holdout, capped at val_max_share of
@@ -84,7 +85,7 @@ def _image(data: bytes, fmt: bytes, shape: list, ex_id: str, p: Params) -> np.nd
         if img.shape == (p.size, p.size, p.channels):
             return img
     else:
-        img = records.decode_rgb(data, ex_id)
+        img = records.decode_rgb(data, ex_id, p.max_image_pixels)
     if img.shape[2] != p.channels:
         img = img.mean(axis=2, keepdims=True).astype(np.uint8) if p.channels == 1 else \
             np.repeat(img, 3, axis=2)
@@ -116,7 +117,7 @@ class _TransformShard:
             if label != records.NO_LABEL:
                 new["label"] = label
             if p.layout == "paired":
-                pair = records.decode_rgb(data, ex_id)
+                pair = records.decode_rgb(data, ex_id, p.max_image_pixels)
                 half = pair.shape[1] // 2
                 tar, inp = pair[:, :half], pair[:, half:]
                 if split in p.jitter_splits:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -57,17 +58,36 @@ def read_examples(path: str) -> dict[str, list]:
     return cols
 
 
-def decode_rgb(data: bytes, where: str) -> np.ndarray:
-    """An encoded image (JPEG, PNG) as H x W x 3 uint8; a UserError naming where if it is not one."""
+def open_image(data: bytes, where: str, max_pixels: int):
+    """A PIL image of encoded bytes whose header (read without decoding) says it has at most
+    max_pixels pixels; a UserError naming where otherwise. Decode it inside `with`."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
+        im = Image.open(io.BytesIO(data))  # the header only: decoding waits for load()
     except Exception as e:
-        from components.sources import image_error
-
         raise UserError(f"undecodable image: {image_error(e)}", where, "replace or remove the file") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise UserError(f"image is {w} x {h} = {w * h} pixels, more than data.max_image_pixels={max_pixels}",
+                        where, "give smaller images, or raise --set data.max_image_pixels=N if this is meant")
+    return im
+
+
+def image_error(e: Exception) -> str:
+    """PIL's reason, without the in-memory buffer's address it names (the line stays the same)."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)) or type(e).__name__
+
+
+def decode_rgb(data: bytes, where: str, max_pixels: int) -> np.ndarray:
+    """An encoded image (JPEG, PNG) as H x W x 3 uint8; a UserError naming where if it is not one
+    or has more than max_pixels pixels (checked from its header, before decoding)."""
+    with open_image(data, where, max_pixels) as im:
+        try:
+            return np.asarray(im.convert("RGB"))
+        except Exception as e:
+            raise UserError(f"undecodable image: {image_error(e)}", where, "replace or remove the file") from None
 
 
 def arrays(artifact, split: str, limit: int | None = None) -> dict[str, np.ndarray]:

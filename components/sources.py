@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import gzip
-import io
+import hashlib
 import os
 import re
 import socket
 import struct
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,6 +18,7 @@ from artifacts.errors import UserError
 from artifacts.fingerprint import digest, files_digest
 
 IDX_SPLITS = {"train": "train", "test": "t10k"}
+_CHUNK = 1 << 20
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 PAIRED_SPLITS = ("train", "val", "test")
 # Known local copies for offline machines, by tfds name.
@@ -40,12 +42,62 @@ def _idx_files(d: str, split: str) -> tuple[str, str]:
     return (gfile.join(d, f"{prefix}-images-idx3-ubyte.gz"), gfile.join(d, f"{prefix}-labels-idx1-ubyte.gz"))
 
 
-def _gunzip(path: str) -> bytes:
+_GZIP_ERRORS = (EOFError, OSError, gzip.BadGzipFile, zlib.error)
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold: a 4.3 GiB RGBA image stays out
+
+
+def memory_budget() -> int:
+    """Bytes one split may take in memory: half the machine's memory, or of the process's
+    address-space limit when one is set (a split is read whole)."""
+    import resource
+
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return budget if soft == resource.RLIM_INFINITY else min(budget, soft // 2)
+
+
+def _read_idx_file(path: str, magic: int, ndim: int, max_pixels: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """(dims, the payload) of one gzipped IDX file, inflated in chunks up to the size its
+    header claims and one byte more: a stream longer than its header is refused unread, and a
+    header that claims more than memory allows is refused before anything is inflated."""
     try:
-        return gzip.decompress(gfile.read_bytes(path))
-    except (EOFError, OSError, gzip.BadGzipFile, Exception) as e:  # zlib.error too
+        with gfile.open_read(path, follow=True) as raw, gzip.GzipFile(fileobj=raw) as z:
+            head = z.read(4 + 4 * ndim)
+            dims = _idx_header(head, path, magic, ndim)
+            if ndim == 3:
+                _check_pixels(dims[1], dims[2], max_pixels, path)
+            size = int(np.prod(dims, dtype=np.uint64))
+            if size > memory_budget():
+                raise UserError(f"IDX file claims {size} bytes, more than this machine can hold "
+                                f"({memory_budget()})", path, "give a smaller file or split it")
+            data = np.empty(size, np.uint8)
+            view, got = memoryview(data), 0
+            while got < size:
+                n = z.readinto(view[got:got + _CHUNK])
+                if not n:
+                    break
+                got += n
+            extra = z.read(1)
+    except gfile.NotRegular as e:
+        raise UserError(f"IDX file is {e.strerror}", path, "give a regular file") from None
+    except _GZIP_ERRORS as e:
         raise UserError(f"corrupt or truncated gzip file: {e}", path,
                         "replace the file with a complete copy") from None
+    if got != size or extra:
+        what = "pixel bytes" if ndim == 3 else "labels"
+        held = f"more than {size}" if extra else str(got)
+        raise UserError(f"IDX {'images' if ndim == 3 else 'labels'} file holds {held} {what}, header says "
+                        f"{' x '.join(map(str, dims))} = {size}", path, "replace the file with a complete copy")
+    return dims, data
+
+
+def _check_pixels(h: int, w: int, max_pixels: int, path: str) -> None:
+    if not (h and w):
+        raise UserError(f"IDX images file says its images are {h} x {w} pixels", path,
+                        "replace the file with a complete copy")
+    if h * w > max_pixels:
+        raise UserError(f"image is {w} x {h} = {w * h} pixels, more than data.max_image_pixels={max_pixels}",
+                        path, "give smaller images, or raise --set data.max_image_pixels=N if this is meant")
 
 
 def _idx_header(data: bytes, path: str, magic: int, ndim: int) -> tuple[int, ...]:
@@ -58,7 +110,7 @@ def _idx_header(data: bytes, path: str, magic: int, ndim: int) -> tuple[int, ...
     return struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
 
 
-def read_idx(d: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_idx(d: str, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """(images N x H x W uint8, labels N) of one split, checked against the IDX format."""
     img_path, lbl_path = _idx_files(d, split)
     stamps = []
@@ -68,28 +120,17 @@ def read_idx(d: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         stamps.append(gfile.stat(p))
     # cached per process (ingest's workers read a split once per shard), keyed by the files' size
     # and mtime too: a long-lived process (serve) must see data that changed on disk
-    return _read_idx(img_path, lbl_path, tuple(stamps))
+    return _read_idx(img_path, lbl_path, tuple(stamps), max_pixels)
 
 
 @lru_cache(maxsize=8)
-def _read_idx(img_path: str, lbl_path: str, _stamps: tuple) -> tuple[np.ndarray, np.ndarray]:
-    raw = _gunzip(img_path)
-    n, h, w = _idx_header(raw, img_path, 2051, 3)
-    if not (h and w):
-        raise UserError(f"IDX images file says its images are {h} x {w} pixels", img_path,
-                        "replace the file with a complete copy")
-    if len(raw) != 16 + n * h * w:
-        raise UserError(f"IDX images file holds {len(raw) - 16} pixel bytes, header says "
-                        f"{n} x {h} x {w} = {n * h * w}", img_path, "replace the file with a complete copy")
-    lraw = _gunzip(lbl_path)
-    (nl,) = _idx_header(lraw, lbl_path, 2049, 1)
-    if len(lraw) != 8 + nl:
-        raise UserError(f"IDX labels file holds {len(lraw) - 8} labels, header says {nl}", lbl_path,
-                        "replace the file with a complete copy")
+def _read_idx(img_path: str, lbl_path: str, _stamps: tuple, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    (n, h, w), images = _read_idx_file(img_path, 2051, 3, max_pixels)
+    (nl,), labels = _read_idx_file(lbl_path, 2049, 1, max_pixels)
     if nl != n:
         raise UserError(f"{n} images but {nl} labels", f"{img_path}, {lbl_path}",
                         "give image and label files of the same split")
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w), np.frombuffer(lraw, np.uint8, offset=8)
+    return images.reshape(n, h, w), labels
 
 
 # -- paired ---------------------------------------------------------------------------------
@@ -104,21 +145,17 @@ def paired_files(d: str, split: str) -> list[str]:
     return [gfile.join(d, split, n) for n in sorted(names, key=_natural)]
 
 
-def image_error(e: Exception) -> str:
-    """PIL's reason, without the in-memory buffer's address it names (the line stays the same)."""
-    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)) or type(e).__name__
+def check_pair(path: str, data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Decode one side-by-side pair fully (after its header passed the pixel limit); (height,
+    width) or a UserError naming the file."""
+    from components.records import image_error, open_image
 
-
-def check_pair(path: str, data: bytes) -> tuple[int, int]:
-    """Decode one side-by-side pair fully; (height, width) or a UserError naming the file."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    with open_image(data, path, max_pixels) as im:
+        try:
             im.load()
-            w, h = im.size
-    except Exception as e:
-        raise UserError(f"undecodable image: {image_error(e)}", path, "replace or remove the file") from None
+        except Exception as e:
+            raise UserError(f"undecodable image: {image_error(e)}", path, "replace or remove the file") from None
+        w, h = im.size
     # Facades layout: two halves side by side. Halves are resized to the model size later, so a
     # half may be shorter than it is wide (some real pairs are), never taller.
     if w % 2 or h > w // 2 or h < w // 8:
@@ -146,7 +183,23 @@ def _online(host: str = "storage.googleapis.com", timeout: float = 2.0) -> bool:
         return False
 
 
-def resolve(source: str) -> Resolved:
+def _paired_digest(files: list[str], max_pixels: int) -> str:
+    """files_digest of the pairs, read once each, with every image's header checked against the
+    pixel limit on the way (before anything decodes one)."""
+    from components.records import open_image
+
+    shas = {}
+    for f in files:
+        try:
+            data = gfile.read_bytes(f, memory_budget() // 8, follow=True)
+        except (OSError, ValueError) as e:
+            raise UserError(f"unreadable image: {e}", f, "replace or remove the file") from None
+        open_image(data, f, max_pixels).close()
+        shas[f] = hashlib.sha256(data).hexdigest()
+    return digest({f: shas[f] for f in sorted(files)})
+
+
+def resolve(source: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Resolved:
     kind, sep, rest = source.partition(":")
     if not sep or kind not in ("tfds", "idx", "paired"):
         raise UserError(f"unknown data source {source!r}", "data.source",
@@ -160,7 +213,7 @@ def resolve(source: str) -> Resolved:
             raise UserError("no MNIST-format files (train-images-idx3-ubyte.gz, t10k-...)", d,
                             "give a folder with the four IDX .gz files")
         files = [f for s in splits for f in _idx_files(d, s)]
-        counts = tuple(Split(s, len(read_idx(d, s)[1])) for s in splits)
+        counts = tuple(Split(s, len(read_idx(d, s, max_pixels)[1])) for s in splits)
         return Resolved("idx", d, counts, files_digest(files), f"idx:{d}")
     if kind == "paired":
         d = _expand(rest)
@@ -178,11 +231,11 @@ def resolve(source: str) -> Resolved:
                                 "add pairs or remove the empty folder")
             files += fs
             counts.append(Split(s, len(fs)))
-        return Resolved("paired", d, tuple(counts), files_digest(files), f"paired:{d}")
-    return _resolve_tfds(rest, source)
+        return Resolved("paired", d, tuple(counts), _paired_digest(files, max_pixels), f"paired:{d}")
+    return _resolve_tfds(rest, source, max_pixels)
 
 
-def _resolve_tfds(spec: str, source: str) -> Resolved:
+def _resolve_tfds(spec: str, source: str, max_pixels: int) -> Resolved:
     name, _, query = spec.partition("?")
     wanted = tuple(s for s in query.removeprefix("split=").split(",") if s) if query else ()
     import tensorflow_datasets as tfds
@@ -194,7 +247,7 @@ def _resolve_tfds(spec: str, source: str) -> Resolved:
         else:
             for local in LOCAL_COPIES.get(name, ()):
                 if gfile.isdir(local):
-                    return resolve(f"idx:{local}")
+                    return resolve(f"idx:{local}", max_pixels)
             raise UserError(f"tfds dataset {name!r} is not prepared and there is no internet",
                             builder.data_dir,
                             "prepare it where there is internet, or --set data.source=idx:DIR / paired:DIR "
@@ -207,13 +260,13 @@ def _resolve_tfds(spec: str, source: str) -> Resolved:
 
 
 # -- reading one split --------------------------------------------------------------------------
-def load_split(r: Resolved, split: str):
+def load_split(r: Resolved, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """(images: uint8 N x H x W x C array or list of encoded bytes, labels or None, fmt)."""
     if r.kind == "idx":
-        images, labels = read_idx(r.location, split)
+        images, labels = read_idx(r.location, split, max_pixels)
         return images[..., None], labels, "raw"
     if r.kind == "paired":
-        return [gfile.read_bytes(f) for f in paired_files(r.location, split)], None, "encoded"
+        return [gfile.read_bytes(f, follow=True) for f in paired_files(r.location, split)], None, "encoded"
     import tensorflow_datasets as tfds
 
     ds = tfds.as_numpy(tfds.load(r.location, split=split, shuffle_files=False))

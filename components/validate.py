@@ -22,16 +22,17 @@ class Params(StageParams):
     layout: str = key("data.layout")
     duplicates: str = key("validate.duplicates")      # error | warn
     require_labels: bool = from_recipe("needs_labels")
+    max_image_pixels: int = key("data.max_image_pixels")
 
 
-def _pixels(data: bytes, fmt: bytes, shape: list) -> np.ndarray | None:
+def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray | None:
     """Decoded pixels of one example, or None when they cannot be decoded."""
     if fmt == b"raw":
         if len(data) != math.prod(shape):
             return None
         return np.frombuffer(data, np.uint8).reshape(shape)
     try:
-        return records.decode_rgb(data, "")
+        return records.decode_rgb(data, "", max_pixels)
     except UserError:
         return None
 
@@ -45,7 +46,7 @@ def _empty() -> dict:
 def shard_stats(item):
     """Partial statistics of one shard file: (split, partial). Pixels are reduced per shard
     in one numpy pass per shape, not per example."""
-    split, path = item
+    split, path, max_pixels = item
     cols = records.read_examples(path)
     labels = np.asarray(cols["label"], np.int64)
     s = _empty()
@@ -54,7 +55,7 @@ def shard_stats(item):
              unlabeled=int((labels == records.NO_LABEL).sum()))
     by_shape: dict[tuple, list[np.ndarray]] = {}
     for ex_id, data, fmt, shape in zip(cols["id"], cols["image"], cols["format"], cols["shape"]):
-        px = _pixels(data, fmt, shape)
+        px = _pixels(data, fmt, shape, max_pixels)
         if px is None:
             s["undecodable"].append(ex_id.decode())
             continue
@@ -170,7 +171,7 @@ def run(out, inputs, p: Params, rt) -> None:
 
     examples = inputs["examples"]
     splits = gfile.read_json(examples.path("splits.json"))["splits"]
-    items = [(s, f) for s in splits for f in gfile.glob(examples.path(s, "data-*.tfrecord"))]
+    items = [(s, f, p.max_image_pixels) for s in splits for f in gfile.glob(examples.path(s, "data-*.tfrecord"))]
     gfile.rmtree(out.work_dir)  # only this run's Beam output is read back, nothing left before it
     gfile.makedirs(out.work_dir)
 

@@ -59,19 +59,30 @@ def _metrics_text(metrics: dict) -> str:
 def cmd_verify(args) -> int:
     from artifacts.maintenance import verify
 
-    checked, damaged = verify(open_store(args.root))
+    store = open_store(args.root)
+    checked, damaged = verify(store)
     for d in damaged:
         print(f"DAMAGED {d.uri}: {'; '.join(d.problems)}")
-    print(f"verified {checked} artifacts: {checked - len(damaged)} ok, {len(damaged)} damaged")
-    return 1 if damaged else 0
+    _print_skipped(store)
+    print(f"verified {checked} artifacts: {checked - len(damaged)} ok, {len(damaged)} damaged"
+          + (f", {len(store.skipped) + len(store.unreadable)} out of place"
+             if store.skipped or store.unreadable else ""))
+    return 1 if damaged or store.skipped or store.unreadable else 0
+
+
+def _print_skipped(store) -> None:
+    for path, what in sorted({**store.skipped, **store.unreadable}.items()):
+        print(f"OUT OF PLACE {path}: {what}")
 
 
 def cmd_gc(args) -> int:
     from artifacts.maintenance import gc
 
-    removed = gc(open_store(args.root), keep=args.keep, dry_run=args.dry_run)
+    store = open_store(args.root)
+    removed = gc(store, keep=args.keep, dry_run=args.dry_run, grace=args.grace)
     for uri in removed:
         print(("would remove " if args.dry_run else "removed ") + uri)
+    _print_skipped(store)
     print(f"{len(removed)} {'to remove' if args.dry_run else 'removed'}")
     return 0
 
@@ -193,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("verify", cmd_verify, "re-hash every committed artifact")
     p = add("gc", cmd_gc, "drop what no champion or recent run needs")
     p.add_argument("--keep", type=int, default=5, help="keep what the last N runs used")
+    p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+                   help="leave artifacts younger than this alone (default 3600: safe beside live runs)")
     p.add_argument("--dry-run", action="store_true")
     p = add("serve", cmd_serve, "serve the deployments of prefect.yaml with their schedules")
     p.add_argument("pipeline", nargs="*", help="only these pipelines' deployments (default: all)")

@@ -109,8 +109,9 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
     done, stages = {}, {}
     interrupt.reset()
     # Prefect's engine has put its own SIGTERM handler in place (it would raise inside any
-    # stage, mid-step): ours asks the stage to stop at its next safe point instead
-    with interrupt.handlers():
+    # stage, mid-step): ours asks the stage to stop at its next safe point instead. The lease
+    # keeps `tapeline gc` beside this run off what it holds, until its record is written.
+    with store.lease(run_id) as lease, interrupt.handlers():
         try:
             for node in nodes(p, cfg):
                 interrupt.check()
@@ -122,11 +123,18 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
                 result["seconds"] = round(time.perf_counter() - started, 3)
                 done[node.key] = result.pop("artifact")
                 stages[node.key] = result
+                lease.add(done[node.key].uri)
                 failpoints.hit(f"flow.after.{node.key}")
         except interrupt.Interrupted as stop:
             # Cancelled, not Crashed: a stop that was asked for, with everything it reached saved
             # (the CLI turns the CancelledRun this gives its caller into the one line and 130/143)
             return Cancelled(message=str(stop))
+        return _record(store, pipeline, run_id, overrides, done, stages)
+
+
+def _record(store: ArtifactStore, pipeline: str, run_id: str, overrides: list[str], done: dict,
+            stages: dict) -> dict:
+    """The run's summary: recorded under the root and shown as a markdown artifact."""
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")

@@ -2,13 +2,61 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from artifacts.errors import UserError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)  # what TensorFlow and numpy take: a bigger int crashes a stage
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The whole range a config key accepts, checked at entry: lo <= value <= hi (lo_open: lo <
+    value), for a number or each number of a tuple; for a str, whether it may be empty."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    nonempty: bool = False
+
+    def ok(self, value: Any) -> bool:
+        if value is None or isinstance(value, bool):
+            return True
+        if isinstance(value, tuple):
+            return not (self.nonempty and not value) and all(self.ok(v) for v in value)
+        if isinstance(value, str):
+            return bool(value.strip()) or not self.nonempty
+        return (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi
+
+    def text(self) -> str:
+        if self.nonempty and self.lo == -math.inf:
+            return "give a non-empty value"
+        lo, hi = _num(self.lo), _num(self.hi)
+        if self.hi == math.inf:
+            return f"use a value {'above' if self.lo_open else 'of at least'} {lo}"
+        return f"use a value {'above' if self.lo_open else 'from'} {lo} {'and at most' if self.lo_open else 'to'} {hi}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+# dotted key -> Limit; filled by pipelines.sections (and a pipeline with keys of its own)
+LIMITS: dict[str, Limit] = {}
+
+
+def check_limit(key: str, value: Any) -> None:
+    limit = LIMITS.get(key)
+    if limit is not None and not limit.ok(value):
+        raise UserError(f"bad value {_show(value)} for {key}", "--set", limit.text())
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
 def _parse(tp: Any, text: str, key: str) -> Any:
@@ -42,6 +90,10 @@ def _parse(tp: Any, text: str, key: str) -> Any:
         except ValueError:
             raise UserError(f"bad value {text!r} for {key}", "--set",
                             f"{key} takes {'an integer' if tp is int else 'a number'}") from None
+        if tp is float and not math.isfinite(value):
+            raise UserError(f"bad value {text!r} for {key}", "--set", f"{key} takes a finite number")
+        if tp is int and not _INT64[0] <= value <= _INT64[1]:
+            raise UserError(f"bad value {text!r} for {key}", "--set", f"{key} takes a 64-bit integer")
         return value
     if tp is str:
         return text
@@ -68,6 +120,7 @@ def override(cfg: Any, key: str, text: str, _prefix: str = "") -> Any:
     if rest:
         raise UserError(f"unknown config key {_prefix + key!r}", "--set", f"{full} is a value, not a section")
     value = _parse(_hints(type(cfg))[head], text, full)
+    check_limit(full, value)
     new = dataclasses.replace(cfg, **{head: value})
     check = getattr(new, "check", None)
     if check:

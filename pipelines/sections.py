@@ -1,10 +1,12 @@
 """Config sections shared by every pipeline; each pipeline sets the seed tutorial's values."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from artifacts.errors import UserError
+from pipelines.config import LIMITS, Limit
 
 
 def require(cond: bool, key: str, value, fix: str) -> None:
@@ -27,6 +29,7 @@ class DataConfig:
     jitter: bool = False                  # pix2pix random jitter on the train split
     jitter_resize: int | None = None      # None: image_size * 286 / 256, the tutorial's ratio
     jitter_copies: int = 1                # K variants; epoch e trains on copy e mod K
+    max_image_pixels: int = 89_478_485    # an encoded image's header is checked before decoding
 
     def check(self) -> None:
         require(self.max_examples is None or self.max_examples > 0, "data.max_examples",
@@ -98,11 +101,57 @@ class BeamConfig:
     worker_pool: str = ""                 # portable: an SDK worker pool HOST:PORT (EXTERNAL); empty = LOOPBACK
 
     def check(self) -> None:
+        require(_known_runner(self.runner), "beam.runner", self.runner,
+                "use direct, dask, portable, a Beam runner name (FlinkRunner, ...) or a runner class's dotted path")
         require(self.shards >= 1, "beam.shards", self.shards, "use 1 or more")
         require(self.partitions >= 0, "beam.partitions", self.partitions, "use 0 (one per shard) or more")
+
+
+# Beam's StandardOptions.ALL_KNOWN_RUNNERS (2.6x) and our aliases; a dotted path names any other
+_RUNNERS = {"direct", "dask", "portable", "bundlebaseddirect", "dataflow", "flink", "fnapi", "interactive",
+            "kafkastreams", "prism", "spark", "switchingdirect", "testdataflow", "testdirect"}
+
+
+def _known_runner(name: str) -> bool:
+    if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name):
+        return True
+    low = name.lower()
+    return low in _RUNNERS or (low.endswith("runner") and low[:-len("runner")] in _RUNNERS)
 
 
 @dataclass(frozen=True)
 class FlowConfig:
     retries: int = 0                      # Prefect flow-level retries; each retry resumes
     retry_delay_seconds: int = 10
+
+
+_COUNT = Limit(1, 2 ** 31 - 1)         # a positive count or size
+_STEPS = Limit(1, 2 ** 62)             # a step count or interval
+_RATE = Limit(0, 10, lo_open=True)     # a learning rate
+_UNIT = Limit(0, 1)                    # a share or probability
+_NAME = Limit(nonempty=True)
+# The whole range of every key the pipelines have; tests/test_config_limits.py checks that each
+# key `tapeline pipelines --keys` lists is here, and gives each its edge values.
+LIMITS.update({
+    "seed": Limit(0, 2 ** 32 - 1),     # numpy's global seed (keras.utils.set_random_seed) takes no more
+    "data.source": _NAME, "data.eval_split": _NAME, "data.train_splits": _NAME,
+    "data.max_examples": _COUNT, "data.image_size": Limit(8, 4096), "data.channels": Limit(1, 3),
+    "data.val_holdout": Limit(0, 2 ** 31 - 1), "data.val_max_share": Limit(0, 1, lo_open=True),
+    "data.jitter_resize": Limit(8, 8192), "data.jitter_copies": Limit(1, 256),
+    "data.max_image_pixels": Limit(1, 2 ** 32),
+    "train.epochs": Limit(1, 10 ** 6), "train.max_steps": _STEPS, "train.batch_size": Limit(1, 2 ** 20),
+    "train.shuffle_buffer": Limit(1, 2 ** 26), "train.checkpoint_every": _STEPS,
+    "train.checkpoint_every_epochs": Limit(0, 10 ** 6), "train.keep_checkpoints": Limit(1, 1000),
+    "train.sample_every": Limit(0, 2 ** 62), "train.summary_every": _STEPS, "train.log_every": _STEPS,
+    "train.steps_per_call": Limit(1, 10 ** 6), "train.workers": Limit(1, 1024),
+    "eval.num_samples": Limit(1, 10 ** 8), "eval.tolerance": Limit(-1e9, 1e9), "eval.batch_size": Limit(1, 2 ** 20),
+    "render.gif_frame_seconds": Limit(0, 3600, lo_open=True), "render.max_triptychs": Limit(1, 1000),
+    "beam.shards": Limit(1, 10 ** 5), "beam.partitions": Limit(0, 10 ** 5),
+    "flow.retries": Limit(0, 1000), "flow.retry_delay_seconds": Limit(0, 7 * 24 * 3600),
+    # the pipelines' model sections
+    "model.learning_rate": _RATE, "model.d_learning_rate": _RATE, "model.g_learning_rate": _RATE,
+    "model.beta_1": Limit(0, 0.999999), "model.dropout": Limit(0, 0.999999),
+    "model.activity_regularization": Limit(0, 1e6), "model.l1_lambda": Limit(0, 1e9),
+    "model.label_noise": _UNIT, "model.hidden": Limit(1, 2 ** 20), "model.latent_dim": Limit(1, 2 ** 20),
+    "model.noise_dim": Limit(1, 2 ** 20), "model.num_fixed_samples": Limit(1, 4096),
+})

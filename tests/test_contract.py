@@ -289,5 +289,6 @@ def test_a_fifth_pipeline_registered_here_runs_end_to_end_through_its_flow(harne
     m = summary["metrics"]
     assert m["examples"] == 64 and 0 < m["mse"] < 1  # pixels in [0, 1]
     assert summary["blessed"] and summary["champion"]
-    champion = gfile.read_json(str(tmp_path / "root" / "tiny-autoencoder" / "champion.json"))
+    # champion.json holds paths relative to the root; the store resolves them under it
+    champion = ArtifactStore(str(tmp_path / "root")).champion("tiny-autoencoder")
     assert gfile.exists(champion["exported"] + "/autoencoder.keras") and champion["metrics"] == m

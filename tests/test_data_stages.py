@@ -77,7 +77,7 @@ def test_jitter_keeps_input_and_target_aligned(tmp_path):
 
     p = Params(seed=0, layout="paired", size=64, channels=3, normalize="symmetric", train_splits=("train",),
                eval_split="val", jitter=True, jitter_size=72, jitter_copies=2, val_holdout=0,
-               val_max_share=0.2)
+               val_max_share=0.2, max_image_pixels=10 ** 6)
     # a pair whose halves are the same picture: any jitter must keep them equal
     half = np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)
     for copy in range(8):

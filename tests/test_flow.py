@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from artifacts import gfile
+from artifacts.store import ArtifactStore
 from tests.conftest import MNIST, PEOPLE, tapeline
 
 TINY_IMAGE_SIZE = 32
@@ -69,7 +70,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     model = stages[f"{pipeline}/train"]["uri"]
     assert gfile.exists(f"{model}/history.npz") and gfile.glob(f"{model}/logs/events.*")
     render = stages[f"{pipeline}/render"]["uri"]
-    champion = json.load(open(f"{root}/{pipeline}/champion.json"))
+    champion = ArtifactStore(root).champion(pipeline)  # champion.json's paths are relative to the root
     assert champion["version"] == first["champion"] and champion["metrics"] == first["metrics"]
     if pipeline == "mnist-classifier":
         with Image.open(f"{render}/confusion.png") as im:

@@ -1,0 +1,113 @@
+"""Every config key `tapeline pipelines --keys` lists, given its edge values (0, -1, huge, empty,
+wrong type, not finite): refused at entry in one line, or inside the range a run completes with.
+The range layer is checked for every key; a few cases run end to end through the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from artifacts.errors import UserError
+from pipelines import config as cfglib
+from pipelines.registry import all_pipelines, get
+from tests.conftest import MNIST, tapeline
+
+EDGES = ["0", "-1", "1", "99999999999999999999", "-99999999999999999999", "1e308", "-0.5", "0.5", "nan",
+         "inf", "", " ", "abc", "none", "1,2", "0,-1"]
+
+
+def _keys_listed() -> dict[str, set[str]]:
+    """pipeline -> the keys `tapeline pipelines --keys` prints for it."""
+    out, current = {}, None
+    for line in tapeline("pipelines", "--keys", timeout=120).stdout.splitlines():
+        if line and not line.startswith(" "):
+            current = line.split()[0]
+            out[current] = set()
+        elif line.startswith(" " * 20) and " =" in line and current:
+            out[current].add(line.strip().partition(" =")[0])
+    return out
+
+
+def _leaf_type(cfg, key: str):
+    *path, name = key.split(".")
+    for part in path:
+        cfg = getattr(cfg, part)
+    return typing.get_type_hints(type(cfg))[name]
+
+
+def _closed(tp) -> bool:
+    """A type whose every parsed value is valid: bool and Literal choices."""
+    return tp is bool or typing.get_origin(tp) is typing.Literal
+
+
+def test_every_key_has_its_whole_range_and_every_edge_value_is_refused_in_one_line_or_in_range():
+    from components import beam_run
+
+    listed = _keys_listed()
+    assert set(listed) == set(all_pipelines())
+    for name, keys in listed.items():
+        p = get(name)
+        assert keys == set(cfglib.flat_keys(p.default_config())), name
+        for key in sorted(keys):
+            tp = _leaf_type(p.default_config(), key)
+            assert _closed(tp) or key in cfglib.LIMITS or key.startswith("beam."), \
+                f"{key} of {name} has no range in pipelines.sections LIMITS"
+            for text in EDGES:
+                try:
+                    cfg = p.config([f"{key}={text}"])
+                    beam_run.check(cfg)  # what `tapeline run` checks at entry, after the config
+                except UserError as e:
+                    line = e.line()
+                    assert "\n" not in line and key in line, (key, text, line)
+                    continue
+                value = cfglib.flat(cfg)[key]
+                values = value if isinstance(value, list) else [value]
+                for v in values:  # what the stages would get: in range, int64, finite
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        assert math.isfinite(v) and -(2 ** 63) <= v < 2 ** 63, (key, text)
+                limit = cfglib.LIMITS.get(key)
+                assert limit is None or limit.ok(tuple(values) if isinstance(value, list) else value), (key, text)
+            np.random.seed(p.config([]).seed)
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "-1", "4294967296"])
+def test_the_seeds_numpy_refuses_are_refused_at_entry(value):
+    with pytest.raises(UserError, match="seed"):
+        get("mnist-classifier").config([f"seed={value}"])
+    np.random.seed(get("mnist-classifier").config(["seed=4294967295"]).seed)  # the top of the range runs
+
+
+@pytest.mark.parametrize("sets", [["seed=99999999999999999999"], ["seed=-1"], ["eval.num_samples=0"],
+                                  ["train.epochs=nan"], ["beam.runner=abc"]])
+def test_out_of_range_values_fail_in_one_line_before_any_stage_commits(tmp_path, sets):
+    root = tmp_path / "root"
+    args = [a for s in sets for a in ("--set", s)]
+    proc = tapeline("run", "mnist-gan", "--root", str(root), "--set", f"data.source=idx:{MNIST}", *args, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("tapeline: error:"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not list(Path(root).glob("*/*/*/_COMMITTED"))
+
+
+def test_a_root_whose_path_holds_glob_characters_runs_and_reuses(tmp_path, harness):
+    from flows.pipeline_flow import run_pipeline
+    from tests.test_flow import TINY
+
+    root = tmp_path / "runs [v1]" / "r*?"
+    sets = TINY["mnist-classifier"] + ["train.max_steps=3"]
+    first = run_pipeline("mnist-classifier", sets, str(root))
+    assert first["metrics"]["accuracy"] >= 0 and first["champion"]
+    again = run_pipeline("mnist-classifier", sets, str(root))
+    assert all(st["reused"] for k, st in again["stages"].items() if not k.endswith("promote"))
+
+
+def test_dataclass_defaults_are_inside_their_ranges():
+    for name, p in all_pipelines().items():
+        for key, value in cfglib.flat(p.default_config()).items():
+            limit = cfglib.LIMITS.get(key)
+            if limit is not None:
+                assert limit.ok(tuple(value) if isinstance(value, list) else value), (name, key, value)
+    assert dataclasses.is_dataclass(get("pix2pix").default_config())
