@@ -12,7 +12,7 @@ import traceback
 from artifacts.errors import UserError
 from artifacts.store import default_root, open_store
 from components import interrupt
-from flows import local_api
+from flows import local_api, quiet
 
 
 def cmd_pipelines(args) -> int:
@@ -95,7 +95,6 @@ def cmd_run(args) -> int:
     pipeline = get(args.pipeline)
     beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
     server = local_api.start_in_background()  # before anything runs or imports
-    from flows import quiet
     from flows.pipeline_flow import run_pipeline
 
     quiet.setup_logging(args.verbose)
@@ -155,7 +154,6 @@ def cmd_train_workers(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from flows import quiet
     from flows.serve import serve
 
     quiet.setup_logging(args.verbose)
@@ -172,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.set_defaults(fn=fn)
         p.add_argument("-v", "--verbose", action="store_true",
-                       default=os.environ.get("TAPELINE_VERBOSE", "") not in ("", "0", "false"),
+                       default=quiet.verbose_env(),
                        help="show every library's log: TensorFlow's C++ start-up lines, "
                             "tracebacks of input errors ($TAPELINE_VERBOSE=1 does the same)")
         if root:
@@ -216,8 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from flows import quiet
-
     quiet.setup_env(args.verbose)  # before anything imports TensorFlow, Beam or Prefect
     try:
         if args.fn is cmd_serve:  # prefect.serve stops its runner on SIGTERM itself
@@ -258,11 +254,16 @@ def console() -> None:
     """The `tapeline` command: main(), then out at once. Exit handlers run (Prefect's: the last
     logs and events sent, its temporary server stopped); what Python does after them (TensorFlow's
     teardown, seconds after an interrupted run) would only delay the shell's prompt."""
+    # the user asked for library logs: --verbose, or their own TensorFlow log level
+    asked = {"-v", "--verbose"} & set(sys.argv[1:]) or quiet.verbose_env() or "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    native = None if asked else quiet.NativeStderrFilter()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
     _drain_prefect()
     atexit._run_exitfuncs()
+    if native is not None:
+        native.close()
     os._exit(code)
 
 

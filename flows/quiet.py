@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 from artifacts.errors import UserError
 
@@ -42,6 +43,13 @@ CHATTY = ("tensorflow", "absl", "h5py")
 NOISY_IMPORTS = ("tensorflow", "keras", "apache_beam", "tensorflow_datasets")
 _CPP_LOG = re.compile(rb"^(?:[IWEF]\d{4} [\d:. ]+\d+ [\w./-]+:\d+\]|WARNING: All log messages before absl"
                       rb"|To enable the following instructions: )")
+_CPP_LOG_STARTS = (b"WARNING: All log messages", b"To enable the following")
+
+
+def _could_start_cpp_log(partial: bytes) -> bool:
+    """Whether a line written so far (no newline yet) may still turn out to be a C++ log line."""
+    return bool(re.match(rb"[IWEF](?:\d|$)", partial)) or any(
+        s.startswith(partial) or partial.startswith(s) for s in _CPP_LOG_STARTS)
 
 
 @contextlib.contextmanager
@@ -62,6 +70,49 @@ def native_stderr_filtered():
             kept = [ln for ln in tmp.read().splitlines(keepends=True) if not _CPP_LOG.match(ln)]
             if kept:
                 os.write(2, b"".join(kept))
+
+
+class NativeStderrFilter:
+    """For a whole `tapeline` command: what is written to file descriptor 2 by C++ code (and by
+    child processes, which inherit it) passes through a pipe that drops C++ log lines, e.g. TF
+    2.21's grappler `E0000 ... meta_optimizer.cc:967] remapper failed`, which no log level
+    silences. Python's own sys.stderr keeps writing to the terminal directly, so tqdm and
+    Prefect still see a terminal (colours, the progress bar) and nothing of theirs is delayed."""
+
+    def __init__(self):
+        sys.stderr.flush()
+        self._terminal = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        sys.stderr = os.fdopen(os.dup(self._terminal), "w", buffering=1, encoding=sys.stderr.encoding,
+                               errors=sys.stderr.errors)
+        self._thread = threading.Thread(target=self._pump, args=(read,), name="native-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self, read: int) -> None:
+        pending = b""
+        while True:
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            kept = [ln + b"\n" for ln in lines if not _CPP_LOG.match(ln)]
+            if pending and not _could_start_cpp_log(pending):  # a partial line: pass it on now
+                kept.append(pending)
+                pending = b""
+            if kept:
+                os.write(self._terminal, b"".join(kept))
+        if pending and not _CPP_LOG.match(pending):
+            os.write(self._terminal, pending)
+        os.close(read)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Put the terminal back on fd 2 and pass on what is still in the pipe."""
+        sys.stderr.flush()
+        os.dup2(self._terminal, 2)  # our end of the pipe closes: the pump reads to its end
+        self._thread.join(timeout)
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -125,6 +176,11 @@ class DropTemporaryServerStop(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Stopping temporary server")
+
+
+def verbose_env() -> bool:
+    """$TAPELINE_VERBOSE=1: what --verbose does."""
+    return os.environ.get("TAPELINE_VERBOSE", "") not in ("", "0", "false")
 
 
 def setup_env(verbose: bool) -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from tests import kill_harness as kh
 from tests.conftest import REPO
+from tests.test_user_errors import CPP_LOG
 
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
 # training long enough to land in: more epochs than kill_harness.CONFIGS, nothing else changed
@@ -196,6 +197,8 @@ def stopped_cleanly(text: str, code: int | None, expect: int, took: float, limit
     assert took <= limit, f"{why}: took {took:.1f} s to stop (limit {limit:.1f} s)"
     assert "Traceback" not in text, f"{why}: a traceback:\n{text[-4000:]}"
     assert "EventsWorker" not in text and "ConnectError" not in text, f"{why}: Prefect noise:\n{text[-4000:]}"
+    cpp = [ln for ln in lines if CPP_LOG.search(ln)]
+    assert not cpp, f"{why}: TensorFlow's C++ log on the terminal: {cpp[:3]}"
     m = LINE.match(lines[-1].split("\r")[-1])
     assert m, f"{why}: the last line is not the interrupted line: {lines[-1]!r}"
     assert not left, f"{why}: processes of the run still running: {sorted(left)}"
