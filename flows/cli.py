@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 
 from artifacts.errors import UserError
@@ -94,20 +95,58 @@ def cmd_run(args) -> int:
 
     pipeline = get(args.pipeline)
     beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
-    server = local_api.start_in_background()  # before anything runs or imports
+    # the API before Prefect is imported (it reads PREFECT_API_URL then): the local server,
+    # started now where none is up, else Prefect's temporary one, started in the background
+    local = local_api.use_local_server()
+    if local is not None:
+        ui, server = local
+        if server is not None:
+            print(f"tapeline: started a local Prefect server, UI at {ui}; later runs reuse it, and it stops "
+                  f"after {local_api.idle_minutes():g} min without a run or with `tapeline server stop`",
+                  file=sys.stderr, flush=True)
+    else:
+        server = local_api.start_in_background()
     from flows.pipeline_flow import run_pipeline
 
     quiet.setup_logging(args.verbose)
     store = open_store(args.root)
     if server is not None:
         server.wait()
-    summary = run_pipeline(pipeline.name, args.set, store.root)
+    with local_api.activity():
+        summary = run_pipeline(pipeline.name, args.set, store.root)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
         return 0
     print(stage_table(summary, store.root))
     print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
     print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
+    return 0
+
+
+def cmd_server(args) -> int:
+    if args.action == "stop":
+        info = local_api.stop()
+        print(f"stopped the local Prefect server at {info['ui']}" if info else "no local Prefect server is running")
+        return 0
+    if args.action == "start":
+        local = local_api.use_local_server()
+        if local is None:
+            raise UserError("PREFECT_API_URL or TAPELINE_LOCAL_SERVER=temporary is set", "environment",
+                            "unset it to use the local server")
+        ui, up = local
+        if up is not None:
+            up.wait()
+    info = local_api.running()
+    if info is None:
+        print("no local Prefect server is running (the next `tapeline run` starts one)")
+        return 0
+    try:
+        idle = time.time() - local_api.activity_file().stat().st_mtime
+    except OSError:
+        idle = 0.0
+    left = max(info["idle_seconds"] - idle, 0) / 60
+    print(f"local Prefect server: UI at {info['ui']}, API {info['url']}, pid {info['pid']}; "
+          f"stops after {left:.1f} more min without a run (`tapeline server stop` now)")
     return 0
 
 
@@ -205,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
                    help="leave artifacts younger than this alone (default 3600: safe beside live runs)")
     p.add_argument("--dry-run", action="store_true")
+    p = add("server", cmd_server, "the local Prefect server that runs reuse (UI, idle stop): status, start, stop",
+            root=False)
+    p.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status")
     p = add("serve", cmd_serve, "serve the deployments of prefect.yaml with their schedules")
     p.add_argument("pipeline", nargs="*", help="only these pipelines' deployments (default: all)")
     p.add_argument("--dry-run", action="store_true",

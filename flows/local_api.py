@@ -1,4 +1,10 @@
-"""Prefect's temporary API server for a local run, out of the terminal's reach.
+"""The Prefect API a local `tapeline run` talks to: the reused local server, or a temporary one.
+
+By default (TAPELINE_LOCAL_SERVER=reuse) a run uses the local server of flows/local_server.py,
+starting it when none is up: later runs skip the 3-5 s start, and the UI stays open to look at.
+With TAPELINE_LOCAL_SERVER=temporary a run gets Prefect's own per-run temporary server, as below.
+
+The temporary server, out of the terminal's reach:
 
 Prefect starts it as a uvicorn child in the run's own process group, so a Ctrl-C (or a SIGTERM
 to the group) kills it first, and the flow engine then retries the dead API for minutes before
@@ -8,17 +14,172 @@ stops the server at exit (Prefect's atexit hook). The kernel ends the server if 
 is killed (PR_SET_PDEATHSIG), so nothing of a run outlives it."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
+from typing import Iterator
 
 _PR_SET_PDEATHSIG = 1
+MODE = "TAPELINE_LOCAL_SERVER"             # reuse (default) | temporary
+IDLE = "TAPELINE_SERVER_IDLE_MINUTES"
+DEFAULT_IDLE = 30 * 60.0                   # seconds without a run before the local server stops
+HEARTBEAT = 20.0                           # a live run touches the activity file this often
+PORTS = range(4200, 4300)
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
+def idle_minutes() -> float:
+    return float(os.environ.get(IDLE) or DEFAULT_IDLE / 60)
+
+
+def home() -> Path:
+    """PREFECT_HOME as Prefect reads it (without importing Prefect: that takes a second)."""
+    return Path(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect"))
+
+
+def state_file() -> Path:
+    return home() / "tapeline-server.json"
+
+
+def activity_file() -> Path:
+    return home() / "tapeline-server.active"
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def running() -> dict | None:
+    """The local server's record when it answers, else None."""
+    try:
+        info = json.loads(state_file().read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if healthy(info["url"]) else None
+
+
+def _free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise OSError(f"no free port in {PORTS.start}-{PORTS.stop - 1} for the local Prefect server")
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    home().mkdir(parents=True, exist_ok=True)
+    fd = os.open(home() / "tapeline-server.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def use_local_server() -> tuple[str, threading.Event | None] | None:
+    """Point this process at the local server (PREFECT_API_URL), starting it if none is up.
+    Returns (its UI address, an event set once it answers: None when it was up already), or
+    None where the environment names an API or asks for the temporary server."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get(MODE, "reuse") == "temporary":
+        return None
+    info = running()
+    if info is not None:
+        os.environ["PREFECT_API_URL"] = info["url"]
+        activity_file().touch()
+        return info["ui"], None
+    with _locked():  # two runs starting at once start one server
+        info = running()
+        if info is not None:
+            os.environ["PREFECT_API_URL"] = info["url"]
+            activity_file().touch()
+            return info["ui"], None
+        port = _free_port()
+        idle = idle_minutes() * 60
+        log = open(home() / "tapeline-server.log", "ab")
+        subprocess.Popen([sys.executable, "-m", "flows.local_server", "--port", str(port), "--idle", str(idle)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                         cwd=str(Path(__file__).resolve().parents[1]),
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))})
+        log.close()
+        url = f"http://127.0.0.1:{port}/api"
+        os.environ["PREFECT_API_URL"] = url
+        up = threading.Event()
+
+        def wait() -> None:
+            end = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
+            while time.time() < end and not healthy(url, 1.0):
+                time.sleep(0.1)
+            up.set()  # a server that never answered: the flow meets it and reports it
+
+        threading.Thread(target=wait, name="local-server-start", daemon=True).start()
+        return f"http://127.0.0.1:{port}", up
+
+
+@contextlib.contextmanager
+def activity() -> Iterator[None]:
+    """While a run lives: the local server's activity file touched, so it never stops idle
+    under a run (a run killed outright stops touching it, and the server's idle clock runs)."""
+    if os.environ.get(MODE, "reuse") == "temporary" or not state_file().exists():
+        yield
+        return
+    done = threading.Event()
+
+    every = min(HEARTBEAT, idle_minutes() * 60 / 4)
+
+    def beat() -> None:
+        while not done.wait(every):
+            with contextlib.suppress(OSError):
+                activity_file().touch()
+
+    threading.Thread(target=beat, name="local-server-activity", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        with contextlib.suppress(OSError):
+            activity_file().touch()  # the idle time counts from the end of the last run
+
+
+def stop(timeout: float = 15.0) -> dict | None:
+    """Stop the local server; its record, or None when none was running."""
+    try:
+        info = json.loads(state_file().read_text())
+        pid = int(info["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return info
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return info
+
+
+def die_with_parent() -> None:  # in the child, between fork and exec
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: Prefect's atexit hook still stops it
@@ -74,6 +235,6 @@ def _detached(base):
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                      "PREFECT__SERVER_FINAL": "1",
                      **get_current_settings().to_environment_variables(exclude_unset=True)},
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
 
     return DetachedServer

@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# each `tapeline run` of a test gets Prefect's temporary server, gone with it (tests of the reused
+# local server, tests/test_local_server.py, give it a PREFECT_HOME of its own and stop it)
+os.environ.setdefault("TAPELINE_LOCAL_SERVER", "temporary")
 # a loaded 2-core machine can take longer than the default 30 s to start the test server
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 

@@ -1,0 +1,88 @@
+"""The local Prefect server that `tapeline run` reuses: started once, stopped when idle.
+
+Prefect's temporary server costs every run 3-5 s to start (and lived in the run's process
+group, where a Ctrl-C killed it first). This one runs in a session of its own, serves the UI,
+and is found again by later runs through a state file in PREFECT_HOME. It stops by itself after
+`--idle` seconds without a run (a run touches the activity file while it lives), or with
+`tapeline server stop`. Run as `python -m flows.local_server --port P --idle S`: this process
+supervises uvicorn, and the kernel ends uvicorn if this process dies (PR_SET_PDEATHSIG).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flows import local_api
+
+
+def _uvicorn(port: int) -> subprocess.Popen:
+    import prefect
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env={**os.environ, "PREFECT_UI_ENABLED": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"},
+        preexec_fn=local_api.die_with_parent)
+
+
+def serve(port: int, idle: float, poll: float = 2.0) -> int:
+    state, activity = local_api.state_file(), local_api.activity_file()
+    child = _uvicorn(port)
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    state.write_text(json.dumps({"pid": os.getpid(), "port": port, "url": f"http://127.0.0.1:{port}/api",
+                                 "ui": f"http://127.0.0.1:{port}", "idle_seconds": idle,
+                                 "started": time.time()}))
+    try:
+        url = f"http://127.0.0.1:{port}/api"
+        while stop["signal"] is None and child.poll() is None and not local_api.healthy(url):
+            time.sleep(0.2)
+        activity.touch()  # the idle clock starts once it answers (a first start migrates a database)
+        while stop["signal"] is None and child.poll() is None:
+            time.sleep(poll)
+            try:
+                last = activity.stat().st_mtime
+            except OSError:
+                last = 0.0
+            if time.time() - last > idle:
+                break
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        try:  # only our own record: a newer server may have replaced it
+            if json.loads(state.read_text()).get("pid") == os.getpid():
+                state.unlink()
+        except (OSError, ValueError):
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.local_server", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--idle", type=float, default=local_api.DEFAULT_IDLE)
+    args = parser.parse_args(argv)
+    Path(local_api.state_file()).parent.mkdir(parents=True, exist_ok=True)
+    return serve(args.port, args.idle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

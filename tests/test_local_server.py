@@ -1,0 +1,102 @@
+"""The local Prefect server that runs reuse: started by the first run (which says so), reused by
+the next (no temporary server), out of reach of a run's signals, stopped when idle or by
+`tapeline server stop`. Each test has a PREFECT_HOME of its own and stops what it started."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import MNIST, REPO
+
+SETS = [f"data.source=idx:{MNIST}", "data.max_examples=300", "train.max_steps=3"]
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "TAPELINE_LOCAL_SERVER")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO),
+               TAPELINE_SERVER_IDLE_MINUTES="0.25")  # 15 s without a run: stop
+    try:
+        yield env
+    finally:
+        subprocess.run(CLI + ["server", "stop"], env=env, capture_output=True, timeout=60)
+
+
+def run(env: dict, root: str, *extra: str, **kw) -> subprocess.CompletedProcess:
+    args = CLI + ["run", "mnist-classifier", "--root", root, *[a for s in SETS for a in ("--set", s)], *extra]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=REPO, **kw)
+
+
+def state(env: dict) -> dict | None:
+    path = os.path.join(env["PREFECT_HOME"], "tapeline-server.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_first_run_starts_it_the_next_reuses_it_and_it_stops_when_idle(home, tmp_path):
+    root = str(tmp_path / "root")
+    first = run(home, root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "tapeline: started a local Prefect server, UI at http://127.0.0.1:" in first.stderr
+    info = state(home)
+    assert info and alive(info["pid"])
+    with urllib.request.urlopen(info["ui"], timeout=10) as page:  # the UI a developer opens
+        assert page.status == 200 and b"<html" in page.read().lower()
+
+    second = run(home, root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "started a local Prefect server" not in second.stderr
+    assert "Starting temporary server" not in second.stderr
+    assert state(home)["pid"] == info["pid"]
+    status = subprocess.run(CLI + ["server"], env=home, capture_output=True, text=True, timeout=60)
+    assert f"pid {info['pid']}" in status.stdout and info["ui"] in status.stdout
+
+    # its own session: a SIGTERM to a run's process group does not reach it
+    proc = subprocess.Popen(CLI + ["run", "mnist-gan", "--root", root, "--set", f"data.source=idx:{MNIST}",
+                                   "--set", "data.max_examples=128", "--set", "train.epochs=50"],
+                            env=home, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    time.sleep(8)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("tapeline: interrupted"), err[-2000:]
+    assert alive(info["pid"]), "the local server died with a run's process group"
+
+    # no run for the idle time: it stops by itself, and says so by its record going away
+    end = time.time() + 15 + 60
+    while alive(info["pid"]) and time.time() < end:
+        time.sleep(1)
+    assert not alive(info["pid"]), "the local server did not stop when idle"
+    assert state(home) is None
+
+
+@pytest.mark.slow
+def test_server_stop_and_the_temporary_server_on_request(home, tmp_path):
+    started = subprocess.run(CLI + ["server", "start"], env=home, capture_output=True, text=True, timeout=200)
+    assert started.returncode == 0, started.stderr[-2000:]
+    info = state(home)
+    assert info and alive(info["pid"])
+    stopped = subprocess.run(CLI + ["server", "stop"], env=home, capture_output=True, text=True, timeout=60)
+    assert "stopped the local Prefect server" in stopped.stdout
+    assert not alive(info["pid"]) and state(home) is None
+    # TAPELINE_LOCAL_SERVER=temporary: Prefect's per-run server, nothing left after the run
+    temp = run({**home, "TAPELINE_LOCAL_SERVER": "temporary"}, str(tmp_path / "root"))
+    assert temp.returncode == 0, temp.stderr[-3000:]
+    assert state(home) is None and "started a local Prefect server" not in temp.stderr
