@@ -41,7 +41,7 @@ print(steps, secs, time.perf_counter() - t0)
 # Runs `tapeline` in this process with timers wrapped around the functions the breakdown names
 # (module attributes, looked up at call time: the CLI's own code paths are unchanged).
 PROBE = r"""
-import collections, importlib, importlib.abc, importlib.util, json, sys, time
+import atexit, collections, importlib, importlib.abc, importlib.util, json, sys, time
 launched, out_path = float(sys.argv[1]), sys.argv[2]
 first_line = time.time()
 acc = collections.defaultdict(float)
@@ -60,7 +60,12 @@ def on_server(m):
     wrap(m.SubprocessASGIServer, "start", "Prefect temporary server start (overlaps the imports)")
 
 def on_flow(m):
-    wrap(m, "run_node", lambda store, node, done: f"stage {node.key} (reuse check or build+commit)")
+    wrap(m, "run_node", lambda store, node, done, *a: f"stage {node.key} (reuse check or build+commit)")
+    orig = m.run_node
+    def first(*a, **k):
+        acc.setdefault("first stage started", time.time())
+        return orig(*a, **k)
+    m.run_node = first
 
 def on_recipe(m):
     wrap(m, "generate", "    evaluate: sample generation")
@@ -102,22 +107,36 @@ for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "render",
     wrap(importlib.import_module(f"components.{stage}"), "run", f"  {stage}: own work (sum over pipelines)")
 wrap(components.train, "_export", "    train: export (models, history, samples)")
 wrap(components.evaluate, "load_models", "    evaluate: load models")
-t = time.perf_counter()
-try:
-    rc = flows.cli.main(sys.argv[3:])
-finally:
-    acc["tapeline main (all of the run)"] = time.perf_counter() - t
-    json.dump({"process start": first_line - launched, "main returned": time.time(), **acc},
-              open(out_path, "w"))
-sys.exit(rc)
+main = flows.cli.main
+def timed_main(*a, **k):
+    t = time.perf_counter()
+    try:
+        return main(*a, **k)
+    finally:
+        acc["tapeline main (all of the run)"] = time.perf_counter() - t
+        acc["main returned"] = time.time()
+flows.cli.main = timed_main
+# written by the exit handlers the `tapeline` command runs before it leaves (flows.cli.console)
+atexit.register(lambda: json.dump({"process start": first_line - launched, **acc}, open(out_path, "w")))
+sys.argv = ["tapeline", *sys.argv[3:]]
+flows.cli.console()
 """
 
 
+# the local Prefect server the runs reuse (a user's default), in a home of the benchmark's own
+PREFECT_HOME = tempfile.mkdtemp(prefix="tapeline-bench-prefect-")
+
+
 def _env() -> dict:
-    env = {**os.environ, "PYTHONPATH": REPO}
-    for key in ("PREFECT_API_URL", "TF_CPP_MIN_LOG_LEVEL", "PREFECT_LOGGING_LEVEL"):
+    env = {**os.environ, "PYTHONPATH": REPO, "PREFECT_HOME": PREFECT_HOME}
+    for key in ("PREFECT_API_URL", "TF_CPP_MIN_LOG_LEVEL", "PREFECT_LOGGING_LEVEL", "TAPELINE_LOCAL_SERVER"):
         env.pop(key, None)
     return env
+
+
+def stop_local_server() -> None:
+    subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"], cwd=REPO, env=_env(), capture_output=True)
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)
 
 
 def tapeline(root: str, pipeline: str, sets: list[str]) -> tuple[float, dict, dict]:
@@ -132,6 +151,7 @@ def tapeline(root: str, pipeline: str, sets: list[str]) -> tuple[float, dict, di
         sys.exit(f"tapeline run {pipeline} failed:\n{proc.stderr[-3000:]}")
     times = json.load(open(probe))
     times["shut-down (after main returned)"] = launched + wall - times.pop("main returned")
+    times["time to first stage (from the command)"] = times.pop("first stage started") - launched
     return wall, json.loads(proc.stdout.strip().splitlines()[-1]), times
 
 
@@ -146,11 +166,37 @@ def breakdown(title: str, wall: float, summary: dict, times: dict) -> None:
     report(title, rows)
 
 
+def overhead() -> list[tuple]:
+    """The fixed cost of a local run: a tiny mnist-classifier run twice (the first may start the
+    local server), then its time to the first stage and its whole time, every stage reused."""
+    tiny_root = scratch_root("tiny")
+    tiny = [f"data.source=idx:{SHARED}/mnist", "data.max_examples=300", "train.max_steps=3"]
+    tapeline(tiny_root, "mnist-classifier", tiny)
+    cached, summary, times = tapeline(tiny_root, "mnist-classifier", tiny)
+    assert all(s["reused"] for k, s in summary["stages"].items() if not k.endswith("/promote"))  # promote decides anew
+    breakdown("tiny mnist-classifier, every stage reused", cached, summary, times)
+    shutil.rmtree(tiny_root, ignore_errors=True)
+    return [("time to the first stage, local server up (target <= 2 s)", times["time to first stage (from the command)"], "s"),
+            ("tiny mnist-classifier run, every stage reused (target < 3 s)", cached, "s")]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--skip-cold", action="store_true", help="warm and seed only (cheaper)")
+    ap.add_argument("--overhead-only", action="store_true", help="only the time to the first stage and the cached run")
     args = ap.parse_args(argv)
+    try:
+        if args.overhead_only:
+            report("the fixed cost of a local run", overhead())
+            print(f"load average at the end: {os.getloadavg()}")
+            return 0
+        return _pipeline_against_seed(args)
+    finally:
+        stop_local_server()
+
+
+def _pipeline_against_seed(args) -> int:
     sets = [f"data.source=idx:{FASHION}", f"train.max_steps={args.steps}"]
     root = scratch_root("flow")
     results = {}
@@ -174,22 +220,14 @@ def main(argv: list[str]) -> int:
         sys.exit(seed.stderr[-3000:])
     steps, loop, in_script = seed.stdout.strip().splitlines()[-1].split()
 
-    tiny_root = scratch_root("tiny")
-    tiny = [f"data.source=idx:{SHARED}/mnist", "data.max_examples=300", "train.max_steps=3"]
-    tapeline(tiny_root, "mnist-classifier", tiny)
-    cached, summary, times = tapeline(tiny_root, "mnist-classifier", tiny)
-    assert all(s["reused"] for s in summary["stages"].values())
-    breakdown("tiny mnist-classifier, every stage reused", cached, summary, times)
-
     rows = [(f"DCGAN tutorial script, {steps} steps, whole process", seed_wall, "s"),
             ("  of which its training loop", float(loop), "s")]
     rows += [(f"tapeline {k} / tutorial script (target {'<= 1.30' if k == 'cold' else '<= 1.15'})",
               v / seed_wall, "x") for k, v in results.items()]
-    rows += [("tiny mnist-classifier run, every stage reused (target < 5 s)", cached, "s")]
+    rows += overhead()
     report("fashion-dcgan pipeline against the tutorial's own script", rows)
     print(f"load average at the end: {os.getloadavg()}")
     shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(tiny_root, ignore_errors=True)
     return 0
 
 
