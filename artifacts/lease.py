@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from artifacts import gfile
+from artifacts.errors import storage_error
 
 if TYPE_CHECKING:
     from artifacts.store import ArtifactStore
@@ -38,10 +39,17 @@ class Lease:
 
     def _write(self) -> None:
         now = time.time()
-        gfile.write_json(self.path, {
-            "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "heartbeat": now, "expires": now + MISSED_BEATS * self.heartbeat,
-            "artifacts": [self.store.ref(u) for u in self.uris]})
+        try:
+            gfile.makedirs(gfile.join(self.store.root, LEASES))
+            gfile.write_json(self.path, {
+                "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "heartbeat": now, "expires": now + MISSED_BEATS * self.heartbeat,
+                "artifacts": [self.store.ref(u) for u in self.uris]})
+        except Exception as exc:  # a full disk or a read-only root: the one-line error
+            user = storage_error(exc, self.store.root, "the run's lease")
+            if user is None:
+                raise
+            raise user from None
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
@@ -53,7 +61,6 @@ class Lease:
 
     def __enter__(self) -> "Lease":
         self.store.inside(self.path, "a lease")
-        gfile.makedirs(gfile.join(self.store.root, LEASES))
         with self._guard:
             self._write()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.run_id}", daemon=True)

@@ -104,6 +104,7 @@ def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tm
 
 
 def test_worse_candidate_not_promoted_better_one_is(harness, tmp_path):
+    from artifacts.store import open_store
     from flows.cli import main
     from flows.pipeline_flow import run_pipeline
 
@@ -119,7 +120,7 @@ def test_worse_candidate_not_promoted_better_one_is(harness, tmp_path):
     assert push["pushed"] is False
     better = run_pipeline("mnist-classifier", base + ["train.max_steps=300"], root)
     assert better["metrics"]["accuracy"] > first["metrics"]["accuracy"] and better["blessed"]
-    champion = json.load(open(f"{root}/mnist-classifier/champion.json"))
+    champion = open_store(root).champion("mnist-classifier")  # its references resolved under the root
     assert champion["version"] == better["champion"] != first["champion"]
     assert champion["metrics"]["accuracy"] == better["metrics"]["accuracy"]
     import keras
