@@ -391,8 +391,7 @@ def test_deployment_run_cancelled_during_training_saves_its_step_and_the_next_ru
         time.sleep(0.2)
     assert not alive(pids), [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in alive(pids)]
     print(f"cancelled at step {step}/{total} (training seen at {seen}): Cancelled {took:.1f} s after the cancel; "
-          f"states {[(t, m[:60]) for t, _, m in states]}; engine tracebacks in its logs: "
-          f"{sum('Traceback' in m for m in logs)}")
+          f"states {[(t, m[:60]) for t, _, m in states]}")
 
     again = trigger(stack, {"overrides": sets})
     final = wait_final(stack, again)
