@@ -321,3 +321,82 @@ def test_run_whose_worker_is_killed_is_rescheduled_and_resumes_from_its_checkpoi
     resumed = [entry["message"] for entry in logs if "resumed from step" in entry["message"]]
     assert resumed and "from step 0" not in resumed[0], [entry["message"] for entry in logs][-20:]
     assert record(stack, run_id)["stages"]["mnist-classifier/train"]["reused"] is False  # one record, the resumed run's
+
+
+def _logs(stack, run_id: str) -> list[str]:
+    with _api(stack) as c:
+        body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+        return [entry["message"] for entry in c.post("logs/filter", json=body).raise_for_status().json()]
+
+
+def _states(stack, run_id: str) -> list[tuple[str, str, str]]:
+    with _api(stack) as c:
+        states = c.get("flow_run_states/", params={"flow_run_id": run_id}).raise_for_status().json()
+    return [(s["type"], s["name"], s.get("message") or "") for s in states]
+
+
+def test_deployment_run_cancelled_during_training_saves_its_step_and_the_next_run_resumes(stack):
+    """A Prefect cancel of a deployment run, as the UI's button and `prefect flow-run cancel` send it (the
+    flow run set to Cancelling; the worker then sends SIGTERM and kills after a 30 s grace): train saves a
+    checkpoint at the step boundary it reached, the run ends Cancelled (not Crashed) well inside the grace,
+    nothing of it keeps running, and the next run of the deployment resumes from that step. The step is
+    wherever training happens to be when the cancel lands; the periodic checkpoint is out of reach, so only
+    the cancel saves."""
+    import re
+
+    from tests.test_interrupt import alive, descendants
+
+    total = 3000
+    sets = stack.sets[:-1] + ["train.epochs=1000", f"train.max_steps={total}", f"train.checkpoint_every={2 * total}",
+                              "train.log_every=25"]
+    run_id = trigger(stack, {"overrides": sets})
+    worker = int((stack.dir / "prefect-worker.pid").read_text())
+    step_line = re.compile(r"train step (\d+)/(\d+)")
+    deadline, seen, pids = time.time() + 300, 0, set()
+    while seen < 100:  # training is under way (a few log lines in): the cancel lands wherever it is then
+        assert time.time() < deadline, f"training not past step 100 in 300 s: {_logs(stack, run_id)[-10:]}"
+        pids |= descendants(worker)  # the flow run's process and whatever it started
+        steps = [int(m.group(1)) for m in map(step_line.search, _logs(stack, run_id)) if m]
+        seen = max(steps, default=0)
+        time.sleep(0.5)
+    pids |= descendants(worker)
+    assert pids, "the worker runs the flow in a child process"
+
+    t0 = time.time()
+    out = stack_prefect._cli(["flow-run", "cancel", run_id], stack.env)
+    assert "successfully scheduled for cancellation" in " ".join(out.stdout.split()), out.stdout + out.stderr
+    run = wait_final(stack, run_id, timeout=60)
+    took = time.time() - t0
+    states = _states(stack, run_id)
+    assert run["state_type"] == "CANCELLED", states
+    assert took < 30, f"Cancelled after {took:.1f} s, past the worker's 30 s grace: {states}"
+    assert not any(t == "CRASHED" for t, _, _ in states), states
+    tasks = task_runs(stack, run_id)
+    assert tasks["mnist-classifier/train"] == "Cancelled", tasks  # not Crashed
+    assert "mnist-classifier/evaluate" not in tasks, tasks
+
+    # the checkpoint at the step reached, and the step the run's message names
+    work = Path(stack.cfg["root"], "mnist-classifier", "train", "_work")
+    fp = max((d for d in work.iterdir() if (d / "progress.json").exists()), key=lambda d: (d / "progress.json").stat().st_mtime)
+    progress = json.loads((fp / "progress.json").read_text())
+    step = progress["step"]
+    assert seen <= step < total, (seen, progress)
+    assert (fp / "checkpoints" / f"ckpt-{step}.index").exists(), sorted(p.name for p in (fp / "checkpoints").iterdir())
+    assert any(f"at step {step}/{total} (checkpoint saved)" in m for _, _, m in states), states
+
+    logs = _logs(stack, run_id)
+    assert not any("Crash" in m for m in logs), [m for m in logs if "Crash" in m]
+    deadline = time.time() + 10  # nothing of the run keeps running (the worker reaps its child)
+    while alive(pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(pids), [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in alive(pids)]
+    print(f"cancelled at step {step}/{total} (training seen at {seen}): Cancelled {took:.1f} s after the cancel; "
+          f"states {[(t, m[:60]) for t, _, m in states]}")
+
+    again = trigger(stack, {"overrides": sets})
+    final = wait_final(stack, again)
+    assert final["state_type"] == "COMPLETED", _states(stack, again)
+    resumed = [m for m in _logs(stack, again) if "resumed from step" in m]
+    assert resumed and f"resumed from step {step} ({fp / 'checkpoints' / f'ckpt-{step}'})" in resumed[0], \
+        resumed or _logs(stack, again)[-20:]
+    assert record(stack, again)["stages"]["mnist-classifier/train"]["reused"] is False
