@@ -153,8 +153,9 @@ def root_problems(root: str, summary: dict) -> list[str]:
     pipeline = summary["pipeline"]
     promote = summary["stages"].get(f"{pipeline}/promote")
     if promote is not None:
-        champion = json.load(open(f"{root}/{pipeline}/champion.json")) if os.path.exists(
-            f"{root}/{pipeline}/champion.json") else None
+        from artifacts.store import open_store
+
+        champion = open_store(root).champion(pipeline)  # its references resolved under the root
         pushed = json.load(open(f"{promote['uri']}/push.json"))["pushed"]
         if pushed and (champion is None or champion["uri"] != promote["uri"]):
             problems.append(f"champion {champion and champion['uri']} is not the pushed {promote['uri']}")
