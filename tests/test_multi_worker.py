@@ -173,3 +173,11 @@ def test_ctrl_c_to_the_launcher_stops_every_worker_at_one_step(tmp_path, straigh
     _data_copied(straight[1], root)
     code, _, _ = _stopped_by_a_signal(root, why, after, lambda launcher, _: os.killpg(launcher.pid, signal.SIGINT))
     assert code == 130, why
+
+
+def test_worker_without_tf_config_is_a_one_line_error(tmp_path):
+    proc = tapeline("worker", "fashion-dcgan", "--root", str(tmp_path), "--set", "train.strategy=multi_worker",
+                    env={"TF_CONFIG": ""})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("tapeline: error: train.strategy=multi_worker needs TF_CONFIG")
