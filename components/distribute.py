@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,7 +57,18 @@ def strategy(workers: int):
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING)
         _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        _reclaim_sigterm()
     return _STRATEGY
+
+
+def _reclaim_sigterm() -> None:
+    """The strategy's coordination service puts TensorFlow's own C++ SIGTERM handler (tsl's
+    SigtermNotifier, there for PreemptionCheckpointHandler) in place of Python's: a SIGTERM then
+    never reaches Python, and the worker trains on as if nothing happened (measured). Install
+    Python's handler again (the interrupt handlers: see train._agreed_stop)."""
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
 def scratch_dir(work: str) -> str:
@@ -133,10 +145,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _pump(stream, prefix: str) -> None:
+def _pump(stream, prefix: str, said: list, i: int) -> None:
     for line in iter(stream.readline, ""):
         sys.stdout.write(f"{prefix}{line}")
         sys.stdout.flush()
+        if line.startswith("tapeline: interrupted"):
+            said[i] = line[len("tapeline: "):].strip()
 
 
 def _stop(procs, grace: float = 10.0) -> None:
@@ -152,36 +166,82 @@ def _stop(procs, grace: float = 10.0) -> None:
             p.wait()
 
 
-def launch(pipeline: str, overrides: list[str], root: str, workers: int, env: dict | None = None) -> int:
+# a worker's exit status when a signal stopped it: its own line and 128+N, or the signal itself
+_STOPPED = {128 + signal.SIGINT: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM,
+            -signal.SIGINT: signal.SIGINT, -signal.SIGTERM: signal.SIGTERM}
+_LINE = re.compile(r"interrupted during (\S+) at step (\d+)/(\d+) \((checkpoint saved|last checkpoint kept)\)")
+
+
+def launch(pipeline: str, overrides: list[str], root: str, workers: int, env: dict | None = None,
+           grace: float = 60.0) -> int:
     """Start `workers` worker processes on loopback, each in its own process group with its
     TF_CONFIG; stream their output; if one fails, stop the others (they would wait forever in a
-    collective). Returns the first failing exit status, else 0."""
+    collective). Returns the first failing exit status, else 0.
+
+    A SIGINT or SIGTERM to the launcher is passed on to every worker; a signal to any one worker
+    reaches the others through the training step (they agree on the step to stop at: see
+    train._agreed_stop). Either way every worker saves that step and exits, and the launcher
+    then raises Interrupted with the chief's step. Workers that have not exited `grace` seconds
+    after the first stopped one (stopped before training, the others wait in a collective) are
+    stopped as after a failure."""
+    from components import interrupt
+
     if workers < 1:
         raise UserError(f"bad worker count {workers}", "--workers", "use 1 or more")
     addrs = [f"localhost:{port}" for port in free_ports(workers)]
     sets = list(overrides) + ["train.strategy=multi_worker", f"train.workers={workers}"]
     args = [a for s in sets for a in ("--set", s)]
-    procs, pumps = [], []
-    for i in range(workers):
-        tf_config = {"cluster": {"worker": addrs}, "task": {"type": "worker", "index": i}}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", pipeline, "--root", root, *args],
-            env={**os.environ, **(env or {}), "TF_CONFIG": json.dumps(tf_config)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        procs.append(proc)
-        pumps.append(threading.Thread(target=_pump, args=(proc.stdout, f"[worker {i}] "), daemon=True))
-        pumps[-1].start()
+    procs, pumps, said = [], [], [None] * workers
     try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                _stop(procs)
-                return failed[0]
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(0.2)
+        with interrupt.deferred():  # the first signal is passed on; a second one stops all at once
+            for i in range(workers):
+                tf_config = {"cluster": {"worker": addrs}, "task": {"type": "worker", "index": i}}
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "flows.cli", "worker", pipeline, "--root", root, *args],
+                    env={**os.environ, **(env or {}), "TF_CONFIG": json.dumps(tf_config)},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                procs.append(proc)
+                pumps.append(threading.Thread(target=_pump, args=(proc.stdout, f"[worker {i}] ", said, i),
+                                              daemon=True))
+                pumps[-1].start()
+            passed_on, first_stopped = None, None
+            while True:
+                signum = interrupt.requested()
+                if signum and not passed_on:
+                    for p in procs:
+                        if p.poll() is None:
+                            os.killpg(p.pid, signum)
+                    passed_on = signum
+                codes = [p.poll() for p in procs]
+                failed = [c for c in codes if c not in (None, 0) and c not in _STOPPED]
+                if failed:
+                    _stop(procs)
+                    return failed[0]
+                stopped = [_STOPPED[c] for c in codes if c in _STOPPED]
+                if stopped and first_stopped is None:
+                    first_stopped = time.time()
+                if all(c is not None for c in codes):
+                    if not stopped:
+                        return 0
+                    for t in pumps:  # the workers' last lines, the chief's interrupted line among them
+                        t.join(5)
+                    raise _interrupted(passed_on or stopped[0], said)
+                if first_stopped is not None and time.time() - first_stopped > grace:
+                    _stop(procs)
+                    raise _interrupted(passed_on or stopped[0], said)
+                time.sleep(0.2)
     finally:
         _stop(procs)
         for t in pumps:
             t.join(5)
+
+
+def _interrupted(signum: int, said: list):
+    """The launcher's Interrupted: the step the chief (else any worker) says it stopped at."""
+    from components.interrupt import Interrupted
+
+    for line in said:
+        m = _LINE.match(line or "")
+        if m:
+            return Interrupted(signum, m[1], int(m[2]), int(m[3]), m[4] == "checkpoint saved")
+    return Interrupted(signum)

@@ -271,16 +271,25 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
     step_fn = tf.function(setup.step, jit_compile=True) if t.xla else setup.step
 
     @tf.function
-    def one_step(it):
+    def one_step(it, asked=None):
         m = strategy.run(step_fn, args=(_per_replica(tf, strategy, next(it)),))
         step_var.assign_add(1)
-        return tuple(tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32) for k in names)
+        out = tuple(tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32) for k in names)
+        if asked is None:
+            return out
+        # how many workers were asked to stop (by SIGINT, by SIGTERM) before this step: one
+        # all-reduce of two numbers, so every worker sees the same answer after the same step
+        return out + (strategy.reduce("SUM", strategy.run(tf.identity, args=(asked,)), axis=None),)
+
+    stopping = interrupt.requested  # one process: its own signal is the stop
+    if t.strategy == "multi_worker":  # several: a stop is agreed, or the others hang in a collective
+        stopping, one_step = _agreed_stop(tf, one_step)
 
     def run_steps(it, n: int) -> dict:
         """Up to n one-step graphs dispatched back to back; the host reads the metrics once per
         call. A stop request ends the call at the next step boundary (after at least one step)."""
         outs = [one_step(it)]
-        while len(outs) < n and not interrupt.requested():
+        while len(outs) < n and not stopping():
             outs.append(one_step(it))
         return {k: tf.stack([o[i] for o in outs]) for i, k in enumerate(names)}
 
@@ -308,7 +317,7 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
                 stream.start(step // steps_per_epoch)  # marks keep a call inside one epoch
                 values = {k: v.numpy() for k, v in run_steps(stream.iterator, n).items()}
                 n = len(values[names[0]])  # fewer than asked when a stop was requested
-                stop = interrupt.requested()
+                stop = stopping()
                 bad = [(i, k) for k in names for i in np.flatnonzero(~np.isfinite(values[k]))]
                 if bad:
                     i, k = min(bad)
@@ -359,6 +368,30 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
         progress.close()
         writer.flush()
     return time.time() - started
+
+
+def _agreed_stop(tf, one_step):
+    """Multi-worker training: every worker stops at the same step, whichever got the signal.
+
+    What tf.distribute.experimental.PreemptionCheckpointHandler does for MultiWorkerMirroredStrategy
+    (docs/scaling-out.md says why it is not used): each step carries this worker's stop request
+    into one all-reduce, and a stop is acted on only once the sum says some worker asked. The sum
+    is the same on every worker after the same step, so all save that step and stop. Returns
+    (stopping, one_step): the agreed signal after the last step (or None), and the step function
+    that feeds it."""
+    import signal
+
+    agreed: list = [None]
+
+    def step(it):
+        s = interrupt.requested()
+        *out, asked = one_step(it, tf.constant([s == signal.SIGINT, s == signal.SIGTERM], tf.float32))
+        sigint, sigterm = asked.numpy()
+        if sigint or sigterm:  # this worker's own signal, else the one another worker got
+            agreed[0] = s or (signal.SIGTERM if sigterm else signal.SIGINT)
+        return tuple(out)
+
+    return (lambda: agreed[0]), step
 
 
 def _validate(val_fn, setup, art) -> dict:
