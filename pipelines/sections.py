@@ -127,7 +127,7 @@ class FlowConfig:
 
 _COUNT = Limit(1, 2 ** 31 - 1)         # a positive count or size
 _STEPS = Limit(1, 2 ** 62)             # a step count or interval
-_RATE = Limit(0, lo_open=True)         # a learning rate: any positive one (too large diverges: stopped cleanly)
+_RATE = Limit(0, 1e12, lo_open=True)   # a learning rate: a too large one diverges, and stops cleanly
 _UNIT = Limit(0, 1)                    # a share or probability
 _NAME = Limit(nonempty=True)
 # The whole range of every key the pipelines have; tests/test_config_limits.py checks that each
