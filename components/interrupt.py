@@ -44,7 +44,8 @@ class _State:
     def __init__(self):
         self.signum: int | None = None   # the first signal received, until reset()
         self.deferring = 0               # > 0 while a stage polls requested() itself
-        self.stage = ""                  # what runs now, for the message
+        self.stage = ""                  # the stage whose own work runs now, for the message
+        self.immediate = True            # outside a stage: raise at once (False: only note it)
 
 
 _state = _State()
@@ -54,8 +55,8 @@ def _handler(signum, frame) -> None:
     first = _state.signum is None
     if first:
         _state.signum = signum
-    if first and _state.deferring:
-        return  # the stage saves at its next step boundary, then raises
+    if first and (_state.deferring or not (_state.stage or _state.immediate)):
+        return  # noted: the stage saves at its next step boundary, or the next stage does not start
     raise Interrupted(signum, _state.stage)
 
 
@@ -81,7 +82,8 @@ def deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Name the stage that runs now (for the interrupted line)."""
+    """The stage's own work runs inside (its name is in the interrupted line); a signal there
+    abandons it at once unless it is deferred()."""
     previous, _state.stage = _state.stage, name
     try:
         yield
@@ -90,26 +92,29 @@ def stage(name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def handlers() -> Iterator[None]:
+def handlers(between_stages: bool = False) -> Iterator[None]:
     """Install the stop handlers for SIGINT and SIGTERM (main thread only: elsewhere Python
-    cannot take signals, and this is a no-op); the previous ones come back on exit. A signal
-    that already arrived stays requested: the stage after it raises at once."""
+    cannot take signals, and this is a no-op); the previous ones come back on exit.
+
+    between_stages: the orchestrator's own work between stages (Prefect's state bookkeeping, a
+    committed stage's result) is not interrupted: a signal there is noted, and check() raises
+    before the next stage starts. Otherwise (a command's start-up) a signal raises at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    mode, _state.immediate = _state.immediate, not between_stages
     for s in SIGNALS:
         signal.signal(s, _handler)
     try:
-        if _state.signum is not None and not _state.deferring:
-            raise Interrupted(_state.signum, _state.stage)
         yield
     finally:
+        _state.immediate = mode
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
-def check() -> None:
-    """Raise Interrupted now if a stop was requested (for a stage between its safe points)."""
+def check(next_stage: str = "") -> None:
+    """Raise Interrupted now if a stop was requested (before next_stage starts)."""
     if _state.signum is not None:
-        raise Interrupted(_state.signum, _state.stage)
+        raise Interrupted(_state.signum, next_stage or _state.stage)

@@ -306,9 +306,13 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
     def due(s: int, every: int) -> bool:
         return every > 0 and s % every == 0
 
+    saved_at = step if step else None  # the step of the newest checkpoint (a resumed one's)
     try:
         with interrupt.deferred():  # a signal is acted on at the next step boundary
             while step < total:
+                stop = stopping()
+                if stop and saved_at == step:  # nothing trained since the last checkpoint: stop here
+                    raise interrupt.Interrupted(stop, f"{name}/train", step, total, saved=True)
                 marks = [total, (step // steps_per_epoch + 1) * steps_per_epoch]
                 for every in (t.checkpoint_every, ck_epochs, t.sample_every, t.summary_every):
                     if every > 0:
@@ -356,6 +360,7 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
                     failpoints.hit(f"train.{name}.checkpoint.begin")
                     stream.start(step // steps_per_epoch)  # at an epoch end: save the next epoch's iterator
                     manager.save(checkpoint_number=step)
+                    saved_at = step
                     failpoints.hit(f"train.{name}.checkpoint.saved")
                     gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
                     _prune_histories(work, manager)

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import time
 import traceback
 
 from artifacts.errors import UserError
@@ -99,10 +98,10 @@ def cmd_run(args) -> int:
     # started now where none is up, else Prefect's temporary one, started in the background
     local = local_api.use_local_server()
     if local is not None:
-        ui, server = local
-        if server is not None:
-            print(f"tapeline: started a local Prefect server, UI at {ui}; later runs reuse it, and it stops "
-                  f"after {local_api.idle_minutes():g} min without a run or with `tapeline server stop`",
+        server = local.up
+        if local.started:
+            print(f"tapeline: started a local Prefect server, UI at {local.ui}; later runs reuse it, and it "
+                  f"stops after {local_api.idle_minutes():g} min without a run or with `tapeline server stop`",
                   file=sys.stderr, flush=True)
     else:
         server = local_api.start_in_background()
@@ -125,6 +124,9 @@ def cmd_run(args) -> int:
 
 def cmd_server(args) -> int:
     if args.action == "stop":
+        if not args.force and local_api.running() and local_api.runs_live():
+            raise UserError("a run is using the local Prefect server", "tapeline server stop",
+                            "wait for the run to end (the server stops by itself when idle), or use --force")
         info = local_api.stop()
         print(f"stopped the local Prefect server at {info['ui']}" if info else "no local Prefect server is running")
         return 0
@@ -133,18 +135,13 @@ def cmd_server(args) -> int:
         if local is None:
             raise UserError("PREFECT_API_URL or TAPELINE_LOCAL_SERVER=temporary is set", "environment",
                             "unset it to use the local server")
-        ui, up = local
-        if up is not None:
-            up.wait()
+        if local.up is not None:
+            local.up.wait()
     info = local_api.running()
     if info is None:
         print("no local Prefect server is running (the next `tapeline run` starts one)")
         return 0
-    try:
-        idle = time.time() - local_api.activity_file().stat().st_mtime
-    except OSError:
-        idle = 0.0
-    left = max(info["idle_seconds"] - idle, 0) / 60
+    left = max(info["idle_seconds"] - (local_api.busy_seconds_ago() or 0.0), 0) / 60
     print(f"local Prefect server: UI at {info['ui']}, API {info['url']}, pid {info['pid']}; "
           f"stops after {left:.1f} more min without a run (`tapeline server stop` now)")
     return 0
@@ -247,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("server", cmd_server, "the local Prefect server that runs reuse (UI, idle stop): status, start, stop",
             root=False)
     p.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status")
+    p.add_argument("--force", action="store_true", help="stop it even while a run uses it")
     p = add("serve", cmd_serve, "serve the deployments of prefect.yaml with their schedules")
     p.add_argument("pipeline", nargs="*", help="only these pipelines' deployments (default: all)")
     p.add_argument("--dry-run", action="store_true",
@@ -293,15 +291,22 @@ def _interrupted(exc: BaseException) -> int:
 
 
 def console() -> None:
-    """The `tapeline` command: main(), then out at once. Exit handlers run (Prefect's: the last
+    """The `tapeline` command. After `run`: out at once. Exit handlers run (Prefect's: the last
     logs and events sent, its temporary server stopped); what Python does after them (TensorFlow's
-    teardown, seconds after an interrupted run) would only delay the shell's prompt."""
+    teardown, seconds after an interrupted run) would only delay the shell's prompt. Other
+    commands (a training worker's collective shutdown) leave the ordinary way."""
     # the user asked for library logs: --verbose, or their own TensorFlow log level
     asked = {"-v", "--verbose"} & set(sys.argv[1:]) or quiet.verbose_env() or "TF_CPP_MIN_LOG_LEVEL" in os.environ
     native = None if asked else quiet.NativeStderrFilter()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
+    if sys.argv[1:2] != ["run"]:
+        if native is not None:
+            native.close()
+        sys.exit(code)
+    for s in interrupt.SIGNALS:  # a second Ctrl-C while leaving: leave now, without a traceback
+        signal.signal(s, lambda signum, frame: os._exit(code))
     _drain_prefect()
     atexit._run_exitfuncs()
     if native is not None:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +33,6 @@ _PR_SET_PDEATHSIG = 1
 MODE = "TAPELINE_LOCAL_SERVER"             # reuse (default) | temporary
 IDLE = "TAPELINE_SERVER_IDLE_MINUTES"
 DEFAULT_IDLE = 30 * 60.0                   # seconds without a run before the local server stops
-HEARTBEAT = 20.0                           # a live run touches the activity file this often
 PORTS = range(4200, 4300)
 
 
@@ -63,14 +63,31 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def running() -> dict | None:
-    """The local server's record when it answers, else None."""
+def _record() -> dict | None:
+    """The local server's record while its supervisor lives (starting or up), else None. The pid
+    is checked to be our supervisor: a stale record (a killed server, a reused pid) names none."""
     try:
         info = json.loads(state_file().read_text())
-        os.kill(int(info["pid"]), 0)
+        with open(f"/proc/{int(info['pid'])}/cmdline", "rb") as f:
+            if b"flows.local_server" not in f.read():
+                return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return info if healthy(info["url"]) else None
+    return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def running() -> dict | None:
+    """The local server's record when it answers, else None."""
+    info = _record()
+    return info if info is not None and healthy(info["url"]) else None
 
 
 def _free_port() -> int:
@@ -95,87 +112,120 @@ def _locked() -> Iterator[None]:
         os.close(fd)
 
 
-def use_local_server() -> tuple[str, threading.Event | None] | None:
-    """Point this process at the local server (PREFECT_API_URL), starting it if none is up.
-    Returns (its UI address, an event set once it answers: None when it was up already), or
+@dataclass(frozen=True)
+class LocalServer:
+    ui: str                        # the address a browser opens
+    up: threading.Event | None     # set once it answers (None: it answered already)
+    started: bool                  # this process started it
+
+
+def use_local_server() -> LocalServer | None:
+    """Point this process at the local server (PREFECT_API_URL), starting it if none is up;
     None where the environment names an API or asks for the temporary server."""
     if os.environ.get("PREFECT_API_URL") or os.environ.get(MODE, "reuse") == "temporary":
         return None
     info = running()
-    if info is not None:
-        os.environ["PREFECT_API_URL"] = info["url"]
-        activity_file().touch()
-        return info["ui"], None
-    with _locked():  # two runs starting at once start one server
-        info = running()
-        if info is not None:
-            os.environ["PREFECT_API_URL"] = info["url"]
-            activity_file().touch()
-            return info["ui"], None
-        port = _free_port()
-        idle = idle_minutes() * 60
-        log = open(home() / "tapeline-server.log", "ab")
-        subprocess.Popen([sys.executable, "-m", "flows.local_server", "--port", str(port), "--idle", str(idle)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                         cwd=str(Path(__file__).resolve().parents[1]),
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                             filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))})
-        log.close()
-        url = f"http://127.0.0.1:{port}/api"
-        os.environ["PREFECT_API_URL"] = url
-        up = threading.Event()
+    if info is None:
+        with _locked():  # two runs starting at once share one server: the record is written here
+            info = _record()
+            if info is None:
+                info = _start()
+    os.environ["PREFECT_API_URL"] = info["url"]
+    activity_file().touch()
+    if healthy(info["url"]):
+        return LocalServer(info["ui"], None, False)
+    up = threading.Event()
 
-        def wait() -> None:
-            end = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
-            while time.time() < end and not healthy(url, 1.0):
-                time.sleep(0.1)
-            up.set()  # a server that never answered: the flow meets it and reports it
+    def wait() -> None:
+        end = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
+        while time.time() < end and _alive(info["pid"]) and not healthy(info["url"], 1.0):
+            time.sleep(0.1)
+        up.set()  # a server that never answered: the flow meets it and reports it
 
-        threading.Thread(target=wait, name="local-server-start", daemon=True).start()
-        return f"http://127.0.0.1:{port}", up
+    threading.Thread(target=wait, name="local-server-start", daemon=True).start()
+    return LocalServer(info["ui"], up, info.get("starter") == os.getpid())
+
+
+def _start() -> dict:
+    port = _free_port()
+    idle = idle_minutes() * 60
+    repo = str(Path(__file__).resolve().parents[1])
+    with open(home() / "tapeline-server.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.local_server", "--port", str(port), "--idle", str(idle)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=repo,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                    filter(None, [repo, os.environ.get("PYTHONPATH")]))})
+    info = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}/api", "ui": f"http://127.0.0.1:{port}",
+            "idle_seconds": idle, "started": time.time(), "starter": os.getpid()}
+    tmp = state_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, state_file())
+    return info
+
+
+def runs_file() -> Path:
+    return home() / "tapeline-server.runs"
 
 
 @contextlib.contextmanager
 def activity() -> Iterator[None]:
-    """While a run lives: the local server's activity file touched, so it never stops idle
-    under a run (a run killed outright stops touching it, and the server's idle clock runs)."""
-    if os.environ.get(MODE, "reuse") == "temporary" or not state_file().exists():
+    """While a run lives it holds a shared lock on the runs file: the local server never stops
+    idle under it, and `tapeline server stop` knows (the kernel drops the lock of a killed run).
+    The activity file's time, touched at the start and end, is where the idle time counts from."""
+    if os.environ.get(MODE, "reuse") == "temporary" or os.environ.get("PREFECT_API_URL") is None \
+            or not state_file().exists():
         yield
         return
-    done = threading.Event()
-
-    every = min(HEARTBEAT, idle_minutes() * 60 / 4)
-
-    def beat() -> None:
-        while not done.wait(every):
-            with contextlib.suppress(OSError):
-                activity_file().touch()
-
-    threading.Thread(target=beat, name="local-server-activity", daemon=True).start()
+    fd = os.open(runs_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        activity_file().touch()
         yield
     finally:
-        done.set()
         with contextlib.suppress(OSError):
             activity_file().touch()  # the idle time counts from the end of the last run
+        os.close(fd)
+
+
+def runs_live() -> bool:
+    """Whether a run holds the local server now."""
+    try:
+        fd = os.open(runs_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def busy_seconds_ago() -> float | None:
+    """Seconds since a run last touched the activity file, None without one."""
+    try:
+        return time.time() - activity_file().stat().st_mtime
+    except OSError:
+        return None
 
 
 def stop(timeout: float = 15.0) -> dict | None:
-    """Stop the local server; its record, or None when none was running."""
-    try:
-        info = json.loads(state_file().read_text())
-        pid = int(info["pid"])
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError, KeyError, TypeError):
+    """Stop the local server; its record, or None when none was running (a stale record goes)."""
+    info = _record()
+    if info is None:
+        with contextlib.suppress(OSError):
+            state_file().unlink()
         return None
+    pid = int(info["pid"])
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
     end = time.time() + timeout
-    while time.time() < end:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return info
+    while time.time() < end and _alive(pid):
         time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+    if _alive(pid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     return info
 
 
@@ -196,7 +246,7 @@ def start_in_background() -> threading.Event | None:
 
     def body():
         try:
-            _start()
+            _start_temporary()
         finally:
             started.set()
         # PR_SET_PDEATHSIG fires when the *thread* that forked the server ends: this one stays
@@ -207,7 +257,7 @@ def start_in_background() -> threading.Event | None:
     return started
 
 
-def _start() -> None:
+def _start_temporary() -> None:
     try:
         from prefect.server.api.server import SubprocessASGIServer
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED

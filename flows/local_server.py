@@ -34,6 +34,8 @@ def _uvicorn(port: int) -> subprocess.Popen:
 
 
 def serve(port: int, idle: float, poll: float = 2.0) -> int:
+    """Supervise the server until it is idle or signalled; the run that started this process
+    wrote its record (state file) and this one removes it at the end."""
     state, activity = local_api.state_file(), local_api.activity_file()
     child = _uvicorn(port)
     stop = {"signal": None}
@@ -43,9 +45,6 @@ def serve(port: int, idle: float, poll: float = 2.0) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
-    state.write_text(json.dumps({"pid": os.getpid(), "port": port, "url": f"http://127.0.0.1:{port}/api",
-                                 "ui": f"http://127.0.0.1:{port}", "idle_seconds": idle,
-                                 "started": time.time()}))
     try:
         url = f"http://127.0.0.1:{port}/api"
         while stop["signal"] is None and child.poll() is None and not local_api.healthy(url):
@@ -57,7 +56,7 @@ def serve(port: int, idle: float, poll: float = 2.0) -> int:
                 last = activity.stat().st_mtime
             except OSError:
                 last = 0.0
-            if time.time() - last > idle:
+            if time.time() - last > idle and not local_api.runs_live():
                 break
     finally:
         if child.poll() is None:

@@ -48,7 +48,8 @@ def stage_task(store: ArtifactStore, node: Node, done: dict, runtime: Runtime) -
     if node.stage == "train":
         runtime = dataclasses.replace(runtime, on_progress=_training_progress(node))
     try:
-        run = run_node(store, node, done, runtime)
+        with interrupt.stage(node.key):  # a signal abandons the stage's own work, not Prefect's
+            run = run_node(store, node, done, runtime)
     except interrupt.Interrupted as stop:  # the task too ends Cancelled, not Crashed
         return Cancelled(message=stop.line())
     get_run_logger().info("%s %s %s", node.key, "reused" if run.reused else "built", run.artifact.uri)
@@ -97,39 +98,41 @@ def _flow_run_name() -> str:
 def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: str | None) -> dict:
     """The body of every pipeline's flow: each stage as a task, then the run record, the
     champion and a markdown artifact for the Prefect UI."""
-    p = get(pipeline)
-    cfg = p.config(overrides)
-    if cfg.train.strategy == "mirrored":  # else TensorFlow loads only when a stage needs it
-        from components.train import prepare_devices
-
-        prepare_devices(cfg)
-    store = open_store(root)
-    run_id = _run_id(run_id)
-    runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
-    done, stages = {}, {}
     interrupt.reset()
     # Prefect's engine has put its own SIGTERM handler in place (it would raise inside any
-    # stage, mid-step): ours asks the stage to stop at its next safe point instead. The lease
-    # keeps `tapeline gc` beside this run off what it holds, until its record is written.
-    with store.lease(run_id) as lease, interrupt.handlers():
+    # stage, mid-step): ours asks the stage to stop at its next safe point instead, and leaves
+    # Prefect's bookkeeping between stages alone. The lease keeps `tapeline gc` beside this run
+    # off what it holds, until its record is written.
+    with interrupt.handlers(between_stages=True):
         try:
-            for node in nodes(p, cfg):
-                interrupt.check()
-                started = time.perf_counter()
-                with interrupt.stage(node.key):
+            p = get(pipeline)
+            cfg = p.config(overrides)
+            if cfg.train.strategy == "mirrored":  # else TensorFlow loads only when a stage needs it
+                from components.train import prepare_devices
+
+                prepare_devices(cfg)
+            store = open_store(root)
+            run_id = _run_id(run_id)
+            runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
+            done, stages = {}, {}
+            with store.lease(run_id) as lease:
+                for node in nodes(p, cfg):
+                    interrupt.check(node.key)
+                    started = time.perf_counter()
                     result = stage_task.with_options(name=node.key)(store, node, done, runtime)
-                if isinstance(result, State):  # the stage stopped on a signal: its task is Cancelled
-                    return Cancelled(message=result.message)
-                result["seconds"] = round(time.perf_counter() - started, 3)
-                done[node.key] = result.pop("artifact")
-                stages[node.key] = result
-                lease.add(done[node.key].uri)
-                failpoints.hit(f"flow.after.{node.key}")
+                    if isinstance(result, State):  # the stage stopped on a signal: its task is Cancelled
+                        return Cancelled(message=result.message)
+                    result["seconds"] = round(time.perf_counter() - started, 3)
+                    done[node.key] = result.pop("artifact")
+                    stages[node.key] = result
+                    lease.add(done[node.key].uri)
+                    failpoints.hit(f"flow.after.{node.key}")
+                interrupt.check(f"{pipeline}/run-record")
+                return _record(store, pipeline, run_id, overrides, done, stages)
         except interrupt.Interrupted as stop:
             # Cancelled, not Crashed: a stop that was asked for, with everything it reached saved
             # (the CLI turns the CancelledRun this gives its caller into the one line and 130/143)
             return Cancelled(message=str(stop))
-        return _record(store, pipeline, run_id, overrides, done, stages)
 
 
 def _record(store: ArtifactStore, pipeline: str, run_id: str, overrides: list[str], done: dict,

@@ -43,6 +43,10 @@ CHATTY = ("tensorflow", "absl", "h5py")
 NOISY_IMPORTS = ("tensorflow", "keras", "apache_beam", "tensorflow_datasets")
 _CPP_LOG = re.compile(rb"^(?:[IWEF]\d{4} [\d:. ]+\d+ [\w./-]+:\d+\]|WARNING: All log messages before absl"
                       rb"|To enable the following instructions: )")
+# what the run's stderr filter drops: C++ info, warning and error lines; a fatal one (F, a
+# CHECK failure) says why the process is about to abort, and passes
+_DROPPED = re.compile(rb"^(?:[IWE]\d{4} [\d:. ]+\d+ [\w./-]+:\d+\]|WARNING: All log messages before absl"
+                      rb"|To enable the following instructions: )")
 _CPP_LOG_STARTS = (b"WARNING: All log messages", b"To enable the following")
 
 
@@ -98,15 +102,26 @@ class NativeStderrFilter:
                 break
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            kept = [ln + b"\n" for ln in lines if not _CPP_LOG.match(ln)]
+            kept = [ln + b"\n" for ln in lines if not _DROPPED.match(ln)]
             if pending and not _could_start_cpp_log(pending):  # a partial line: pass it on now
                 kept.append(pending)
                 pending = b""
             if kept:
-                os.write(self._terminal, b"".join(kept))
-        if pending and not _CPP_LOG.match(pending):
-            os.write(self._terminal, pending)
+                self._write(b"".join(kept))
+        if pending and not _DROPPED.match(pending):
+            self._write(pending)
         os.close(read)
+
+    def _write(self, data: bytes) -> None:
+        """All of data to the terminal; a terminal that is gone (a closed pipe, a hang-up) only
+        loses it: the pump goes on reading, so no writer to fd 2 ever blocks on a full pipe."""
+        while data:
+            try:
+                data = data[os.write(self._terminal, data):]
+            except InterruptedError:
+                continue
+            except OSError:
+                return
 
     def close(self, timeout: float = 1.0) -> None:
         """Put the terminal back on fd 2 and pass on what is still in the pipe."""

@@ -23,7 +23,7 @@ CLI = [sys.executable, "-m", "flows.cli"]
 def home(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "TAPELINE_LOCAL_SERVER")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO),
-               TAPELINE_SERVER_IDLE_MINUTES="0.25")  # 15 s without a run: stop
+               TAPELINE_SERVER_IDLE_MINUTES="0.5")  # 30 s without a run: stop
     try:
         yield env
     finally:
@@ -72,15 +72,25 @@ def test_first_run_starts_it_the_next_reuses_it_and_it_stops_when_idle(home, tmp
                                    "--set", "data.max_examples=128", "--set", "train.epochs=50"],
                             env=home, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    time.sleep(8)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        time.sleep(8)
+        # not while a run uses it (unless --force)
+        refused = subprocess.run(CLI + ["server", "stop"], env=home, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].startswith("tapeline: error: a run is using the local")
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert proc.returncode == 143, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("tapeline: interrupted"), err[-2000:]
     assert alive(info["pid"]), "the local server died with a run's process group"
 
     # no run for the idle time: it stops by itself, and says so by its record going away
-    end = time.time() + 15 + 60
+    end = time.time() + 30 + 60
     while alive(info["pid"]) and time.time() < end:
         time.sleep(1)
     assert not alive(info["pid"]), "the local server did not stop when idle"
