@@ -272,7 +272,13 @@ def test_schedule_fires_and_changed_data_trains_a_challenger_while_runs_overlap(
     recs = [record(stack, r["id"]) for r in after]
     trains = {r["stages"]["mnist-classifier/train"]["uri"] for r in recs}
     assert len(trains) == 1 and old_train not in trains, "one challenger for every run that saw the new file"
-    built = [r for r in recs if not r["stages"]["mnist-classifier/train"]["reused"]]
+    # who built it: a scheduled run of the first interval may have started between the cut above
+    # and `since` (the server had handed it to the worker already) and seen the new file first;
+    # so every completed run since t0 counts, and exactly one of them built the challenger
+    every = [record(stack, r["id"]) for r in (wait_final(stack, r["id"]) for r in runs_started_after(stack, t0))
+             if r["state_type"] == "COMPLETED"]
+    built = [r for r in every if r["stages"]["mnist-classifier/train"]["uri"] in trains
+             and not r["stages"]["mnist-classifier/train"]["reused"]]
     assert len(built) == 1, "trained once; the overlapping runs waited for it and reused it"
     champion = json.loads(champion_path.read_text())
     assert (champion != champion_before) == bool(built[0].get("blessed")), (built[0].get("why"), champion)
