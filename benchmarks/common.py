@@ -29,8 +29,8 @@ def run_stages(root: str, pipeline: str, sets: list[str], stages: tuple[str, ...
     """Build the named stages of a pipeline (its own nodes, in order) directly with the store;
     returns {stage: (seconds, artifact)}."""
     from artifacts.store import ArtifactStore
-    from pipelines.graph import nodes, run_node
-    from pipelines.registry import get
+    from flows.graph import nodes, run_node
+    from flows.registry import get
 
     p = get(pipeline)
     store, done, out = ArtifactStore(root), {}, {}

@@ -80,8 +80,8 @@ def run_case(pipeline: str, sets: list[str], root: str) -> tuple[str, str]:
     """(outcome, detail) of the data stages on one input, judged as the CLI would."""
     from artifacts.errors import UserError
     from artifacts.store import ArtifactStore
-    from pipelines.graph import nodes, run_node
-    from pipelines.registry import get
+    from flows.graph import nodes, run_node
+    from flows.registry import get
 
     store, arts, done = ArtifactStore(root), {}, set()
     old = signal.signal(signal.SIGALRM, _alarm)

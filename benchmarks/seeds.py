@@ -16,7 +16,7 @@ import numpy as np
 
 
 def _info(images: np.ndarray, n_classes: int = 10, fixed=None):
-    from pipelines.recipe import DataInfo
+    from components.recipe import DataInfo
 
     return DataInfo(tuple(images.shape[1:]), n_classes, len(images), fixed)
 

@@ -89,7 +89,7 @@ def dcgan_step_flops(batch: int = 256) -> float:
     """G forward + backward (3 G), D forward + backward on real and on fake (3 D each), and the
     generator's gradient flowing back through D (1 D): an estimate of one step's FLOPs."""
     from pipelines import fashion_dcgan as rec
-    from pipelines.recipe import DataInfo
+    from components.recipe import DataInfo
 
     g, d = rec.build_networks(rec.Config(), DataInfo((28, 28, 1), 10, 60000))
     return batch * (3 * forward_flops(g) + 7 * forward_flops(d))

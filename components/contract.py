@@ -49,7 +49,7 @@ class StageParams:
     def as_dict(self) -> dict[str, Any]:
         """{dotted config key (or recipe.ATTR): value}, sections flattened: what the fingerprint
         and the manifest hold, and what `tapeline plan` compares."""
-        from pipelines import config as cfglib
+        from components import config as cfglib
 
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):

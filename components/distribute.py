@@ -95,8 +95,8 @@ def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> di
     import shutil
 
     from artifacts.store import Writer, open_store
-    from pipelines.graph import nodes, run_node
-    from pipelines.registry import get
+    from flows.graph import nodes, run_node
+    from flows.registry import get
 
     p = get(pipeline_name)
     cfg = p.config(overrides)

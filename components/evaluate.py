@@ -46,8 +46,8 @@ def _renormalize(x, src: dict, dst: dict):
 def feature_space(fm, inputs, transformed):
     """The recipe's FeatureModel loaded from its artifacts, taking images in this pipeline's
     normalization (the feature model may have been trained in another)."""
-    from pipelines.measures import predict
-    from pipelines.recipe import FeatureSpace
+    from components.measures import predict
+    from components.recipe import FeatureSpace
 
     model = load_models(inputs["feature_model"])[fm.network]
     feat = fm.features(model)
@@ -62,7 +62,7 @@ def feature_space(fm, inputs, transformed):
 
 
 def run(out, inputs, params: Params, rt) -> None:
-    from pipelines.recipe import Measuring
+    from components.recipe import Measuring
 
     ev = rt.recipe.evaluation
     art = inputs["transformed"]

@@ -186,7 +186,7 @@ def run(out, inputs, p: Params, rt) -> None:
     import keras
     import tensorflow as tf
 
-    from pipelines.recipe import DataInfo
+    from components.recipe import DataInfo
 
     t = p
     art = inputs["transformed"]

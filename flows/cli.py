@@ -16,8 +16,8 @@ from flows import local_api, quiet
 
 
 def cmd_pipelines(args) -> int:
-    from pipelines import config as cfglib
-    from pipelines.registry import all_pipelines
+    from components import config as cfglib
+    from flows.registry import all_pipelines
 
     for name, p in all_pipelines().items():
         print(f"{name:18s} {' -> '.join(p.stages)}")
@@ -88,7 +88,7 @@ def cmd_gc(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipelines.registry import get
+    from flows.registry import get
 
     from components import beam_run
 
@@ -163,8 +163,8 @@ def stage_table(summary: dict, root: str) -> str:
 
 
 def cmd_plan(args) -> int:
-    from pipelines.graph import plan
-    from pipelines.registry import get
+    from flows.graph import plan
+    from flows.registry import get
 
     pipeline = get(args.pipeline)
     rows = plan(open_store(args.root), pipeline, pipeline.config(args.set))
@@ -182,7 +182,7 @@ def cmd_worker(args) -> int:
 
 def cmd_train_workers(args) -> int:
     from components.distribute import launch
-    from pipelines.registry import get
+    from flows.registry import get
 
     pipeline = get(args.pipeline)
     pipeline.config(args.set)  # bad keys and values fail here, before any worker starts

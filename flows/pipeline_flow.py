@@ -20,8 +20,8 @@ from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
 from components import interrupt
 from components.contract import Runtime
-from pipelines.graph import Node, nodes, run_node
-from pipelines.registry import all_pipelines, get
+from flows.graph import Node, nodes, run_node
+from flows.registry import all_pipelines, get
 
 
 def _training_progress(node: Node):

@@ -29,7 +29,7 @@ def load(path: Path = PREFECT_YAML) -> list[dict]:
 def runner_deployments(root: str, only: list[str] | None = None) -> list:
     from prefect.schedules import Cron
 
-    from pipelines.registry import get
+    from flows.registry import get
 
     wanted = {get(p).name for p in only} if only else None
     out = []

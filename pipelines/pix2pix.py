@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipelines import measures
-from pipelines.base import Pipeline
-from pipelines.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
-from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
+from components import measures
+from components.pipeline import Pipeline
+from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
+from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
                                 TrainConfig, ValidateConfig)
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ SCRIPT = r"""
 import contextlib, glob, io, json, os, shutil, sys
 import numpy as np
 from components.contract import Runtime
-from pipelines.registry import get
+from flows.registry import get
 from tests.test_data_stages import run_stages
 from tests.test_train import weights
 

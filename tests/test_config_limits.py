@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from artifacts.errors import UserError
-from pipelines import config as cfglib
-from pipelines.registry import all_pipelines, get
+from components import config as cfglib
+from flows.registry import all_pipelines, get
 from tests.conftest import MNIST, tapeline
 
 EDGES = ["0", "-1", "1", "99999999999999999999", "-99999999999999999999", "1e308", "-0.5", "0.5", "nan",
@@ -55,7 +55,7 @@ def test_every_key_has_its_whole_range_and_every_edge_value_is_refused_in_one_li
         for key in sorted(keys):
             tp = _leaf_type(p.default_config(), key)
             assert _closed(tp) or key in cfglib.LIMITS or key.startswith("beam."), \
-                f"{key} of {name} has no range in pipelines.sections LIMITS"
+                f"{key} of {name} has no range in components.sections LIMITS"
             for text in EDGES:
                 try:
                     cfg = p.config([f"{key}={text}"])

@@ -17,12 +17,12 @@ import pytest
 from artifacts import gfile
 from artifacts.store import ArtifactStore, InputRef
 from components.contract import ORCHESTRATOR_KEYS, Runtime, StageParams
-from pipelines import config as cfglib
-from pipelines import graph
-from pipelines.base import STAGES, Pipeline
-from pipelines.recipe import Evaluation, Recipe
-from pipelines.registry import all_pipelines, get
-from pipelines.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig, TrainConfig,
+from components import config as cfglib
+from flows import graph
+from components.pipeline import STAGES, Pipeline
+from components.recipe import Evaluation, Recipe
+from flows.registry import all_pipelines, get
+from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig, TrainConfig,
                                 ValidateConfig)
 from tests.conftest import MNIST, PEOPLE
 
@@ -236,7 +236,7 @@ def tiny_build(p, info):
     import keras
     import tensorflow as tf
 
-    from pipelines.recipe import TrainSetup, minimize, optimizer
+    from components.recipe import TrainSetup, minimize, optimizer
 
     n = int(np.prod(info.image_shape))
     net = keras.Sequential([keras.Input((n,)), keras.layers.Dense(p.model.code, activation="relu"),
@@ -272,7 +272,7 @@ def test_a_fifth_pipeline_registered_here_runs_end_to_end_through_its_flow(harne
     from prefect.flows import load_flow_from_entrypoint
 
     from flows import pipeline_flow
-    from pipelines import registry
+    from flows import registry
     from tests.conftest import REPO
 
     registry.register(TINY)

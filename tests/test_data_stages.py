@@ -12,8 +12,8 @@ from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.store import ArtifactStore
 from components import records
-from pipelines.graph import nodes, run_node
-from pipelines.registry import get
+from flows.graph import nodes, run_node
+from flows.registry import get
 from tests.conftest import CORRUPT, MNIST, PEOPLE, tapeline
 
 

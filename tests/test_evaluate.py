@@ -140,7 +140,7 @@ def test_gif_frames_follow_the_sqrt_schedule_in_order(tmp_path):
     from artifacts.store import ArtifactStore
     from components import animate
     from components.render import _png
-    from pipelines.registry import get
+    from flows.registry import get
 
     store = ArtifactStore(str(tmp_path / "root"))
     names = [f"step-{i:08d}.png" for i in range(12)]

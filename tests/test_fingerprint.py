@@ -8,7 +8,7 @@ from artifacts.fingerprint import code_digest, files_digest, module_closure, sta
 
 def test_real_component_closure_follows_imports():
     closure = module_closure("pipelines.fashion_dcgan")
-    assert {"pipelines.recipe", "pipelines.sections", "pipelines.mnist_classifier",
+    assert {"components.recipe", "components.sections", "pipelines.mnist_classifier",
             "artifacts.errors"} <= closure.keys()
 
 

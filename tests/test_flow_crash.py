@@ -6,7 +6,7 @@ def test_prefect_yaml_deployments_resolve_to_the_pipeline_flows():
     from prefect.flows import load_flow_from_entrypoint
 
     from flows.serve import load, runner_deployments
-    from pipelines.registry import all_pipelines
+    from flows.registry import all_pipelines
 
     specs = load()
     assert sorted(d["flow"].name for d in specs) == sorted(all_pipelines())

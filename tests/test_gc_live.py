@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from pipelines.registry import get
+from flows.registry import get
 from tests.conftest import REPO, tapeline
 from tests.test_flow import TINY
 

@@ -117,7 +117,7 @@ def test_second_up_finds_what_runs(stack, capsys):
 def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parameters(stack):
     import yaml
 
-    from pipelines.registry import all_pipelines
+    from flows.registry import all_pipelines
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]}

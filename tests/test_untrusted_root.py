@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from artifacts import gfile
-from pipelines.graph import fingerprints, nodes
-from pipelines.registry import get
+from flows.graph import fingerprints, nodes
+from flows.registry import get
 from tests.conftest import MNIST, REPO
 from tests.test_checkpoints import pickle_bomb
 from tests.test_data_stages import run_stages

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from artifacts.errors import UserError
-from pipelines.config import LIMITS, Limit
+from components.config import LIMITS, Limit
 
 
 def require(cond: bool, key: str, value, fix: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 from artifacts.errors import UserError
-from pipelines.base import Pipeline
+from components.pipeline import Pipeline
 
 _MODULES = ("pipelines.mnist_classifier", "pipelines.mnist_gan", "pipelines.fashion_dcgan",
             "pipelines.pix2pix")

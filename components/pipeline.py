@@ -5,7 +5,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipelines import config as cfglib
+from components import config as cfglib
 
 STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "render", "animate", "promote")
 
@@ -23,5 +23,5 @@ class Pipeline:
 
     @property
     def recipe(self):
-        """The module's RECIPE (pipelines.recipe.Recipe): all that the stages take from it."""
+        """The module's RECIPE (components.recipe.Recipe): all that the stages take from it."""
         return importlib.import_module(self.module).RECIPE

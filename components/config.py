@@ -45,7 +45,7 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-# dotted key -> Limit; filled by pipelines.sections (and a pipeline with keys of its own)
+# dotted key -> Limit; filled by components.sections (and a pipeline with keys of its own)
 LIMITS: dict[str, Limit] = {}
 
 

@@ -11,8 +11,8 @@ from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
 from components.contract import Runtime
-from pipelines.base import Pipeline
-from pipelines.registry import get
+from components.pipeline import Pipeline
+from flows.registry import get
 
 # input name -> upstream stage (same pipeline) for every stage: the only way a stage gets an
 # artifact. The names are the component's INPUTS (run_node checks it).

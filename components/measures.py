@@ -6,7 +6,7 @@ from typing import Any, Callable
 import numpy as np
 
 from components import metrics
-from pipelines.recipe import Measuring
+from components.recipe import Measuring
 
 
 def predict(model, x, batch: int = 1000) -> np.ndarray:
