@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     if args.worker:
         print(json.dumps(worker(args.calls, args.blocks)), flush=True)
         return 0
-    from components.distribute import free_ports
+    from flows.workers import free_ports
 
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores, shared machine: timings are noisy)")
     addrs = [f"localhost:{p}" for p in free_ports(2)]

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from common import REPO
-from components.distribute import free_ports
+from flows.workers import free_ports
 
 BIN = os.path.dirname(sys.executable)
 

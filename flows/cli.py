@@ -174,14 +174,14 @@ def cmd_plan(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from components.distribute import run_worker
+    from flows.workers import run_worker
 
     print(json.dumps(run_worker(args.pipeline, args.set, open_store(args.root).root), sort_keys=True))
     return 0
 
 
 def cmd_train_workers(args) -> int:
-    from components.distribute import launch
+    from flows.workers import launch
     from flows.registry import get
 
     pipeline = get(args.pipeline)

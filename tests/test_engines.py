@@ -13,7 +13,7 @@ import pytest
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components.distribute import free_ports
+from flows.workers import free_ports
 from tests.conftest import REPO, tapeline
 from tests.test_data_stages import run_stages
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from components.distribute import free_ports
 from flows import stack_postgres, stack_prefect
 from flows.stack import Stack
+from flows.workers import free_ports
 from tests import prefect_ui
 from tests.conftest import MNIST, REPO, tapeline
 
