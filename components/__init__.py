@@ -1,1 +1,2 @@
-"""One module per stage: plain Python functions, no Prefect import."""
+"""One module per stage, plain Python, no Prefect import; and the contract a recipe fulfils
+(recipe, pipeline, config, sections, measures)."""

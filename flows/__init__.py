@@ -1,1 +1,2 @@
-"""Prefect orchestration: flows from stage graphs, tasks around components, deployments, CLI."""
+"""What orchestrates: the CLI, the stage graph and planner, the registry of pipelines, Prefect
+flows and deployments, the training workers."""

@@ -1,1 +1,1 @@
-"""The four seed systems as recipes: typed configs, networks, train steps, stage graphs."""
+"""The four seed systems as recipes: typed configs, networks, train steps, which stages they use."""
