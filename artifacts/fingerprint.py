@@ -45,8 +45,8 @@ def _top_module_file(top: str) -> Path | None:
 @lru_cache(maxsize=None)
 def _module_file(name: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> Path | None:
     """The source file of a project module, found on disk: importlib.util.find_spec would
-    import every parent package and module (`from pipelines.layers import x` names
-    `pipelines.layers.x`, whose parent is layers.py, which imports TensorFlow)."""
+    import every parent package and module (a name `x` imported from `pipelines.layers`
+    reads as `pipelines.layers.x`, whose parent is layers.py, which imports TensorFlow)."""
     top, *rest = name.split(".")
     if top not in packages:
         return None
