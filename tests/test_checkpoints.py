@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import time
 
 from tests.conftest import REPO
+from tests.helpers import PickleBomb
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 # the DCGAN at its default batch size (256), shuffle buffer and steps per call; 2 steps per epoch
@@ -18,27 +18,12 @@ SETS = [f"data.source=idx:{FASHION}", "data.max_examples=512", "train.max_steps=
 STOP_AT = 4  # the stopped run leaves checkpoints 2 and 4 (keep_checkpoints defaults to 2)
 
 
-class _Bomb:
-    """Unpickling this creates the marker file: proof that something unpickled it."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
-def pickle_bomb(marker: str) -> bytes:
-    return pickle.dumps(_Bomb(marker))
-
-
 SCRIPT = r"""
 import contextlib, glob, io, json, os, shutil, sys
 import numpy as np
 from components.contract import Runtime
 from flows.registry import get
-from tests.test_data_stages import run_stages
-from tests.test_train import weights
+from tests.helpers import run_stages, weights
 
 base, sets, stop_at, marker = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 damages = json.loads(sys.argv[5])
@@ -104,7 +89,7 @@ def _pickled_npz(marker: str) -> bytes:
     import numpy as np
 
     arr = np.empty(1, dtype=object)
-    arr[0] = _Bomb(marker)
+    arr[0] = PickleBomb(marker)
     buf = io.BytesIO()
     np.savez(buf, g_loss=arr, d_loss=arr, epochs=arr)
     return buf.getvalue()

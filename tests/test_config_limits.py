@@ -94,7 +94,7 @@ def test_out_of_range_values_fail_in_one_line_before_any_stage_commits(tmp_path,
 
 def test_a_root_whose_path_holds_glob_characters_runs_and_reuses(tmp_path, harness):
     from flows.pipeline_flow import run_pipeline
-    from tests.test_flow import TINY
+    from tests.helpers import TINY
 
     root = tmp_path / "runs [v1]" / "r*?"
     sets = TINY["mnist-classifier"] + ["train.max_steps=3"]

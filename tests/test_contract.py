@@ -146,7 +146,7 @@ def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_con
 def test_changed_train_splits_rebuild_preprocess(tmp_path):
     """The drift this contract fixes: preprocess jitters data.train_splits, so changing them
     must not reuse the preprocess artifact."""
-    from tests.test_data_stages import run_stages
+    from tests.helpers import run_stages
 
     root = str(tmp_path / "r")
     sets = [f"data.source=paired:{PEOPLE}", "data.max_examples=4", "data.image_size=32", "data.jitter_copies=1"]

@@ -2,31 +2,15 @@
 from __future__ import annotations
 
 import gzip
-import shutil
-import struct
 
 import numpy as np
 import pytest
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from artifacts.store import ArtifactStore
 from components import records
-from flows.graph import nodes, run_node
-from flows.registry import get
-from tests.conftest import CORRUPT, MNIST, PEOPLE, tapeline
-
-
-def run_stages(root, pipeline, sets, upto, runtime=None):
-    p = get(pipeline)
-    cfg = p.config(sets)
-    store, done = ArtifactStore(root), {}
-    for n in nodes(p, cfg):
-        if n.pipeline.name != pipeline:
-            continue
-        done[n.key] = run_node(store, n, done, runtime).artifact
-        if n.stage == upto:
-            return done, store
+from tests.conftest import MNIST, PEOPLE, tapeline
+from tests.helpers import bad_mnist_dirs, paired_dir, run_stages
 
 
 def test_idx_ingest_counts_and_statistics_match_numpy(root):
@@ -90,50 +74,9 @@ def test_jitter_keeps_input_and_target_aligned(tmp_path):
     assert -1.0 <= ex["image"].min() and ex["image"].max() <= 1.0
 
 
-def _idx(path, magic, dims, payload):
-    path.write_bytes(gzip.compress(struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + payload))
-
-
-def _bad_mnist_dirs(tmp_path):
-    out = {}
-    d = tmp_path / "truncated"
-    d.mkdir()
-    shutil.copy(CORRUPT, d / "train-images-idx3-ubyte.gz")
-    shutil.copy(MNIST / "train-labels-idx1-ubyte.gz", d)
-    out["truncated"] = (d, "train-images-idx3-ubyte.gz")
-    d = tmp_path / "magic"
-    d.mkdir()
-    _idx(d / "train-images-idx3-ubyte.gz", 1234, (2, 28, 28), bytes(2 * 784))
-    _idx(d / "train-labels-idx1-ubyte.gz", 2049, (2,), bytes(2))
-    out["magic"] = (d, "train-images-idx3-ubyte.gz")
-    d = tmp_path / "counts"
-    d.mkdir()
-    _idx(d / "train-images-idx3-ubyte.gz", 2051, (3, 28, 28), bytes(3 * 784))
-    _idx(d / "train-labels-idx1-ubyte.gz", 2049, (2,), bytes(2))
-    out["counts"] = (d, "train-labels-idx1-ubyte.gz")
-    return out
-
-
-def _paired_dir(tmp_path, name, files):
-    from PIL import Image
-
-    d = tmp_path / name
-    for split, fname, kind in files:
-        (d / split).mkdir(parents=True, exist_ok=True)
-        if kind == "ok":
-            Image.new("RGB", (128, 64), (10, 20, 30)).save(d / split / fname)
-        elif kind == "square":
-            Image.new("RGB", (64, 64)).save(d / split / fname)
-        elif kind == "corrupt":
-            Image.new("RGB", (128, 64)).save(d / split / fname)
-            data = (d / split / fname).read_bytes()
-            (d / split / fname).write_bytes(data[: len(data) // 3])
-    return d
-
-
 @pytest.mark.parametrize("case", ["truncated", "magic", "counts"])
 def test_bad_idx_files_fail_with_one_line_naming_the_file(tmp_path, case):
-    d, name = _bad_mnist_dirs(tmp_path)[case]
+    d, name = bad_mnist_dirs(tmp_path)[case]
     root = tmp_path / "root"
     proc = tapeline("run", "mnist-classifier", "--root", str(root), "--set", f"data.source=idx:{d}")
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("tapeline: error:")]
@@ -148,7 +91,7 @@ def test_bad_pairs_fail_with_one_line_and_nothing_committed(tmp_path, case, expe
     files = [("train", "1.jpg", "ok"), ("val", "1.jpg", "ok")]
     if case in ("corrupt", "square"):
         files.append(("train", "2.jpg", case))
-    d = _paired_dir(tmp_path, "pairs", files)
+    d = paired_dir(tmp_path, "pairs", files)
     if case == "empty":
         for f in (d / "val").iterdir():
             f.unlink()
@@ -162,7 +105,7 @@ def test_bad_pairs_fail_with_one_line_and_nothing_committed(tmp_path, case, expe
 
 
 def test_a_pair_in_two_splits_is_reported_by_validate(tmp_path):
-    d = _paired_dir(tmp_path, "pairs", [("train", "1.jpg", "ok"), ("val", "7.jpg", "ok")])
+    d = paired_dir(tmp_path, "pairs", [("train", "1.jpg", "ok"), ("val", "7.jpg", "ok")])
     with pytest.raises(UserError) as err:
         run_stages(str(tmp_path / "r"), "pix2pix", [f"data.source=paired:{d}"], "validate")
     assert "in both train and val" in err.value.line()

@@ -15,7 +15,7 @@ from artifacts import gfile
 from artifacts.errors import UserError
 from flows.workers import free_ports
 from tests.conftest import REPO, tapeline
-from tests.test_data_stages import run_stages
+from tests.helpers import run_stages
 
 BIN = os.path.dirname(sys.executable)
 FASHION = "/usr/share/datasets/fashion-mnist"

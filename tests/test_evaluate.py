@@ -84,7 +84,7 @@ def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tm
     from components import records
     from components.evaluate import load_models
     from pipelines.mnist_classifier import features
-    from tests.test_data_stages import run_stages
+    from tests.helpers import run_stages
 
     sets = [f"data.source=idx:{MNIST}", "data.max_examples=600", "data.val_holdout=100", "train.max_steps=150"]
     done, _ = run_stages(str(tmp_path / "r"), "mnist-classifier", sets, "train")

@@ -8,21 +8,8 @@ from PIL import Image
 
 from artifacts import gfile
 from artifacts.store import ArtifactStore
-from tests.conftest import MNIST, PEOPLE, tapeline
-
-TINY_IMAGE_SIZE = 32
-TINY = {
-    "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50",
-                         "train.max_steps=20"],
-    "mnist-gan": [f"data.source=idx:{MNIST}", "data.max_examples=200", "train.batch_size=16",
-                  "train.max_steps=6", "train.sample_every=2", "eval.num_samples=100"],
-    "fashion-dcgan": ["data.source=idx:/usr/share/datasets/fashion-mnist", "data.max_examples=300",
-                      "train.batch_size=32", "train.max_steps=8", "train.sample_every=2",
-                      "train.shuffle_buffer=300", "eval.num_samples=200"],
-    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", f"data.image_size={TINY_IMAGE_SIZE}",
-                "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2", "train.steps_per_call=2"],
-}
-
+from tests.conftest import MNIST, tapeline
+from tests.helpers import TINY, TINY_IMAGE_SIZE
 
 def prefect_artifacts(pipeline: str) -> dict:
     """The latest Prefect artifact of each key of a pipeline, read back from the API."""

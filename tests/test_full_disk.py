@@ -12,7 +12,7 @@ import pytest
 from artifacts.errors import UserError
 from benchmarks.fuzz import no_traceback
 from tests.conftest import MNIST, tapeline
-from tests.test_data_stages import run_stages
+from tests.helpers import run_stages
 
 SETS = [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=20",
         "train.checkpoint_every=5", "eval.batch_size=100"]

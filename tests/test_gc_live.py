@@ -9,7 +9,7 @@ import time
 
 from flows.registry import get
 from tests.conftest import REPO, tapeline
-from tests.test_flow import TINY
+from tests.helpers import TINY
 
 CLI = "import sys; from flows.cli import main; sys.exit(main())"
 

@@ -26,7 +26,7 @@ import pytest
 
 from tests import kill_harness as kh
 from tests.conftest import REPO
-from tests.test_user_errors import CPP_LOG
+from tests.helpers import CPP_LOG, alive, descendants
 
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
 # training long enough to land in: more epochs than kill_harness.CONFIGS, nothing else changed
@@ -39,42 +39,6 @@ CLI = [sys.executable, "-m", "flows.cli"]  # what the `tapeline` script runs
 
 def sets(pipeline: str) -> list[str]:
     return kh.CONFIGS[pipeline] + LONGER[pipeline]
-
-
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(name))
-    return out
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below pid now (the temporary Prefect server, Beam or Dask workers, ...)."""
-    kids, out, todo = _children(), set(), [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def alive(pids: set[int]) -> set[int]:
-    left = set()
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    left.add(p)
-        except OSError:
-            pass
-    return left
 
 
 class Terminal:

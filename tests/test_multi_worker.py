@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, tapeline
-from tests.test_train import weights
+from tests.helpers import weights
 
 # 6 steps per epoch, a checkpoint every 4: the kill lands mid-epoch and the rerun crosses epochs
 SETS = ["data.source=idx:/usr/share/datasets/fashion-mnist", "data.max_examples=192", "train.batch_size=32",

@@ -12,16 +12,8 @@ import pytest
 from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.maintenance import gc, verify
-from artifacts.store import ArtifactStore, InputRef
-from tests.test_store import build_into
-
-SRC = InputRef("idx:/data", "f" * 64)
-
-
-def put(store, fp, payload=b"x", stage="ingest", inputs=None):
-    return store.get_or_build("p", stage, fp, type="T", params={}, inputs=inputs or {"source": SRC},
-                              code="c", build=build_into(payload)).artifact
-
+from artifacts.store import ArtifactStore
+from tests.helpers import put, small_root
 
 def bait(tmp_path) -> Path:
     """A tree outside the root shaped so that following it at any level of the root (as a
@@ -37,16 +29,6 @@ def bait(tmp_path) -> Path:
 
 def snapshot(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
-
-
-def small_root(root: str):
-    """p/ingest: an old artifact and the champion's input; p/train: the champion."""
-    store = ArtifactStore(root)
-    old = put(store, "1" * 64, b"old")
-    data = put(store, "2" * 64, b"data")
-    model = put(store, "3" * 64, b"model", stage="train", inputs={"examples": data})
-    store.set_champion("p", {"version": model.version, "artifacts": {"model": model.uri}})
-    return store, old, data, model
 
 
 LEVELS = ["top", "pipeline", "stage", "artifact", "lock", "champion-lock", "file", "work", "runs", "champion"]

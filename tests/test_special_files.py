@@ -13,7 +13,7 @@ SCRIPT = r"""
 import contextlib, io, os, socket, sys
 from artifacts.store import ArtifactStore
 from flows.cli import main
-from tests.test_root_is_data import put, small_root
+from tests.helpers import put, small_root
 
 kind, base = sys.argv[1], sys.argv[2]
 TARGETS = ["_COMMITTED", "MANIFEST.json", "data.bin", "sub/more.txt", "champion.json", "run record",

@@ -350,7 +350,7 @@ def test_deployment_run_cancelled_during_training_saves_its_step_and_the_next_ru
     the cancel saves."""
     import re
 
-    from tests.test_interrupt import alive, descendants
+    from tests.helpers import alive, descendants
 
     total = 3000
     sets = stack.sets[:-1] + ["train.epochs=1000", f"train.max_steps={total}", f"train.checkpoint_every={2 * total}",

@@ -13,16 +13,9 @@ from artifacts import gfile
 from artifacts.maintenance import gc, verify
 from artifacts.store import ArtifactStore, InputRef
 from tests.conftest import REPO
+from tests.helpers import build_into
 
 SRC = InputRef("idx:/data", "f" * 64)
-
-
-def build_into(payload: bytes):
-    def build(w):
-        gfile.write_bytes(w.file("data.bin"), payload)
-        gfile.makedirs(w.file("sub"))
-        gfile.write_bytes(w.file("sub", "more.txt"), b"more")
-    return build
 
 
 def put(store, fp="a" * 64, payload=b"hello"):

@@ -16,7 +16,7 @@ from tests.conftest import MNIST, PEOPLE, REPO
 
 TRAIN_SCRIPT = r"""
 import json, sys
-from tests.test_data_stages import run_stages
+from tests.helpers import run_stages
 done, store = run_stages(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), "train")
 art = done[sys.argv[2] + "/train"]
 print(json.dumps({"uri": art.uri, "fingerprint": art.fingerprint, "metadata": art.manifest["metadata"]}))
@@ -38,15 +38,6 @@ def train(root, pipeline, sets, timeout=600):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def weights(uri):
-    import keras
-
-    out = {}
-    for path in sorted(glob.glob(f"{uri}/models/*.keras")):
-        out[os.path.basename(path)] = [w.copy() for w in keras.saving.load_model(path, compile=False).get_weights()]
-    return out
-
-
 def test_classifier_learns_and_gans_losses_move(tmp_path):
     out = train(str(tmp_path / "c"), "mnist-classifier",
                 [f"data.source=idx:{MNIST}", "data.max_examples=3000", "data.val_holdout=500", "train.epochs=2"])
@@ -65,7 +56,7 @@ def test_classifier_learns_and_gans_losses_move(tmp_path):
 
 
 def test_changed_learning_rate_starts_a_new_version(tmp_path):
-    from tests.test_data_stages import run_stages
+    from tests.helpers import run_stages
 
     root = str(tmp_path / "r")
     base = DCGAN[:3] + ["train.max_steps=2", "train.steps_per_call=1"]
@@ -76,7 +67,7 @@ def test_changed_learning_rate_starts_a_new_version(tmp_path):
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    from tests.test_data_stages import run_stages
+    from tests.helpers import run_stages
 
     root = str(tmp_path / "r")
     sets = [f"data.source=idx:{MNIST}", "data.max_examples=2000", "data.val_holdout=100",
@@ -96,7 +87,7 @@ DEVICES_SCRIPT = r"""
 import json, sys
 from components.train import prepare_devices
 from flows.registry import get
-from tests.test_data_stages import run_stages
+from tests.helpers import run_stages
 prepare_devices(get(sys.argv[2]).config(["train.strategy=mirrored"]))  # as the flow does first
 out = {}
 for name, extra in json.loads(sys.argv[3]).items():  # mirrored first: it sets up two logical CPUs

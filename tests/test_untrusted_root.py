@@ -12,8 +12,7 @@ from artifacts import gfile
 from flows.graph import fingerprints, nodes
 from flows.registry import get
 from tests.conftest import MNIST, REPO
-from tests.test_checkpoints import pickle_bomb
-from tests.test_data_stages import run_stages
+from tests.helpers import pickle_bomb, run_stages
 
 SETS = [f"data.source=idx:{MNIST}", "data.max_examples=50", "data.val_holdout=10"]
 

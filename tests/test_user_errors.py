@@ -3,7 +3,6 @@ stderr ends with the one `tapeline: error:` line, with no traceback and no Tenso
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,10 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import REPO
-from tests.test_data_stages import _bad_mnist_dirs, _paired_dir
+from tests.helpers import CPP_LOG, bad_mnist_dirs, paired_dir
 
-CPP_LOG = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ [\w./-]+:\d+\]|absl::InitializeLog|oneDNN custom operations",
-                     re.M)
 # what the conftest sets for the other tests' speed and quiet: a user has none of it
 NOT_A_USERS = ("TF_CPP_MIN_LOG_LEVEL", "PREFECT_LOGGING_LEVEL", "TAPELINE_VERBOSE", "PREFECT_API_URL")
 
@@ -35,13 +32,13 @@ def failed_runs(harness, tmp_path_factory):
     from prefect.settings import PREFECT_API_URL
 
     tmp = tmp_path_factory.mktemp("bad")
-    mnist = _bad_mnist_dirs(tmp)
+    mnist = bad_mnist_dirs(tmp)
     pairs = {}
     for case in ("corrupt", "square", "empty"):
         files = [("train", "1.jpg", "ok"), ("val", "1.jpg", "ok")]
         if case != "empty":
             files.append(("train", "2.jpg", case))
-        pairs[case] = _paired_dir(tmp, case, files)
+        pairs[case] = paired_dir(tmp, case, files)
     for f in (pairs["empty"] / "val").iterdir():
         f.unlink()
     pairs["missing"] = tmp / "nowhere"

@@ -1,0 +1,194 @@
+"""Helpers that several test files share: tiny configs, stage runs, bad inputs, store artifacts, processes."""
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import pickle
+import re
+import shutil
+import struct
+
+from tests.conftest import CORRUPT, MNIST, PEOPLE
+
+# ---- tiny configs and stage runs
+
+TINY_IMAGE_SIZE = 32
+# each pipeline's smallest flow that still exercises every stage
+TINY = {
+    "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50",
+                         "train.max_steps=20"],
+    "mnist-gan": [f"data.source=idx:{MNIST}", "data.max_examples=200", "train.batch_size=16",
+                  "train.max_steps=6", "train.sample_every=2", "eval.num_samples=100"],
+    "fashion-dcgan": ["data.source=idx:/usr/share/datasets/fashion-mnist", "data.max_examples=300",
+                      "train.batch_size=32", "train.max_steps=8", "train.sample_every=2",
+                      "train.shuffle_buffer=300", "eval.num_samples=200"],
+    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", f"data.image_size={TINY_IMAGE_SIZE}",
+                "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2", "train.steps_per_call=2"],
+}
+
+
+def run_stages(root, pipeline, sets, upto, runtime=None):
+    """Run a pipeline's stages in graph order up to `upto` without Prefect: ({key: artifact}, store)."""
+    from artifacts.store import ArtifactStore
+    from flows.graph import nodes, run_node
+    from flows.registry import get
+
+    p = get(pipeline)
+    cfg = p.config(sets)
+    store, done = ArtifactStore(root), {}
+    for n in nodes(p, cfg):
+        if n.pipeline.name != pipeline:
+            continue
+        done[n.key] = run_node(store, n, done, runtime).artifact
+        if n.stage == upto:
+            return done, store
+
+
+def weights(uri):
+    """Every saved model's weights in a train artifact: {file name: [arrays]}."""
+    import keras
+
+    out = {}
+    for path in sorted(glob.glob(f"{uri}/models/*.keras")):
+        out[os.path.basename(path)] = [w.copy() for w in keras.saving.load_model(path, compile=False).get_weights()]
+    return out
+
+
+# ---- bad inputs
+
+CPP_LOG = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ [\w./-]+:\d+\]|absl::InitializeLog|oneDNN custom operations",
+                     re.M)
+
+
+def _idx(path, magic, dims, payload):
+    path.write_bytes(gzip.compress(struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + payload))
+
+
+def bad_mnist_dirs(tmp_path):
+    """{case: (folder, the file that is bad)} for a truncated file, a wrong magic and mismatched counts."""
+    out = {}
+    d = tmp_path / "truncated"
+    d.mkdir()
+    shutil.copy(CORRUPT, d / "train-images-idx3-ubyte.gz")
+    shutil.copy(MNIST / "train-labels-idx1-ubyte.gz", d)
+    out["truncated"] = (d, "train-images-idx3-ubyte.gz")
+    d = tmp_path / "magic"
+    d.mkdir()
+    _idx(d / "train-images-idx3-ubyte.gz", 1234, (2, 28, 28), bytes(2 * 784))
+    _idx(d / "train-labels-idx1-ubyte.gz", 2049, (2,), bytes(2))
+    out["magic"] = (d, "train-images-idx3-ubyte.gz")
+    d = tmp_path / "counts"
+    d.mkdir()
+    _idx(d / "train-images-idx3-ubyte.gz", 2051, (3, 28, 28), bytes(3 * 784))
+    _idx(d / "train-labels-idx1-ubyte.gz", 2049, (2,), bytes(2))
+    out["counts"] = (d, "train-labels-idx1-ubyte.gz")
+    return out
+
+
+def paired_dir(tmp_path, name, files):
+    """A paired source folder from (split, file name, "ok" | "square" | "corrupt") triples."""
+    from PIL import Image
+
+    d = tmp_path / name
+    for split, fname, kind in files:
+        (d / split).mkdir(parents=True, exist_ok=True)
+        if kind == "ok":
+            Image.new("RGB", (128, 64), (10, 20, 30)).save(d / split / fname)
+        elif kind == "square":
+            Image.new("RGB", (64, 64)).save(d / split / fname)
+        elif kind == "corrupt":
+            Image.new("RGB", (128, 64)).save(d / split / fname)
+            data = (d / split / fname).read_bytes()
+            (d / split / fname).write_bytes(data[: len(data) // 3])
+    return d
+
+
+class PickleBomb:
+    """Unpickling this creates the marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def pickle_bomb(marker: str) -> bytes:
+    return pickle.dumps(PickleBomb(marker))
+
+
+# ---- tiny store artifacts
+
+def _src():
+    from artifacts.store import InputRef
+
+    return InputRef("idx:/data", "f" * 64)
+
+
+def build_into(payload: bytes):
+    """A build function that writes data.bin (the payload) and sub/more.txt."""
+    from artifacts import gfile
+
+    def build(w):
+        gfile.write_bytes(w.file("data.bin"), payload)
+        gfile.makedirs(w.file("sub"))
+        gfile.write_bytes(w.file("sub", "more.txt"), b"more")
+    return build
+
+
+def put(store, fp, payload=b"x", stage="ingest", inputs=None):
+    """Commit a tiny artifact of pipeline "p" and return it."""
+    return store.get_or_build("p", stage, fp, type="T", params={}, inputs=inputs or {"source": _src()},
+                              code="c", build=build_into(payload)).artifact
+
+
+def small_root(root: str):
+    """p/ingest: an old artifact and the champion's input; p/train: the champion."""
+    from artifacts.store import ArtifactStore
+
+    store = ArtifactStore(root)
+    old = put(store, "1" * 64, b"old")
+    data = put(store, "2" * 64, b"data")
+    model = put(store, "3" * 64, b"model", stage="train", inputs={"examples": data})
+    store.set_champion("p", {"version": model.version, "artifacts": {"model": model.uri}})
+    return store, old, data, model
+
+
+# ---- processes
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            out.setdefault(ppid, []).append(int(name))
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below pid now (the temporary Prefect server, Beam or Dask workers, ...)."""
+    kids, out, todo = _children(), set(), [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids still running (not gone, not zombies)."""
+    left = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    left.add(p)
+        except OSError:
+            pass
+    return left
