@@ -99,8 +99,13 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     if pipeline in ("mnist-gan", "fashion-dcgan"):  # evaluated with the upstream classifier
         m = first["metrics"]
         assert m["feature_model"] == stages["mnist-classifier/train"]["uri"]
-        assert 0 <= m["frechet_floor_train_vs_test"] < m["frechet_distance"]
-        assert 0 <= m["disc_real_accuracy"] <= 1 and m["samples"] == int(TINY[pipeline][-1].split("=")[1])
+        # the floor compares real train with real test images: other pictures, never 0
+        assert 0 < m["frechet_floor_train_vs_test"] < m["frechet_distance"]
+        # the discriminator's accuracies are shares of the images it judged: every test image, every sample
+        n_test = json.load(open(stages[f"{pipeline}/preprocess"]["uri"] + "/transform.json"))["splits"]["test"]
+        assert m["samples"] == int(TINY[pipeline][-1].split("=")[1]) <= n_test
+        for share, n in ((m["disc_real_accuracy"], n_test), (m["disc_fake_accuracy"], m["samples"])):
+            assert share * n == pytest.approx(round(share * n), abs=1e-6), (share, n)
     assert_reused_and_judged_again(first, run_pipeline(pipeline, TINY[pipeline], root), pipeline)
 
 
