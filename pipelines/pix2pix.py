@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from components import measures
+from components.layouts import PAIRED
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
@@ -23,7 +24,7 @@ class Config:
     seed: int = 0
     # The tutorial's facades, where its get_file() extracts them; --set data.source=paired:DIR otherwise.
     data: DataConfig = DataConfig(source="paired:~/.keras/datasets/facades", image_size=256,
-                                  channels=3, layout="paired", normalize="symmetric", jitter=True,
+                                  channels=3, normalize="symmetric", jitter=True,
                                   jitter_copies=10, eval_split="val")
     validate: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig(epochs=150, batch_size=1, shuffle_buffer=400,
@@ -148,7 +149,7 @@ def translate(nets, inputs):
     return nets["generator"](inputs, training=True)
 
 
-RECIPE = Recipe(build=build, evaluation=Evaluation(
+RECIPE = Recipe(build=build, layout=PAIRED, evaluation=Evaluation(
     measure=measures.translation(translate), primary="l1", higher_is_better=False))
 
 PIPELINE = Pipeline(
