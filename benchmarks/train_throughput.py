@@ -38,18 +38,19 @@ def ours(root: str, pipeline: str, sets: list[str], steps: int):
 
 def seed_loop(pipeline: str, done: dict, steps: int):
     from components import records
+    from components.layouts import IMAGE
 
     pre = done["preprocess"]
     if pipeline == "mnist-classifier":
-        tr, va = records.arrays(pre, "train"), records.arrays(pre, "val")
+        tr, va = records.arrays(pre, "train", IMAGE.features), records.arrays(pre, "val", IMAGE.features)
         return seeds.classifier(tr["image"].reshape(len(tr["image"]), -1), tr["label"],
                                 va["image"].reshape(len(va["image"]), -1), va["label"], steps=steps)
     if pipeline == "mnist-gan":
-        x = np.concatenate([records.arrays(pre, s)["image"] for s in ("train", "test")])
+        x = np.concatenate([records.arrays(pre, s, IMAGE.features)["image"] for s in ("train", "test")])
         return seeds.mnist_gan(x, steps)
     if pipeline == "fashion-dcgan":
-        return seeds.fashion_dcgan(records.arrays(pre, "train")["image"], steps)
-    tr, va = records.arrays(pre, "train"), records.arrays(pre, "val")
+        return seeds.fashion_dcgan(records.arrays(pre, "train", IMAGE.features)["image"], steps)
+    tr, va = records.arrays(pre, "train", IMAGE.features), records.arrays(pre, "val", IMAGE.features)
     return seeds.pix2pix(tr["input"], tr["image"], va["input"][:1], va["image"][:1], steps)
 
 

@@ -68,7 +68,7 @@ def run(out, inputs, params: Params, rt) -> None:
     art = inputs["transformed"]
     space = feature_space(ev.feature_model, inputs, art) if ev.feature_model else None
     result, details = ev.measure(Measuring(nets=load_models(inputs["model"]),
-                                           split=lambda s, limit=None: records.arrays(art, s, limit),
+                                           split=lambda s, limit=None: records.arrays(art, s, rt.recipe.layout.features, limit),
                                            params=params, features=space))
     gfile.write_json(out.file("metrics.json"), result)
     if details:

@@ -2,42 +2,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.store import InputRef
 from components import beam_run, records, sources
-from components.contract import StageParams, key
+from components.contract import StageParams, from_recipe, key
 
 OUTPUT = "Examples"
-INPUTS = {"source": "a data source URI (tfds:, idx:, paired:) with a digest of its content"}
+INPUTS = {"source": "a data source URI (tfds:, idx:, or a kind the layout brings) with a digest of its content"}
 
 
 @dataclass(frozen=True)
 class Params(StageParams):
     source: str = key("data.source")
     max_examples: int | None = key("data.max_examples")
-    layout: str = key("data.layout")
+    layout: Any = from_recipe("layout")     # which source kinds hold its examples, how to check one
     shards: int = key("beam.shards")
     max_image_pixels: int = key("data.max_image_pixels")
 
 
+def resolve(p: Params) -> sources.Resolved:
+    return sources.resolve(p.source, p.max_image_pixels, p.layout.source_kinds())
+
+
 def resolve_source(params: Params) -> InputRef:
-    r = sources.resolve(params.source, params.max_image_pixels)
+    r = resolve(params)
     return InputRef(r.uri, r.digest)
 
 
 class _WriteShard:
     """Beam DoFn body: one element = one shard of one split; reads, checks, writes it."""
 
-    def __init__(self, resolved: sources.Resolved, out_dir: str, layout: str, max_pixels: int):
+    def __init__(self, resolved: sources.Resolved, out_dir: str, layout: Any, max_pixels: int):
         self.r, self.out, self.layout, self.max_pixels = resolved, out_dir, layout, max_pixels
 
     @beam_run.user_errors
     def __call__(self, unit):
         split, shard, nshards, start, end = unit
-        images, labels, fmt = sources.load_split(self.r, split, self.max_pixels)
-        ids = sources.example_ids(self.r, split, start, end)
+        images, labels, fmt = self.r.load_split(split, self.max_pixels)
+        ids = self.r.example_ids(split, start, end)
         recs = []
         for i, ex_id in zip(range(start, end), ids):
             ex = {"id": f"{self.r.uri}#{ex_id}", "index": i}
@@ -46,9 +51,9 @@ class _WriteShard:
                 ex.update(image=img.tobytes(), format="raw", shape=img.shape)
             else:
                 data = images[i]
-                if self.layout == "paired":
-                    h, w = sources.check_pair(f"{self.r.location}/{ex_id}", data, self.max_pixels)
-                    ex.update(shape=(h, w, 3))
+                shape = self.layout.check_encoded(f"{self.r.location}/{ex_id}", data, self.max_pixels)
+                if shape is not None:
+                    ex.update(shape=shape)
                 ex.update(image=data, format="encoded")
             if labels is not None:
                 ex["label"] = int(labels[i])
@@ -62,10 +67,8 @@ class _WriteShard:
 def run(out, inputs, p: Params, rt) -> None:
     import apache_beam as beam
 
-    r = sources.resolve(p.source, p.max_image_pixels)
-    if p.layout == "paired" and r.kind != "paired":
-        raise UserError(f"{rt.pipeline} needs side-by-side pairs, got {r.kind}: data", "data.source",
-                        "give --set data.source=paired:DIR")
+    r = resolve(p)
+    p.layout.check_source(r, rt.pipeline)
     units, counts = [], {}
     for s in r.splits:
         n = min(s.count, p.max_examples) if p.max_examples else s.count
@@ -84,5 +87,5 @@ def run(out, inputs, p: Params, rt) -> None:
     missing = [u for u in units if not gfile.exists(out.file(u[0], records.shard_name(u[1], u[2])))]
     if missing:  # a runner that dropped work must not commit a partial artifact
         raise RuntimeError(f"ingest shards missing after the Beam run: {missing}")
-    gfile.write_json(out.file("splits.json"), {"source": r.uri, "kind": r.kind, "splits": counts})
+    gfile.write_json(out.file("splits.json"), {"source": r.uri, "kind": r.kind.scheme, "splits": counts})
     out.metadata.update(splits=counts, source=r.uri)

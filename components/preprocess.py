@@ -1,16 +1,14 @@
 """preprocess (Transform): decode, resize, jitter, normalize with Beam; records the transform."""
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from artifacts import gfile
 from artifacts.errors import UserError
 from components import beam_run, records
-from components.contract import StageParams, key
+from components.contract import StageParams, from_recipe, key
 
 OUTPUT = "TransformedExamples"
 INPUTS = {"examples": "Examples", "statistics": "ExampleStatistics"}
@@ -20,7 +18,7 @@ NORMALIZE = {"unit": (1 / 255.0, 0.0), "symmetric": (1 / 127.5, -1.0), "raw": (1
 @dataclass(frozen=True)
 class Params(StageParams):
     seed: int = key("seed")
-    layout: str = key("data.layout")
+    layout: Any = from_recipe("layout")                       # decodes and jitters each example
     size: int = key("data.image_size")
     channels: int = key("data.channels")
     normalize: str = key("data.normalize")
@@ -54,51 +52,6 @@ class Params(StageParams):
         return self.jitter_copies if self.jitter else 1
 
 
-def resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """tf.image.resize(..., NEAREST_NEIGHBOR) (half-pixel centres), in numpy."""
-    ih, iw = img.shape[:2]
-    rows = np.minimum(((np.arange(h) + 0.5) * ih / h).astype(np.int64), ih - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * iw / w).astype(np.int64), iw - 1)
-    return img[rows][:, cols]
-
-
-def example_rng(seed: int, example_id: str, copy: int) -> np.random.Generator:
-    """Stateless: the same (seed, id, copy) always draws the same jitter, on any worker."""
-    key = hashlib.sha256(f"{seed}|{example_id}|{copy}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(key[:8], "little"))
-
-
-def jitter_pair(inp, tar, p: Params, rng: np.random.Generator):
-    """The tutorial's random jitter: resize to 286, the same random 256 crop, the same mirror."""
-    r, s = p.jitter_resize, p.size
-    inp, tar = resize_nearest(inp, r, r), resize_nearest(tar, r, r)
-    top, left = rng.integers(0, r - s + 1, size=2)
-    inp, tar = inp[top:top + s, left:left + s], tar[top:top + s, left:left + s]
-    if rng.random() < 0.5:
-        inp, tar = inp[:, ::-1], tar[:, ::-1]
-    return inp, tar
-
-
-def _image(data: bytes, fmt: bytes, shape: list, ex_id: str, p: Params) -> np.ndarray:
-    if fmt == b"raw":
-        img = np.frombuffer(data, np.uint8).reshape(shape)
-        if img.shape == (p.size, p.size, p.channels):
-            return img
-    else:
-        img = records.decode_rgb(data, ex_id, p.max_image_pixels)
-    if img.shape[2] != p.channels:
-        img = img.mean(axis=2, keepdims=True).astype(np.uint8) if p.channels == 1 else \
-            np.repeat(img, 3, axis=2)
-    if img.shape[:2] != (p.size, p.size):
-        from PIL import Image
-
-        mode = "L" if p.channels == 1 else "RGB"
-        resized = Image.fromarray(img.squeeze(-1) if p.channels == 1 else img, mode).resize(
-            (p.size, p.size), Image.BILINEAR)
-        img = np.asarray(resized).reshape(p.size, p.size, p.channels)
-    return img
-
-
 class _TransformShard:
     """Beam DoFn body: one element = (split, shard, copy); writes that shard's output."""
 
@@ -116,17 +69,8 @@ class _TransformShard:
             new = {"id": ex_id, "index": index}
             if label != records.NO_LABEL:
                 new["label"] = label
-            if p.layout == "paired":
-                pair = records.decode_rgb(data, ex_id, p.max_image_pixels)
-                half = pair.shape[1] // 2
-                tar, inp = pair[:, :half], pair[:, half:]
-                if split in p.jitter_splits:
-                    inp, tar = jitter_pair(inp, tar, p, example_rng(p.seed, ex_id, copy))
-                else:
-                    inp, tar = resize_nearest(inp, p.size, p.size), resize_nearest(tar, p.size, p.size)
-                new.update(image=np.ascontiguousarray(tar).tobytes(), input=np.ascontiguousarray(inp).tobytes())
-            else:
-                new["image"] = _image(data, fmt, shape, ex_id, p).tobytes()
+            for name, img in p.layout.transform(data, fmt, shape, ex_id, split, copy, p).items():
+                new[name] = img.tobytes()
             dest = "val" if self.holdout_from is not None and split == "train" and \
                 index >= self.holdout_from else split
             outs.setdefault(dest, []).append(records.encode(new))
@@ -171,9 +115,9 @@ def run(out, inputs, p: Params, rt) -> None:
     beam_run.run(rt, build)
     scale, offset = NORMALIZE[p.normalize]
     transform = {
-        "layout": p.layout, "image_shape": [p.size, p.size, p.channels],
+        "layout": p.layout.name, "image_shape": [p.size, p.size, p.channels],
         "normalize": {"name": p.normalize, "scale": scale, "offset": offset},
-        "resize": "nearest" if p.layout == "paired" else "bilinear",
+        "resize": p.layout.resize,
         "jitter": {"splits": list(p.jitter_splits), "resize": p.jitter_resize, "crop": p.size,
                    "mirror": 0.5, "seed": p.seed} if p.jitter_splits else None,
         "copies": copies, "splits": counts,

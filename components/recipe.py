@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from components.layouts import IMAGE, Layout
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -74,6 +76,7 @@ class Recipe:
     build: Callable[[Any, DataInfo], TrainSetup]  # (train Params: .seed, .model, ...) -> setup
     evaluation: Evaluation
     needs_labels: bool = False            # validate: an unlabeled example is an error
+    layout: Layout = IMAGE                # what one example is, from the source to the pictures
 
 
 def replica_scale() -> float:

@@ -90,9 +90,9 @@ def decode_rgb(data: bytes, where: str, max_pixels: int) -> np.ndarray:
             raise UserError(f"undecodable image: {image_error(e)}", where, "replace or remove the file") from None
 
 
-def arrays(artifact, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
+def arrays(artifact, split: str, features: tuple[str, ...], limit: int | None = None) -> dict[str, np.ndarray]:
     """A whole preprocessed split (or its first `limit` examples) as numpy arrays by feature."""
-    ds = dataset(artifact, split)
+    ds = dataset(artifact, split, features)
     if limit:
         ds = ds.take(limit)
     batches = list(ds.batch(1000).as_numpy_iterator())
@@ -128,8 +128,9 @@ def split_files(artifact, split: str, copy: int = 0) -> list[str]:
     return gfile.glob(artifact.path(split, f"copy-{copy}", "data-*.tfrecord"))
 
 
-def parse_fn(transform: dict, batched: bool = False):
-    """serialized record(s) -> {"image", "input"?, "label"?} as float32 in the recorded range.
+def parse_fn(transform: dict, features: tuple[str, ...], batched: bool = False):
+    """serialized record(s) -> {feature: image} (the layout's features) and "label" if the data
+    is labeled, as float32 in the recorded range.
     Normalization happens here, exactly as transform.json records it, for every consumer.
     batched=True parses a vector of records at once (after shuffling the compact serialized
     records: a shuffle buffer of bytes, not of float32 images)."""
@@ -137,11 +138,8 @@ def parse_fn(transform: dict, batched: bool = False):
 
     h, w, c = transform["image_shape"]
     scale, offset = transform["normalize"]["scale"], transform["normalize"]["offset"]
-    paired = transform["layout"] == "paired"
     labeled = transform.get("labeled", False)
-    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
-    if paired:
-        spec["input"] = tf.io.FixedLenFeature([], tf.string)
+    spec = {f: tf.io.FixedLenFeature([], tf.string) for f in features}
     if labeled:
         spec["label"] = tf.io.FixedLenFeature([], tf.int64)
     shape = [-1, h, w, c] if batched else [h, w, c]
@@ -152,9 +150,7 @@ def parse_fn(transform: dict, batched: bool = False):
 
     def parse(record):
         ex = (tf.io.parse_example if batched else tf.io.parse_single_example)(record, spec)
-        out = {"image": image(ex["image"])}
-        if paired:
-            out["input"] = image(ex["input"])
+        out = {f: image(ex[f]) for f in features}
         if labeled:
             out["label"] = tf.cast(ex["label"], tf.int32)
         return out
@@ -162,10 +158,10 @@ def parse_fn(transform: dict, batched: bool = False):
     return parse
 
 
-def dataset(artifact, split: str, copy: int = 0):
-    """An unbatched, ordered tf.data.Dataset of one preprocessed split."""
+def dataset(artifact, split: str, features: tuple[str, ...], copy: int = 0):
+    """An unbatched, ordered tf.data.Dataset of one preprocessed split: the layout's features."""
     import tensorflow as tf
 
     files = split_files(artifact, split, copy)
-    return tf.data.TFRecordDataset(files).map(parse_fn(load_transform(artifact)),
+    return tf.data.TFRecordDataset(files).map(parse_fn(load_transform(artifact), features),
                                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,17 +1,17 @@
-"""render: sample grids, pix2pix triptychs, history plots, confusion matrix (PNG + TensorBoard)."""
+"""render: sample grids, snapshot rows (pix2pix triptychs), history plots, confusion matrix (PNG + TensorBoard)."""
 from __future__ import annotations
 
 import io
 import json
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from dataclasses import dataclass
-
 from artifacts import gfile
 from components import records
-from components.contract import StageParams, key
+from components.contract import StageParams, from_recipe, key
 
 OUTPUT = "Rendering"
 # transformed: the recorded normalization, and the eval-split inputs of pix2pix triptychs
@@ -22,6 +22,7 @@ INPUTS = {"model": "Model", "evaluation": "ModelEvaluation", "transformed": "Tra
 class Params(StageParams):
     max_triptychs: int = key("render.max_triptychs")
     eval_split: str = key("data.eval_split")  # where the fixed inputs of the triptychs come from
+    layout: Any = from_recipe("layout")        # how a snapshot is drawn
 
 
 def _plt():
@@ -122,11 +123,16 @@ def confusion_plot(path: str, confusion: list[list[int]]) -> None:
     _fig(path, fig)
 
 
-def triptych(path: str, inp, tar, pred) -> None:
-    """The tutorial's generate_images: input, ground truth, prediction side by side."""
+def _step(path: str) -> int:
+    return int(path.rsplit("/", 1)[-1][:-4])
+
+
+def titled_row(path: str, images, titles) -> None:
+    """The pix2pix tutorial's generate_images: images side by side under their titles (input,
+    ground truth, prediction)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    for ax, img, title in zip(axes, (inp, tar, pred), ("Input Image", "Ground Truth", "Predicted Image")):
+    fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 3.3))
+    for ax, img, title in zip(axes, images, titles):
         ax.imshow(img)
         ax.set_title(title)
         ax.axis("off")
@@ -149,32 +155,31 @@ def run(out, inputs, params: Params, rt) -> None:
     transform_art = inputs["transformed"]
     transform = records.load_transform(transform_art)
     norm = transform["normalize"]
-    samples = gfile.glob(model.path("samples", "*.npy"))
-    fixed = None
-    if transform["layout"] == "paired" and samples:
+    samples = sorted(gfile.glob(model.path("samples", "*.npy")), key=_step)
+    features = params.layout.features
+    examples = []  # the eval-split examples the snapshots translated (if they did), as uint8
+    if samples:
         n = np.load(io.BytesIO(gfile.read_bytes(samples[0])), allow_pickle=False).shape[0]
-        ex = list(records.dataset(transform_art, params.eval_split).take(n).as_numpy_iterator())
-        fixed = [(_to_uint8(e["input"], norm), _to_uint8(e["image"], norm)) for e in ex]
+        examples = [{f: _to_uint8(e[f], norm) for f in features} for e in
+                    records.dataset(transform_art, params.eval_split, features).take(n).as_numpy_iterator()]
     frames = []
-    last = None
-    for path in sorted(samples, key=lambda p: int(p.rsplit("/", 1)[-1][:-4])):
-        step = int(path.rsplit("/", 1)[-1][:-4])
+    snap = None
+    for path in samples:
         arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False), norm)
-        name = f"step-{step:08d}.png"
-        if fixed is None:  # the GANs' fixed-seed samples
+        name = f"step-{_step(path):08d}.png"
+        snap = params.layout.snapshot(examples, arr, params.max_triptychs)
+        if snap is None:  # the GANs' fixed-seed samples
             g = grid(arr)
-        else:  # pix2pix: a row of input | ground truth | prediction per fixed input
-            k = min(params.max_triptychs, len(arr))
-            g = grid(np.stack([x for i in range(k) for x in (fixed[i][0], fixed[i][1], arr[i])]), cols=3)
+        else:  # a row per fixed input, e.g. pix2pix's input | ground truth | prediction
+            g = grid(np.stack([x for row in snap.rows for x in row]), cols=len(snap.titles))
         _png(out.file("grids", name), g)
         frames.append(name)
-        last = arr
-        with writer.as_default(step=step):
+        with writer.as_default(step=_step(path)):
             tf.summary.image("samples", g[None].astype(np.float32) / 255.0)
-    if fixed is not None and last is not None:
+    if snap is not None:
         # the tutorial's generate_images, titled, for the trained model (the newest samples)
-        for i in range(min(params.max_triptychs, len(last))):
-            triptych(out.file(f"triptych-{i}.png"), fixed[i][0], fixed[i][1], last[i])
+        for i, row in enumerate(snap.rows):
+            titled_row(out.file(f"triptych-{i}.png"), row, snap.titles)
     writer.flush()
     gfile.write_json(out.file("frames.json"), frames)
     out.metadata.update(frames=len(frames))

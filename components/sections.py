@@ -16,11 +16,10 @@ def require(cond: bool, key: str, value, fix: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "tfds:mnist"            # tfds:NAME[?split=a,b] | idx:DIR | paired:DIR
+    source: str = "tfds:mnist"            # tfds:NAME[?split=a,b] | idx:DIR | a kind the recipe's layout adds
     max_examples: int | None = None       # per split; None = all
     image_size: int = 28                  # side of the square images the networks see
     channels: int = 1
-    layout: Literal["image", "paired"] = "image"  # paired: target left, input right
     train_splits: tuple[str, ...] = ("train",)    # what the trainer reads (mnist-gan: train,test)
     eval_split: str = "test"
     val_holdout: int = 0                  # last N train examples become split "val", but at most

@@ -1,4 +1,6 @@
-"""Data sources for ingest: tfds:NAME, idx:DIR (MNIST format) and paired:DIR (facades layout)."""
+"""Data sources for ingest: a source URI is KIND:LOCATION, and each kind is an object that finds,
+keys and reads its splits: tfds:NAME, idx:DIR (MNIST format), and a folder of encoded images per
+split that a data layout brings (components.layouts: the facades pairs' paired:DIR)."""
 from __future__ import annotations
 
 import gzip
@@ -20,7 +22,7 @@ from artifacts.fingerprint import digest, files_digest
 IDX_SPLITS = {"train": "train", "test": "t10k"}
 _CHUNK = 1 << 20
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-PAIRED_SPLITS = ("train", "val", "test")
+FOLDER_SPLITS = ("train", "val", "test")
 # Known local copies for offline machines, by tfds name.
 LOCAL_COPIES = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
                 "mnist": ("/usr/share/datasets/mnist",)}
@@ -133,46 +135,23 @@ def _read_idx(img_path: str, lbl_path: str, _stamps: tuple, max_pixels: int) -> 
     return images.reshape(n, h, w), labels
 
 
-# -- paired ---------------------------------------------------------------------------------
-def _natural(name: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def paired_files(d: str, split: str) -> list[str]:
-    """The pair images of one split: files (a folder named x.jpg is not one) with an image extension."""
-    names = [n for n in gfile.listdir(gfile.join(d, split)) if n.lower().endswith(IMAGE_EXTS)
-             and not gfile.isdir(gfile.join(d, split, n))]
-    return [gfile.join(d, split, n) for n in sorted(names, key=_natural)]
-
-
-def check_pair(path: str, data: bytes, max_pixels: int) -> tuple[int, int]:
-    """Decode one side-by-side pair fully (after its header passed the pixel limit); (height,
-    width) or a UserError naming the file."""
-    from components.records import image_error, open_image
-
-    with open_image(data, path, max_pixels) as im:
-        try:
-            im.load()
-        except Exception as e:
-            raise UserError(f"undecodable image: {image_error(e)}", path, "replace or remove the file") from None
-        w, h = im.size
-    # Facades layout: two halves side by side. Halves are resized to the model size later, so a
-    # half may be shorter than it is wide (some real pairs are), never taller.
-    if w % 2 or h > w // 2 or h < w // 8:
-        raise UserError(f"pair is {w}x{h}: width must be twice the height (target left, input right)",
-                        path, "give side-by-side pairs in the facades layout")
-    return h, w
-
-
 # -- resolving a source URI -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Resolved:
-    kind: str         # idx | paired | tfds
-    location: str     # folder, or tfds name
+    """A source found and keyed: its splits and a digest of its content."""
+    kind: "SourceKind"  # what reads it
+    location: str       # folder, or tfds name
     splits: tuple[Split, ...]
     digest: str
     uri: str
     tfds_splits: tuple[str, ...] = ()
+
+    def load_split(self, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        """(images: uint8 N x H x W x C array or list of encoded bytes, labels or None, fmt)."""
+        return self.kind.load_split(self, split, max_pixels)
+
+    def example_ids(self, split: str, start: int, end: int) -> list[str]:
+        return self.kind.example_ids(self, split, start, end)
 
 
 def _online(host: str = "storage.googleapis.com", timeout: float = 2.0) -> bool:
@@ -183,8 +162,124 @@ def _online(host: str = "storage.googleapis.com", timeout: float = 2.0) -> bool:
         return False
 
 
-def _paired_digest(files: list[str], max_pixels: int) -> str:
-    """files_digest of the pairs, read once each, with every image's header checked against the
+class SourceKind:
+    """One kind of source URI, KIND:LOCATION: how to find its splits, key them and read one."""
+    scheme = ""
+
+    def resolve(self, location: str, uri: str, max_pixels: int) -> Resolved:
+        raise NotImplementedError
+
+    def load_split(self, r: Resolved, split: str, max_pixels: int):
+        raise NotImplementedError
+
+    def example_ids(self, r: Resolved, split: str, start: int, end: int) -> list[str]:
+        """Stable ids of examples [start, end) of a split: the position in it."""
+        return [f"{split}/{i:07d}" for i in range(start, end)]
+
+
+class Idx(SourceKind):
+    """idx:DIR, the MNIST-format gzipped files of train and t10k."""
+    scheme = "idx"
+
+    def resolve(self, location: str, uri: str, max_pixels: int) -> Resolved:
+        d = _expand(location)
+        if not gfile.isdir(d):
+            raise UserError("data folder does not exist", d, "give --set data.source=idx:DIR with the MNIST files")
+        splits = [s for s in IDX_SPLITS if gfile.exists(_idx_files(d, s)[0])]
+        if not splits:
+            raise UserError("no MNIST-format files (train-images-idx3-ubyte.gz, t10k-...)", d,
+                            "give a folder with the four IDX .gz files")
+        files = [f for s in splits for f in _idx_files(d, s)]
+        counts = tuple(Split(s, len(read_idx(d, s, max_pixels)[1])) for s in splits)
+        return Resolved(self, d, counts, files_digest(files), f"idx:{d}")
+
+    def load_split(self, r: Resolved, split: str, max_pixels: int):
+        images, labels = read_idx(r.location, split, max_pixels)
+        return images[..., None], labels, "raw"
+
+
+class Tfds(SourceKind):
+    """tfds:NAME[?split=a,b]: a prepared tensorflow-datasets dataset (or its local IDX copy offline)."""
+    scheme = "tfds"
+
+    def resolve(self, location: str, uri: str, max_pixels: int) -> Resolved:
+        name, _, query = location.partition("?")
+        wanted = tuple(s for s in query.removeprefix("split=").split(",") if s) if query else ()
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name)
+        if not builder.is_prepared():
+            if _online():
+                builder.download_and_prepare()
+            else:
+                for local in LOCAL_COPIES.get(name, ()):
+                    if gfile.isdir(local):
+                        return IDX.resolve(local, f"idx:{local}", max_pixels)
+                raise UserError(f"tfds dataset {name!r} is not prepared and there is no internet",
+                                builder.data_dir,
+                                "prepare it where there is internet, or --set data.source=idx:DIR / paired:DIR "
+                                "(for Fashion-MNIST: apt-get install dataset-fashion-mnist)")
+        splits = wanted or tuple(builder.info.splits.keys())
+        counts = tuple(Split(s, builder.info.splits[s].num_examples) for s in splits)
+        files = gfile.glob(gfile.join(builder.data_dir, "*"))
+        return Resolved(self, name, counts, digest({"files": files_digest(files), "splits": splits}),
+                        uri, tfds_splits=splits)
+
+    def load_split(self, r: Resolved, split: str, max_pixels: int):
+        import tensorflow_datasets as tfds
+
+        ds = tfds.as_numpy(tfds.load(r.location, split=split, shuffle_files=False))
+        images, labels = [], []
+        for ex in ds:
+            images.append(ex["image"])
+            labels.append(ex.get("label", -1))
+        return np.stack(images), np.asarray(labels), "raw"
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class ImageFolder(SourceKind):
+    """SCHEME:DIR, a folder with train/ val/ test/ subfolders of encoded images (JPEG, PNG), one
+    example each, read unlabeled and in natural name order; a data layout names its scheme and
+    what it says about the folder (`what`, `fix`)."""
+
+    def __init__(self, scheme: str, what: str, fix: str):
+        self.scheme, self.what, self.fix = scheme, what, fix
+
+    def files(self, d: str, split: str) -> list[str]:
+        """The images of one split: files (a folder named x.jpg is not one) with an image extension."""
+        names = [n for n in gfile.listdir(gfile.join(d, split)) if n.lower().endswith(IMAGE_EXTS)
+                 and not gfile.isdir(gfile.join(d, split, n))]
+        return [gfile.join(d, split, n) for n in sorted(names, key=_natural)]
+
+    def resolve(self, location: str, uri: str, max_pixels: int) -> Resolved:
+        d = _expand(location)
+        if not gfile.isdir(d):
+            raise UserError(f"{self.what} folder does not exist", d, self.fix)
+        present = [s for s in FOLDER_SPLITS if gfile.isdir(gfile.join(d, s))]
+        if not present:
+            raise UserError("no train/ val/ test/ folders", d, "put the images in train/, val/, test/")
+        files, counts = [], []
+        for s in present:
+            fs = self.files(d, s)
+            if not fs:
+                raise UserError(f"split {s!r} has no .jpg or .png images", gfile.join(d, s),
+                                "add images or remove the empty folder")
+            files += fs
+            counts.append(Split(s, len(fs)))
+        return Resolved(self, d, tuple(counts), _images_digest(files, max_pixels), f"{self.scheme}:{d}")
+
+    def load_split(self, r: Resolved, split: str, max_pixels: int):
+        return [gfile.read_bytes(f, follow=True) for f in self.files(r.location, split)], None, "encoded"
+
+    def example_ids(self, r: Resolved, split: str, start: int, end: int) -> list[str]:
+        return [f"{split}/{f.rsplit('/', 1)[-1]}" for f in self.files(r.location, split)[start:end]]
+
+
+def _images_digest(files: list[str], max_pixels: int) -> str:
+    """files_digest of the images, read once each, with every image's header checked against the
     pixel limit on the way (before anything decodes one)."""
     from components.records import open_image
 
@@ -199,86 +294,15 @@ def _paired_digest(files: list[str], max_pixels: int) -> str:
     return digest({f: shas[f] for f in sorted(files)})
 
 
-def resolve(source: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Resolved:
-    kind, sep, rest = source.partition(":")
-    if not sep or kind not in ("tfds", "idx", "paired"):
+IDX, TFDS = Idx(), Tfds()
+KINDS: dict[str, SourceKind] = {k.scheme: k for k in (TFDS, IDX)}
+
+
+def resolve(source: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+            kinds: dict[str, SourceKind] = KINDS) -> Resolved:
+    """The source URI found and keyed by its kind, one of `kinds` (a layout adds its own)."""
+    scheme, sep, rest = source.partition(":")
+    if not sep or scheme not in kinds:
         raise UserError(f"unknown data source {source!r}", "data.source",
-                        "use tfds:NAME, idx:DIR or paired:DIR")
-    if kind == "idx":
-        d = _expand(rest)
-        if not gfile.isdir(d):
-            raise UserError("data folder does not exist", d, "give --set data.source=idx:DIR with the MNIST files")
-        splits = [s for s in IDX_SPLITS if gfile.exists(_idx_files(d, s)[0])]
-        if not splits:
-            raise UserError("no MNIST-format files (train-images-idx3-ubyte.gz, t10k-...)", d,
-                            "give a folder with the four IDX .gz files")
-        files = [f for s in splits for f in _idx_files(d, s)]
-        counts = tuple(Split(s, len(read_idx(d, s, max_pixels)[1])) for s in splits)
-        return Resolved("idx", d, counts, files_digest(files), f"idx:{d}")
-    if kind == "paired":
-        d = _expand(rest)
-        if not gfile.isdir(d):
-            raise UserError("paired data folder does not exist", d,
-                            "download the facades archive or give --set data.source=paired:DIR")
-        present = [s for s in PAIRED_SPLITS if gfile.isdir(gfile.join(d, s))]
-        if not present:
-            raise UserError("no train/ val/ test/ folders", d, "put the pairs in train/, val/, test/")
-        files, counts = [], []
-        for s in present:
-            fs = paired_files(d, s)
-            if not fs:
-                raise UserError(f"split {s!r} has no .jpg or .png pairs", gfile.join(d, s),
-                                "add pairs or remove the empty folder")
-            files += fs
-            counts.append(Split(s, len(fs)))
-        return Resolved("paired", d, tuple(counts), _paired_digest(files, max_pixels), f"paired:{d}")
-    return _resolve_tfds(rest, source, max_pixels)
-
-
-def _resolve_tfds(spec: str, source: str, max_pixels: int) -> Resolved:
-    name, _, query = spec.partition("?")
-    wanted = tuple(s for s in query.removeprefix("split=").split(",") if s) if query else ()
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(name)
-    if not builder.is_prepared():
-        if _online():
-            builder.download_and_prepare()
-        else:
-            for local in LOCAL_COPIES.get(name, ()):
-                if gfile.isdir(local):
-                    return resolve(f"idx:{local}", max_pixels)
-            raise UserError(f"tfds dataset {name!r} is not prepared and there is no internet",
-                            builder.data_dir,
-                            "prepare it where there is internet, or --set data.source=idx:DIR / paired:DIR "
-                            "(for Fashion-MNIST: apt-get install dataset-fashion-mnist)")
-    splits = wanted or tuple(builder.info.splits.keys())
-    counts = tuple(Split(s, builder.info.splits[s].num_examples) for s in splits)
-    files = gfile.glob(gfile.join(builder.data_dir, "*"))
-    return Resolved("tfds", name, counts, digest({"files": files_digest(files), "splits": splits}),
-                    source, tfds_splits=splits)
-
-
-# -- reading one split --------------------------------------------------------------------------
-def load_split(r: Resolved, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
-    """(images: uint8 N x H x W x C array or list of encoded bytes, labels or None, fmt)."""
-    if r.kind == "idx":
-        images, labels = read_idx(r.location, split, max_pixels)
-        return images[..., None], labels, "raw"
-    if r.kind == "paired":
-        return [gfile.read_bytes(f, follow=True) for f in paired_files(r.location, split)], None, "encoded"
-    import tensorflow_datasets as tfds
-
-    ds = tfds.as_numpy(tfds.load(r.location, split=split, shuffle_files=False))
-    images, labels = [], []
-    for ex in ds:
-        images.append(ex["image"])
-        labels.append(ex.get("label", -1))
-    return np.stack(images), np.asarray(labels), "raw"
-
-
-def example_ids(r: Resolved, split: str, start: int, end: int) -> list[str]:
-    if r.kind == "paired":
-        names = [f.rsplit("/", 1)[-1] for f in paired_files(r.location, split)[start:end]]
-        return [f"{split}/{n}" for n in names]
-    return [f"{split}/{i:07d}" for i in range(start, end)]
+                        "use " + ", ".join(f"{k}:{'NAME' if k == TFDS.scheme else 'DIR'}" for k in kinds))
+    return kinds[scheme].resolve(rest, source, max_pixels)

@@ -15,7 +15,7 @@ import numpy as np
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
 from components import checkpoints, distribute, interrupt, records
-from components.contract import StageParams, key
+from components.contract import StageParams, from_recipe, key
 
 OUTPUT = "Model"
 INPUTS = {"transformed": "TransformedExamples"}
@@ -29,6 +29,7 @@ class Params(StageParams):
     model: Any = key("model")                       # the recipe's own section, handed to build()
     train_splits: tuple[str, ...] = key("data.train_splits")
     eval_split: str = key("data.eval_split")        # the fixed inputs of pix2pix snapshots
+    layout: Any = from_recipe("layout")             # the training stream and those fixed inputs
     epochs: int = key("train.epochs")
     max_steps: int | None = key("train.max_steps")
     batch_size: int = key("train.batch_size")
@@ -123,14 +124,12 @@ def _seed_states(networks) -> list:
 
 
 def _stream(art, transform, p: Params, setup):
-    """The epoch stream over the train splits: epoch e reads jitter copy e mod K."""
-    from components.epochs import EpochStream
-
-    t = p
+    """The layout's epoch stream over the train splits: epoch e reads jitter copy e mod K."""
+    layout = p.layout
     n_copies = min(transform["copies"][s] for s in p.train_splits)
     copies = [[f for s in p.train_splits for f in records.split_files(art, s, k)] for k in range(n_copies)]
-    return EpochStream(copies, t.batch_size, t.shuffle_buffer, p.seed,
-                       records.parse_fn(transform, batched=True), setup.batch)
+    return layout.stream(copies, p.batch_size, p.shuffle_buffer, p.seed,
+                         records.parse_fn(transform, layout.features, batched=True), setup.batch)
 
 
 def _epoch_of(stream, steps_per_epoch: int):
@@ -147,9 +146,10 @@ def _epoch_of(stream, steps_per_epoch: int):
 
 
 def _fixed_inputs(art, transform, p: Params, n):
-    if transform["layout"] != "paired":
-        return None
-    return np.stack([ex["input"].numpy() for ex in records.dataset(art, p.eval_split).take(n)])
+    """The layout's fixed snapshot inputs from the first n eval-split examples (None: the
+    recipe's snapshots come from fixed noise)."""
+    examples = list(records.dataset(art, p.eval_split, p.layout.features).take(n).as_numpy_iterator())
+    return p.layout.fixed_inputs(examples)
 
 
 class _Progress:
@@ -400,7 +400,7 @@ def _agreed_stop(tf, one_step):
 
 
 def _validate(val_fn, setup, art) -> dict:
-    ds = records.dataset(art, setup.val_split).batch(1000).map(setup.batch)
+    ds = records.dataset(art, setup.val_split, ("image",)).batch(1000).map(setup.batch)
     totals: dict[str, float] = {}
     for b in ds:
         for k, v in val_fn(b).items():

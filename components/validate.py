@@ -5,6 +5,7 @@ import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ INPUTS = {"examples": "Examples"}
 
 @dataclass(frozen=True)
 class Params(StageParams):
-    layout: str = key("data.layout")
+    layout: Any = from_recipe("layout")               # what a valid example's shape is
     duplicates: str = key("validate.duplicates")      # error | warn
     require_labels: bool = from_recipe("needs_labels")
     max_image_pixels: int = key("data.max_image_pixels")
@@ -146,14 +147,8 @@ def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
                 f"{s['undecodable'][0]}")
         if p.require_labels and s["unlabeled"]:
             add("error", "missing_label", split, f"{s['unlabeled']} examples without a label")
-        if p.layout == "image" and len(s["shapes"]) > 1:
-            add("error", "shape_mismatch", split, f"several shapes in one split: {dict(s['shapes'])}")
-        if p.layout == "paired" and any(not k.endswith(", 3]") for k in s["shapes"]):
-            add("error", "shape_mismatch", split, f"pairs must be RGB: {dict(s['shapes'])}")
-    if p.layout == "image":
-        shapes = {k for s in stats.values() for k in s["shapes"]}
-        if len(shapes) > 1:
-            add("error", "shape_mismatch", "*", f"splits differ in shape: {sorted(shapes)}")
+    for split, message in p.layout.shape_anomalies({split: s["shapes"] for split, s in stats.items()}):
+        add("error", "shape_mismatch", split, message)
     splits = sorted(stats)
     for i, a in enumerate(splits):
         for b in splits[i + 1:]:

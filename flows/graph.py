@@ -56,10 +56,13 @@ class Node:
 
     def code(self) -> str:
         parts = {"component": code_digest(f"components.{self.stage}")}
+        # a recipe outside the project's packages is followed through its own package too
+        packages = tuple(dict.fromkeys(PROJECT_PACKAGES + (self.pipeline.module.split(".")[0],)))
         if getattr(self.component, "USES_RECIPE", False):
-            # a recipe outside the project's packages is followed through its own package too
-            top = self.pipeline.module.split(".")[0]
-            parts["recipe"] = code_digest(self.pipeline.module, tuple(dict.fromkeys(PROJECT_PACKAGES + (top,))))
+            parts["recipe"] = code_digest(self.pipeline.module, packages)
+        if any(f.metadata.get("recipe") == "layout" for f in dataclasses.fields(self.component.Params)):
+            # the recipe's data layout: its methods are this stage's code too
+            parts["layout"] = code_digest(type(self.pipeline.recipe.layout).__module__, packages)
         return digest(parts)
 
     def runtime(self, base: Runtime | None = None) -> Runtime:

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from components import measures
+from components.layouts import PAIRED
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
@@ -23,7 +24,7 @@ class Config:
     seed: int = 0
     # The tutorial's facades, where its get_file() extracts them; --set data.source=paired:DIR otherwise.
     data: DataConfig = DataConfig(source="paired:~/.keras/datasets/facades", image_size=256,
-                                  channels=3, layout="paired", normalize="symmetric", jitter=True,
+                                  channels=3, normalize="symmetric", jitter=True,
                                   jitter_copies=10, eval_split="val")
     validate: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig(epochs=150, batch_size=1, shuffle_buffer=400,
@@ -41,32 +42,44 @@ def _init():
     return keras.initializers.RandomNormal(0.0, 0.02)
 
 
-def down(filters, bn=True):
+def normalization(norm: str):
+    """pix2pix's batch normalization, or the instance normalization the CycleGAN tutorial swaps in
+    (GroupNormalization with one group per channel; its scale drawn like the tutorial's)."""
+    import keras
+    from keras import layers
+
+    if norm == "batch":
+        return layers.BatchNormalization()
+    return layers.GroupNormalization(groups=-1, epsilon=1e-5,
+                                     gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))
+
+
+def down(filters, bn=True, norm="batch"):
     import keras
     from keras import layers
 
     block = keras.Sequential([layers.Conv2D(filters, 4, strides=2, padding="same",
                                             kernel_initializer=_init(), use_bias=False)])
     if bn:
-        block.add(layers.BatchNormalization())
+        block.add(normalization(norm))
     block.add(layers.LeakyReLU())
     return block
 
 
-def up(filters, dropout=False, seed=None):
+def up(filters, dropout=False, seed=None, norm="batch"):
     import keras
     from keras import layers
 
     block = keras.Sequential([layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
                                                      kernel_initializer=_init(), use_bias=False),
-                              layers.BatchNormalization()])
+                              normalization(norm)])
     if dropout:
         block.add(layers.Dropout(0.5, seed=seed))
     block.add(layers.ReLU())
     return block
 
 
-def build_generator(size: int, channels: int, seed: int):
+def build_generator(size: int, channels: int, seed: int, norm: str = "batch", name: str = "generator"):
     """U-Net: depth log2(size) (8 at 256 px), skips between mirrored levels, tanh output."""
     import keras
     from keras import layers
@@ -74,8 +87,8 @@ def build_generator(size: int, channels: int, seed: int):
     depth = int(math.log2(size))
     down_filters = [64, 128, 256] + [512] * (depth - 3)
     up_filters = ([512] * (depth - 4) + [256, 128, 64])
-    downs = [down(f, bn=i > 0) for i, f in enumerate(down_filters)]
-    ups = [up(f, dropout=i < 3, seed=seed + i) for i, f in enumerate(up_filters)]
+    downs = [down(f, bn=i > 0, norm=norm) for i, f in enumerate(down_filters)]
+    ups = [up(f, dropout=i < 3, seed=seed + i, norm=norm) for i, f in enumerate(up_filters)]
     inputs = keras.Input(shape=(size, size, channels))
     x, skips = inputs, []
     for d in downs:
@@ -85,25 +98,30 @@ def build_generator(size: int, channels: int, seed: int):
         x = layers.Concatenate()([u(x), skip])
     outputs = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", kernel_initializer=_init(),
                                      activation="tanh", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="generator")
+    return keras.Model(inputs, outputs, name=name)
 
 
-def build_discriminator(size: int, channels: int):
-    """PatchGAN: 30x30 logits at 256 px."""
+def build_discriminator(size: int, channels: int, norm: str = "batch", conditional: bool = True,
+                        name: str = "discriminator"):
+    """PatchGAN: 30x30 logits at 256 px, of the input and target images side by side
+    (conditional), or of the target alone (the CycleGAN tutorial's)."""
     import keras
     from keras import layers
 
-    inp = keras.Input(shape=(size, size, channels), name="input_image")
     tar = keras.Input(shape=(size, size, channels), name="target_image")
-    x = layers.Concatenate()([inp, tar])
-    x = down(128)(down(64, bn=False)(x))
-    x = down(256)(x)
+    if conditional:
+        inp = keras.Input(shape=(size, size, channels), name="input_image")
+        inputs, x = [inp, tar], layers.Concatenate()([inp, tar])
+    else:
+        inputs, x = tar, tar
+    x = down(128, norm=norm)(down(64, bn=False)(x))
+    x = down(256, norm=norm)(x)
     x = layers.ZeroPadding2D()(x)
     x = layers.Conv2D(512, 4, strides=1, kernel_initializer=_init(), use_bias=False)(x)
-    x = layers.LeakyReLU()(layers.BatchNormalization()(x))
+    x = layers.LeakyReLU()(normalization(norm)(x))
     x = layers.ZeroPadding2D()(x)
     out = layers.Conv2D(1, 4, strides=1, kernel_initializer=_init(), dtype="float32")(x)
-    return keras.Model([inp, tar], out, name="discriminator")
+    return keras.Model(inputs, out, name=name)
 
 
 def build(p, info: DataInfo) -> TrainSetup:
@@ -148,7 +166,7 @@ def translate(nets, inputs):
     return nets["generator"](inputs, training=True)
 
 
-RECIPE = Recipe(build=build, evaluation=Evaluation(
+RECIPE = Recipe(build=build, layout=PAIRED, evaluation=Evaluation(
     measure=measures.translation(translate), primary="l1", higher_is_better=False))
 
 PIPELINE = Pipeline(

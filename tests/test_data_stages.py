@@ -57,9 +57,10 @@ def test_preprocess_is_byte_identical_for_a_seed_and_differs_for_another(tmp_pat
 
 
 def test_jitter_keeps_input_and_target_aligned(tmp_path):
-    from components.preprocess import Params, example_rng, jitter_pair
+    from components.layouts import PAIRED, example_rng, jitter_pair
+    from components.preprocess import Params
 
-    p = Params(seed=0, layout="paired", size=64, channels=3, normalize="symmetric", train_splits=("train",),
+    p = Params(seed=0, layout=PAIRED, size=64, channels=3, normalize="symmetric", train_splits=("train",),
                eval_split="val", jitter=True, jitter_size=72, jitter_copies=2, val_holdout=0,
                val_max_share=0.2, max_image_pixels=10 ** 6)
     # a pair whose halves are the same picture: any jitter must keep them equal
@@ -69,7 +70,7 @@ def test_jitter_keeps_input_and_target_aligned(tmp_path):
         inp, tar = jitter_pair(half, half.copy(), p, rng)
         assert inp.shape == (64, 64, 3) and np.array_equal(inp, tar)
     art, _ = _preprocess(str(tmp_path / "r"), 0, copies=1)
-    ex = next(records.dataset(art, "train").as_numpy_iterator())
+    ex = next(records.dataset(art, "train", PAIRED.features).as_numpy_iterator())
     assert ex["input"].shape == ex["image"].shape == (64, 64, 3)
     assert -1.0 <= ex["image"].min() and ex["image"].max() <= 1.0
 

@@ -92,7 +92,7 @@ def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tm
     pre = done["mnist-classifier/preprocess"]
 
     def images(split):
-        x = records.arrays(pre, split)["image"]
+        x = records.arrays(pre, split, ("image",))["image"]
         return x.reshape(len(x), -1)
 
     train, test = images("train"), images("test")
