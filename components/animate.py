@@ -7,10 +7,9 @@ import math
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components.contract import StageParams, key
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "Animation"
-INPUTS = {"rendering": "Rendering"}
+SPEC = Spec(output="Animation", inputs={"rendering": "render"})
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 from artifacts import gfile
 from components import records
-from components.contract import StageParams, key
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "ModelEvaluation"
-INPUTS = {"model": "Model", "transformed": "TransformedExamples"}
-# from the recipe's feature model pipeline (the GANs' classifier), when it declares one
-FEATURE_INPUTS = {"feature_model": "Model", "feature_transform": "TransformedExamples"}
-USES_RECIPE = True  # its measure() is recipe code: the recipe is in this stage's code digest
+# feature inputs: from the recipe's feature model pipeline (the GANs' classifier), when it
+# declares one; uses_recipe: its measure() is recipe code
+SPEC = Spec(output="ModelEvaluation", inputs={"model": "train", "transformed": "preprocess"},
+            feature_inputs={"feature_model": "train", "feature_transform": "preprocess"}, uses_recipe=True)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.store import InputRef
 from components import beam_run, records, sources
-from components.contract import StageParams, key
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "Examples"
-INPUTS = {"source": "a data source URI (tfds:, idx:, paired:) with a digest of its content"}
+# its input: the data source URI (tfds:, idx:, paired:) with a digest of its content
+SPEC = Spec(output="Examples", source=True)
 
 
 @dataclass(frozen=True)

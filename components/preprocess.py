@@ -10,10 +10,9 @@ import numpy as np
 from artifacts import gfile
 from artifacts.errors import UserError
 from components import beam_run, records
-from components.contract import StageParams, key
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "TransformedExamples"
-INPUTS = {"examples": "Examples", "statistics": "ExampleStatistics"}
+SPEC = Spec(output="TransformedExamples", inputs={"examples": "ingest", "statistics": "validate"})
 NORMALIZE = {"unit": (1 / 255.0, 0.0), "symmetric": (1 / 127.5, -1.0), "raw": (1.0, 0.0)}
 
 

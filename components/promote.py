@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 from artifacts import gfile
 from components import metrics
-from components.contract import StageParams, from_recipe, key
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "PushedModel"
-INPUTS = {"model": "Model", "evaluation": "ModelEvaluation"}
-REUSE = False  # a new artifact (this run's decision) every run
+# reuse=False: a new artifact (this run's decision) every run
+SPEC = Spec(output="PushedModel", inputs={"model": "train", "evaluation": "evaluate"}, reuse=False)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 from artifacts import gfile
 from components import records
-from components.contract import StageParams, key
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "Rendering"
 # transformed: the recorded normalization, and the eval-split inputs of pix2pix triptychs
-INPUTS = {"model": "Model", "evaluation": "ModelEvaluation", "transformed": "TransformedExamples"}
+SPEC = Spec(output="Rendering", inputs={"model": "train", "evaluation": "evaluate", "transformed": "preprocess"})
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ import numpy as np
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
 from components import checkpoints, distribute, interrupt, records
-from components.contract import StageParams, key
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "Model"
-INPUTS = {"transformed": "TransformedExamples"}
-USES_RECIPE = True  # the recipe's networks and step: the recipe is in this stage's code digest
+# uses_recipe: the recipe's networks and step
+SPEC = Spec(output="Model", inputs={"transformed": "preprocess"}, uses_recipe=True)
 
 
 @dataclass(frozen=True)

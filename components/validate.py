@@ -11,10 +11,9 @@ import numpy as np
 from artifacts import gfile
 from artifacts.errors import UserError
 from components import beam_run, records
-from components.contract import StageParams, from_recipe, key
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "ExampleStatistics"
-INPUTS = {"examples": "Examples"}
+SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
 
 
 @dataclass(frozen=True)
