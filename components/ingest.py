@@ -86,3 +86,13 @@ def run(out, inputs, p: Params, rt) -> None:
         raise RuntimeError(f"ingest shards missing after the Beam run: {missing}")
     gfile.write_json(out.file("splits.json"), {"source": r.uri, "kind": r.kind, "splits": counts})
     out.metadata.update(splits=counts, source=r.uri)
+
+
+def splits(artifact) -> dict[str, int]:
+    """Examples per split, in the order ingest wrote them: what the stages after it count on."""
+    return gfile.read_json(artifact.path("splits.json"))["splits"]
+
+
+def shards(artifact, split: str) -> list[str]:
+    """The TFRecord shard files of one split."""
+    return gfile.glob(artifact.path(split, "data-*.tfrecord"))

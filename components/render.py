@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components import records
+from components import evaluate, preprocess, records, train
 from components.contract import Spec, StageParams, key
 
 # transformed: the recorded normalization, and the eval-split inputs of pix2pix triptychs
@@ -136,28 +135,25 @@ def run(out, inputs, params: Params, rt) -> None:
     import tensorflow as tf
 
     model = inputs["model"]
-    data = np.load(io.BytesIO(gfile.read_bytes(model.path("history.npz"))), allow_pickle=False)
-    epochs = json.loads(str(data["epochs"]))
-    history = {k: data[k] for k in data.files if k != "epochs"}
+    history, epochs = train.history(model)
     gfile.makedirs(out.file("grids"))
     history_plot(out.file("history.png"), history, epochs)
     writer = tf.summary.create_file_writer(out.file("logs"))
-    details = inputs["evaluation"].path("details.json")
-    if gfile.exists(details):
-        confusion_plot(out.file("confusion.png"), gfile.read_json(details)["confusion"])
+    details = evaluate.details(inputs["evaluation"])
+    if details is not None:
+        confusion_plot(out.file("confusion.png"), details["confusion"])
     transform_art = inputs["transformed"]
-    transform = records.load_transform(transform_art)
+    transform = preprocess.transform(transform_art)
     norm = transform["normalize"]
-    samples = gfile.glob(model.path("samples", "*.npy"))
+    samples = train.samples(model)
     fixed = None
     if transform["layout"] == "paired" and samples:
-        n = np.load(io.BytesIO(gfile.read_bytes(samples[0])), allow_pickle=False).shape[0]
+        n = np.load(io.BytesIO(gfile.read_bytes(next(iter(samples.values())))), allow_pickle=False).shape[0]
         ex = list(records.dataset(transform_art, params.eval_split).take(n).as_numpy_iterator())
         fixed = [(_to_uint8(e["input"], norm), _to_uint8(e["image"], norm)) for e in ex]
     frames = []
     last = None
-    for path in sorted(samples, key=lambda p: int(p.rsplit("/", 1)[-1][:-4])):
-        step = int(path.rsplit("/", 1)[-1][:-4])
+    for step, path in samples.items():
         arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False), norm)
         name = f"step-{step:08d}.png"
         if fixed is None:  # the GANs' fixed-seed samples
@@ -177,3 +173,21 @@ def run(out, inputs, params: Params, rt) -> None:
     writer.flush()
     gfile.write_json(out.file("frames.json"), frames)
     out.metadata.update(frames=len(frames))
+
+
+def frames(artifact) -> list[str]:
+    """The sample grids' paths, oldest step first: the frames of an animation."""
+    return [artifact.path("grids", name) for name in gfile.read_json(artifact.path("frames.json"))]
+
+
+def pictures(artifact) -> dict[str, str]:
+    """The pictures a run's summary shows: the newest sample grid (pix2pix: a row of triptychs per
+    fixed input), the history plot and, for a classifier, the confusion matrix."""
+    out = {}
+    grids = frames(artifact)
+    if grids:
+        out["samples"] = grids[-1]
+    out["history"] = artifact.path("history.png")
+    if gfile.exists(artifact.path("confusion.png")):
+        out["confusion"] = artifact.path("confusion.png")
+    return out

@@ -6,10 +6,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from artifacts import gfile
 from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
+from components import train
 from components.contract import Runtime, Spec
 from components.pipeline import Pipeline
 from flows.registry import get
@@ -164,9 +164,9 @@ def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
         if store.find(n.pipeline.name, n.stage, fp) is not None:
             rows.append({"key": n.key, "action": "reuse", "why": f"committed {fp[:12]}"})
             continue
-        progress = gfile.join(store.work_dir(n.pipeline.name, n.stage, fp), "progress.json")
-        if gfile.exists(progress):
-            step = gfile.read_json(progress)["step"]
+        progress = train.progress(store.work_dir(n.pipeline.name, n.stage, fp))
+        if progress is not None:
+            step = progress["step"]
             rows.append({"key": n.key, "action": f"resume from step {step}",
                          "why": "checkpoint in work dir"})
             continue
