@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components.contract import StageParams, key
+from components import render
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "Animation"
-INPUTS = {"rendering": "Rendering"}
+SPEC = Spec(output="Animation", inputs={"rendering": "render"})
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,19 @@ def sqrt_schedule(n: int) -> list[int]:
 def run(out, inputs, params: Params, rt) -> None:
     import imageio.v2 as imageio
 
-    rendering = inputs["rendering"]
-    frames = gfile.read_json(rendering.path("frames.json"))
+    frames = render.frames(inputs["rendering"])
     if not frames:
         raise RuntimeError("no sample grids to animate: train.sample_every produced no snapshots")
     order = sqrt_schedule(len(frames))
-    images = [imageio.imread(io.BytesIO(gfile.read_bytes(rendering.path("grids", frames[i])))) for i in order]
+    images = [imageio.imread(io.BytesIO(gfile.read_bytes(frames[i]))) for i in order]
     buf = io.BytesIO()
     # imageio's pillow GIF writer takes milliseconds per frame
     imageio.mimsave(buf, images, format="GIF", duration=params.frame_seconds * 1000, loop=0)
     gfile.write_bytes(out.file("training.gif"), buf.getvalue())
-    gfile.write_json(out.file("frames.json"), [frames[i] for i in order])
+    gfile.write_json(out.file("frames.json"), [frames[i].rsplit("/", 1)[-1] for i in order])
     out.metadata.update(frames=len(order))
+
+
+def gif(artifact) -> str:
+    """The animation's path."""
+    return artifact.path("training.gif")

@@ -1,13 +1,27 @@
-"""The stage contract: Params read from declared config keys, and the Runtime kept out of them."""
+"""The stage contract: each component's Spec, Params read from declared config keys, and the
+Runtime kept out of them."""
 from __future__ import annotations
 
 import dataclasses
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 # Config sections that only the orchestrator reads (Prefect retries): never a stage's business.
 ORCHESTRATOR_KEYS = ("flow",)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a component declares at its top (TFX's ComponentSpec), the one place the graph is
+    derived from: where each input comes from, what it produces and how it is run."""
+    output: str                                   # the artifact type it writes
+    inputs: Mapping[str, str] = field(default_factory=dict)  # input name -> upstream stage
+    # input name -> stage of the recipe's feature-model pipeline, given when the recipe has one
+    feature_inputs: Mapping[str, str] = field(default_factory=dict)
+    source: bool = False       # its one input is the data source its Params name (resolve_source)
+    uses_recipe: bool = False  # calls recipe code: the recipe is in its code digest, rt.recipe set
+    reuse: bool = True         # False: decides again every run (state outside any fingerprint)
 
 
 def key(name: str) -> Any:

@@ -5,14 +5,13 @@ import tempfile
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components import records
-from components.contract import StageParams, key
+from components import preprocess, records, train
+from components.contract import Spec, StageParams, key
 
-OUTPUT = "ModelEvaluation"
-INPUTS = {"model": "Model", "transformed": "TransformedExamples"}
-# from the recipe's feature model pipeline (the GANs' classifier), when it declares one
-FEATURE_INPUTS = {"feature_model": "Model", "feature_transform": "TransformedExamples"}
-USES_RECIPE = True  # its measure() is recipe code: the recipe is in this stage's code digest
+# feature inputs: from the recipe's feature model pipeline (the GANs' classifier), when it
+# declares one; uses_recipe: its measure() is recipe code
+SPEC = Spec(output="ModelEvaluation", inputs={"model": "train", "transformed": "preprocess"},
+            feature_inputs={"feature_model": "train", "feature_transform": "preprocess"}, uses_recipe=True)
 
 
 @dataclass(frozen=True)
@@ -28,8 +27,7 @@ def load_models(model_art) -> dict:
     import keras
 
     out = {}
-    for path in gfile.glob(model_art.path("models", "*.keras")):
-        name = path.rsplit("/", 1)[-1][: -len(".keras")]
+    for name, path in train.model_files(model_art).items():
         with tempfile.TemporaryDirectory() as tmp:
             local = f"{tmp}/{name}.keras"
             gfile.copy(path, local)
@@ -51,8 +49,8 @@ def feature_space(fm, inputs, transformed):
 
     model = load_models(inputs["feature_model"])[fm.network]
     feat = fm.features(model)
-    src = records.load_transform(transformed)["normalize"]
-    dst = records.load_transform(inputs["feature_transform"])["normalize"]
+    src = preprocess.transform(transformed)["normalize"]
+    dst = preprocess.transform(inputs["feature_transform"])["normalize"]
 
     def prepare(x):
         return _renormalize(x, src, dst).reshape((len(x),) + tuple(model.input_shape[1:]))
@@ -74,3 +72,14 @@ def run(out, inputs, params: Params, rt) -> None:
     if details:
         gfile.write_json(out.file("details.json"), details)
     out.metadata.update(metrics=result)
+
+
+def metrics(artifact) -> dict:
+    """The recipe's measures: what promote judges and a run's summary shows."""
+    return gfile.read_json(artifact.path("metrics.json"))
+
+
+def details(artifact) -> dict | None:
+    """What a measure keeps beside its metrics (the classifier's confusion matrix), if any."""
+    path = artifact.path("details.json")
+    return gfile.read_json(path) if gfile.exists(path) else None

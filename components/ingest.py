@@ -8,10 +8,10 @@ from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.store import InputRef
 from components import beam_run, records, sources
-from components.contract import StageParams, from_recipe, key
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "Examples"
-INPUTS = {"source": "a data source URI (tfds:, idx:, or a kind the layout brings) with a digest of its content"}
+# its input: the data source URI (tfds:, idx:, or a kind the recipe's layout brings) with a digest of its content
+SPEC = Spec(output="Examples", source=True)
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,13 @@ def run(out, inputs, p: Params, rt) -> None:
         raise RuntimeError(f"ingest shards missing after the Beam run: {missing}")
     gfile.write_json(out.file("splits.json"), {"source": r.uri, "kind": r.kind.scheme, "splits": counts})
     out.metadata.update(splits=counts, source=r.uri)
+
+
+def splits(artifact) -> dict[str, int]:
+    """Examples per split, in the order ingest wrote them: what the stages after it count on."""
+    return gfile.read_json(artifact.path("splits.json"))["splits"]
+
+
+def shards(artifact, split: str) -> list[str]:
+    """The TFRecord shard files of one split."""
+    return gfile.glob(artifact.path(split, "data-*.tfrecord"))

@@ -7,11 +7,10 @@ from typing import Any
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components import beam_run, records
-from components.contract import StageParams, from_recipe, key
+from components import beam_run, ingest, records, validate
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "TransformedExamples"
-INPUTS = {"examples": "Examples", "statistics": "ExampleStatistics"}
+SPEC = Spec(output="TransformedExamples", inputs={"examples": "ingest", "statistics": "validate"})
 NORMALIZE = {"unit": (1 / 255.0, 0.0), "symmetric": (1 / 127.5, -1.0), "raw": (1.0, 0.0)}
 
 
@@ -85,8 +84,8 @@ def run(out, inputs, p: Params, rt) -> None:
     import apache_beam as beam
 
     examples = inputs["examples"]
-    counts = dict(gfile.read_json(examples.path("splits.json"))["splits"])
-    stats = gfile.read_json(inputs["statistics"].path("statistics.json"))
+    counts = dict(ingest.splits(examples))
+    stats = validate.statistics(inputs["statistics"])
     holdout_from = None
     if p.val_holdout:
         if "val" in counts:
@@ -105,8 +104,8 @@ def run(out, inputs, p: Params, rt) -> None:
                         "--set data.train_splits=... / data.eval_split=... to splits that exist")
     copies = {s: (p.copies if s in p.jitter_splits else 1) for s in counts}
     units = []
-    for split in gfile.read_json(examples.path("splits.json"))["splits"]:
-        files = gfile.glob(examples.path(split, "data-*.tfrecord"))
+    for split in ingest.splits(examples):
+        files = ingest.shards(examples, split)
         units += [(split, f, i, len(files), k) for i, f in enumerate(files) for k in range(copies[split])]
 
     def build(pl):
@@ -126,3 +125,9 @@ def run(out, inputs, p: Params, rt) -> None:
     }
     gfile.write_json(out.file("transform.json"), transform)
     out.metadata.update(splits=counts, copies=copies)
+
+
+def transform(artifact) -> dict:
+    """What preprocess did (layout, shape, normalization, jitter, splits, labels): the record
+    every reader of its examples decodes by."""
+    return records.load_transform(artifact)

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components import metrics
-from components.contract import StageParams, from_recipe, key
+from components import evaluate, metrics, train
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "PushedModel"
-INPUTS = {"model": "Model", "evaluation": "ModelEvaluation"}
-REUSE = False  # a new artifact (this run's decision) every run
+# reuse=False: a new artifact (this run's decision) every run
+SPEC = Spec(output="PushedModel", inputs={"model": "train", "evaluation": "evaluate"}, reuse=False)
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class Params(StageParams):
 
 def run(out, inputs, params: Params, rt) -> None:
     model, evaluation = inputs["model"], inputs["evaluation"]
-    result = gfile.read_json(evaluation.path("metrics.json"))
+    result = evaluate.metrics(evaluation)
     store = out.store
     champion = store.champion(rt.pipeline)
     if champion is not None and champion.get("artifacts", {}).get("model") == model.uri:
@@ -37,7 +36,7 @@ def run(out, inputs, params: Params, rt) -> None:
               "model": model.uri, "evaluation": evaluation.uri}
     if pushed:
         gfile.makedirs(out.file("exported"))
-        for path in gfile.glob(model.path("models", "*.keras")):
+        for path in train.model_files(model).values():
             gfile.copy(path, out.file("exported", path.rsplit("/", 1)[-1]))
     gfile.write_json(out.file("push.json"), record)
     out.metadata.update(pushed=pushed, blessed=blessed)
@@ -47,3 +46,8 @@ def run(out, inputs, params: Params, rt) -> None:
         "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
         "exported": art.path("exported")}, lambda now: metrics.bless(
             params.primary, params.higher_is_better, result, now, params.tolerance)[0])) if pushed else None
+
+
+def decision(artifact) -> dict:
+    """This run's decision: blessed, pushed, why, against which champion."""
+    return gfile.read_json(artifact.path("push.json"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -10,12 +9,11 @@ from typing import Any
 import numpy as np
 
 from artifacts import gfile
-from components import records
-from components.contract import StageParams, from_recipe, key
+from components import evaluate, preprocess, records, train
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "Rendering"
 # transformed: the recorded normalization, and the eval-split inputs of pix2pix triptychs
-INPUTS = {"model": "Model", "evaluation": "ModelEvaluation", "transformed": "TransformedExamples"}
+SPEC = Spec(output="Rendering", inputs={"model": "train", "evaluation": "evaluate", "transformed": "preprocess"})
 
 
 @dataclass(frozen=True)
@@ -123,10 +121,6 @@ def confusion_plot(path: str, confusion: list[list[int]]) -> None:
     _fig(path, fig)
 
 
-def _step(path: str) -> int:
-    return int(path.rsplit("/", 1)[-1][:-4])
-
-
 def titled_row(path: str, images, titles) -> None:
     """The pix2pix tutorial's generate_images: images side by side under their titles (input,
     ground truth, prediction)."""
@@ -143,30 +137,28 @@ def run(out, inputs, params: Params, rt) -> None:
     import tensorflow as tf
 
     model = inputs["model"]
-    data = np.load(io.BytesIO(gfile.read_bytes(model.path("history.npz"))), allow_pickle=False)
-    epochs = json.loads(str(data["epochs"]))
-    history = {k: data[k] for k in data.files if k != "epochs"}
+    history, epochs = train.history(model)
     gfile.makedirs(out.file("grids"))
     history_plot(out.file("history.png"), history, epochs)
     writer = tf.summary.create_file_writer(out.file("logs"))
-    details = inputs["evaluation"].path("details.json")
-    if gfile.exists(details):
-        confusion_plot(out.file("confusion.png"), gfile.read_json(details)["confusion"])
+    details = evaluate.details(inputs["evaluation"])
+    if details is not None:
+        confusion_plot(out.file("confusion.png"), details["confusion"])
     transform_art = inputs["transformed"]
-    transform = records.load_transform(transform_art)
+    transform = preprocess.transform(transform_art)
     norm = transform["normalize"]
-    samples = sorted(gfile.glob(model.path("samples", "*.npy")), key=_step)
+    samples = train.samples(model)
     features = params.layout.features
     examples = []  # the eval-split examples the snapshots translated (if they did), as uint8
     if samples:
-        n = np.load(io.BytesIO(gfile.read_bytes(samples[0])), allow_pickle=False).shape[0]
+        n = np.load(io.BytesIO(gfile.read_bytes(next(iter(samples.values())))), allow_pickle=False).shape[0]
         examples = [{f: _to_uint8(e[f], norm) for f in features} for e in
                     records.dataset(transform_art, params.eval_split, features).take(n).as_numpy_iterator()]
     frames = []
     snap = None
-    for path in samples:
+    for step, path in samples.items():
         arr = _to_uint8(np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False), norm)
-        name = f"step-{_step(path):08d}.png"
+        name = f"step-{step:08d}.png"
         snap = params.layout.snapshot(examples, arr, params.max_triptychs)
         if snap is None:  # the GANs' fixed-seed samples
             g = grid(arr)
@@ -174,7 +166,7 @@ def run(out, inputs, params: Params, rt) -> None:
             g = grid(np.stack([x for row in snap.rows for x in row]), cols=len(snap.titles))
         _png(out.file("grids", name), g)
         frames.append(name)
-        with writer.as_default(step=_step(path)):
+        with writer.as_default(step=step):
             tf.summary.image("samples", g[None].astype(np.float32) / 255.0)
     if snap is not None:
         # the tutorial's generate_images, titled, for the trained model (the newest samples)
@@ -183,3 +175,21 @@ def run(out, inputs, params: Params, rt) -> None:
     writer.flush()
     gfile.write_json(out.file("frames.json"), frames)
     out.metadata.update(frames=len(frames))
+
+
+def frames(artifact) -> list[str]:
+    """The sample grids' paths, oldest step first: the frames of an animation."""
+    return [artifact.path("grids", name) for name in gfile.read_json(artifact.path("frames.json"))]
+
+
+def pictures(artifact) -> dict[str, str]:
+    """The pictures a run's summary shows: the newest sample grid (pix2pix: a row of triptychs per
+    fixed input), the history plot and, for a classifier, the confusion matrix."""
+    out = {}
+    grids = frames(artifact)
+    if grids:
+        out["samples"] = grids[-1]
+    out["history"] = artifact.path("history.png")
+    if gfile.exists(artifact.path("confusion.png")):
+        out["confusion"] = artifact.path("confusion.png")
+    return out

@@ -15,11 +15,10 @@ import numpy as np
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
 from components import checkpoints, distribute, interrupt, records
-from components.contract import StageParams, from_recipe, key
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "Model"
-INPUTS = {"transformed": "TransformedExamples"}
-USES_RECIPE = True  # the recipe's networks and step: the recipe is in this stage's code digest
+# uses_recipe: the recipe's networks and step
+SPEC = Spec(output="Model", inputs={"transformed": "preprocess"}, uses_recipe=True)
 
 
 @dataclass(frozen=True)
@@ -362,7 +361,7 @@ def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p:
                     manager.save(checkpoint_number=step)
                     saved_at = step
                     failpoints.hit(f"train.{name}.checkpoint.saved")
-                    gfile.write_json(gfile.join(work, "progress.json"), {"step": step, "total": total, "epoch": epoch})
+                    gfile.write_json(_progress_path(work), {"step": step, "total": total, "epoch": epoch})
                     _prune_histories(work, manager)
                     failpoints.hit(f"train.{name}.checkpoint.done")
                 progress.update(step, epoch, last)
@@ -447,3 +446,33 @@ def _export(out, setup, history, epoch_log, work, total, steps_per_epoch, second
     out.metadata.update(steps=total, epochs=math.ceil(total / steps_per_epoch),
                         final={k: float(v[-1]) for k, v in history.items() if v},
                         last_session_seconds=round(seconds, 2))
+
+
+# -- readers: what the other modules read of a Model artifact and of train's work directory ----
+def model_files(artifact) -> dict[str, str]:
+    """{network name: path of its .keras file}, the networks the recipe exports."""
+    paths = gfile.glob(artifact.path("models", "*.keras"))
+    return {p.rsplit("/", 1)[-1][: -len(".keras")]: p for p in paths}
+
+
+def samples(artifact) -> dict[int, str]:
+    """{step: path of the .npy of the fixed inputs' outputs at that step}, oldest first."""
+    paths = {int(p.rsplit("/", 1)[-1][: -len(".npy")]): p for p in gfile.glob(artifact.path("samples", "*.npy"))}
+    return dict(sorted(paths.items()))
+
+
+def history(artifact) -> tuple[dict, list]:
+    """({metric: per-step values}, the epoch log): plain arrays and JSON, never a pickle."""
+    with np.load(io.BytesIO(gfile.read_bytes(artifact.path("history.npz"))), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != "epochs"}, json.loads(str(data["epochs"]))
+
+
+def _progress_path(work: str) -> str:
+    return gfile.join(work, "progress.json")
+
+
+def progress(work: str) -> dict | None:
+    """{"step", "total", "epoch"} of the last checkpoint in a work directory, None before one:
+    where an interrupted train resumes."""
+    path = _progress_path(work)
+    return gfile.read_json(path) if gfile.exists(path) else None

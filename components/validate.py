@@ -11,11 +11,10 @@ import numpy as np
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components import beam_run, records
-from components.contract import StageParams, from_recipe, key
+from components import beam_run, ingest, records
+from components.contract import Spec, StageParams, from_recipe, key
 
-OUTPUT = "ExampleStatistics"
-INPUTS = {"examples": "Examples"}
+SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
 
 
 @dataclass(frozen=True)
@@ -165,8 +164,8 @@ def run(out, inputs, p: Params, rt) -> None:
     import apache_beam as beam
 
     examples = inputs["examples"]
-    splits = gfile.read_json(examples.path("splits.json"))["splits"]
-    items = [(s, f, p.max_image_pixels) for s in splits for f in gfile.glob(examples.path(s, "data-*.tfrecord"))]
+    splits = ingest.splits(examples)
+    items = [(s, f, p.max_image_pixels) for s in splits for f in ingest.shards(examples, s)]
     gfile.rmtree(out.work_dir)  # only this run's Beam output is read back, nothing left before it
     gfile.makedirs(out.work_dir)
 
@@ -190,3 +189,8 @@ def run(out, inputs, p: Params, rt) -> None:
     gfile.write_json(out.file("anomalies.json"), found)
     out.metadata.update(counts={s: v["count"] for s, v in stats.items()},
                         warnings=len(found))
+
+
+def statistics(artifact) -> dict:
+    """Per split: count, shapes, formats, pixel summary and label counts (summarize's output)."""
+    return gfile.read_json(artifact.path("statistics.json"))

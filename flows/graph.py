@@ -4,31 +4,32 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from artifacts import gfile
 from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
-from components.contract import Runtime
+from components import train
+from components.contract import Runtime, Spec
 from components.pipeline import Pipeline
 from flows.registry import get
 
-# input name -> upstream stage (same pipeline) for every stage: the only way a stage gets an
-# artifact. The names are the component's INPUTS (run_node checks it).
-STAGE_INPUTS: dict[str, dict[str, str]] = {
-    "ingest": {},
-    "validate": {"examples": "ingest"},
-    "preprocess": {"examples": "ingest", "statistics": "validate"},
-    "train": {"transformed": "preprocess"},
-    "evaluate": {"model": "train", "transformed": "preprocess"},
-    "render": {"model": "train", "evaluation": "evaluate", "transformed": "preprocess"},
-    "animate": {"rendering": "render"},
-    "promote": {"model": "train", "evaluation": "evaluate"},
-}
-# evaluate's inputs from the recipe's feature model pipeline (evaluate.FEATURE_INPUTS)
-FEATURE_INPUTS = {"feature_model": "train", "feature_transform": "preprocess"}
-UPSTREAM_STAGES = ("ingest", "validate", "preprocess", "train")
+
+def spec(stage: str) -> Spec:
+    """The stage's declaration (its component's SPEC): all the graph is derived from."""
+    return importlib.import_module(f"components.{stage}").SPEC
+
+
+def upstream(stages: Iterable[str]) -> frozenset[str]:
+    """The stages and every stage they read from, transitively: what must run before them."""
+    out: set[str] = set()
+    todo = list(stages)
+    while todo:
+        stage = todo.pop()
+        if stage not in out:
+            out.add(stage)
+            todo += spec(stage).inputs.values()
+    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class Node:
     def component(self):
         return importlib.import_module(f"components.{self.stage}")
 
+    @property
+    def spec(self) -> Spec:
+        return spec(self.stage)
+
     def params_object(self):
         """The component's Params read from this node's config: all the stage may see."""
         return self.component.Params.from_config(self.cfg, self.pipeline.recipe)
@@ -58,7 +63,7 @@ class Node:
         parts = {"component": code_digest(f"components.{self.stage}")}
         # a recipe outside the project's packages is followed through its own package too
         packages = tuple(dict.fromkeys(PROJECT_PACKAGES + (self.pipeline.module.split(".")[0],)))
-        if getattr(self.component, "USES_RECIPE", False):
+        if self.spec.uses_recipe:
             parts["recipe"] = code_digest(self.pipeline.module, packages)
         if any(f.metadata.get("recipe") == "layout" for f in dataclasses.fields(self.component.Params)):
             # the recipe's data layout: its methods are this stage's code too
@@ -69,36 +74,47 @@ class Node:
         """How this node runs: base (the run's engine, log rate, callbacks; else read from this
         node's config) with the node's pipeline name, and its recipe where the stage uses one."""
         return dataclasses.replace(base or Runtime.from_config(self.cfg), pipeline=self.pipeline.name,
-                                   recipe=self.pipeline.recipe if getattr(self.component, "USES_RECIPE", False) else None)
+                                   recipe=self.pipeline.recipe if self.spec.uses_recipe else None)
 
     @property
     def reuse(self) -> bool:
         """False for a stage that must decide again every run (promote)."""
-        return getattr(self.component, "REUSE", True)
+        return self.spec.reuse
+
+    def identity(self, inputs: Mapping[str, str]) -> tuple[str, dict, str]:
+        """(fingerprint, params, code digest) given {input name: input fingerprint}: the one
+        place a stage's fingerprint is computed (its name, code, Params and inputs)."""
+        params, code = self.params(), self.code()
+        return stage_fingerprint(self.stage, code, params, inputs), params, code
+
+    def fingerprint(self, inputs: Mapping[str, str]) -> str:
+        return self.identity(inputs)[0]
 
 
 def nodes(pipeline: Pipeline, cfg: Any) -> list[Node]:
-    """Topological order: the upstream classifier's stages first, then the pipeline's own."""
+    """Topological order: the stages of the recipe's feature-model pipeline that the feature
+    inputs need first, then the pipeline's own; every edge is a component's Spec."""
     out: list[Node] = []
-    extra: dict[str, str] = {}
     fm = pipeline.recipe.evaluation.feature_model
-    if fm is not None:
-        up = get(fm.pipeline)
-        out += [n for n in nodes(up, fm.config(cfg)) if n.stage in UPSTREAM_STAGES]
-        extra = {name: f"{up.name}/{stage}" for name, stage in FEATURE_INPUTS.items()}
+    up = get(fm.pipeline) if fm is not None else None
+    if up is not None:
+        needed = upstream(s for stage in pipeline.stages for s in spec(stage).feature_inputs.values())
+        out += [n for n in nodes(up, fm.config(cfg)) if n.stage in needed]
     for stage in pipeline.stages:
-        inputs = {name: f"{pipeline.name}/{up}" for name, up in STAGE_INPUTS[stage].items()
-                  if up in pipeline.stages}
-        if stage == "evaluate":
-            inputs.update(extra)
+        declared = spec(stage)
+        missing = sorted(set(declared.inputs.values()) - set(pipeline.stages))
+        if missing:
+            raise ValueError(f"{pipeline.name}/{stage} reads from {missing}, which the pipeline does not run")
+        inputs = {name: f"{pipeline.name}/{src}" for name, src in declared.inputs.items()}
+        if up is not None:
+            inputs.update({name: f"{up.name}/{src}" for name, src in declared.feature_inputs.items()})
         out.append(Node(pipeline, cfg, stage, inputs))
     return out
 
 
 def source_ref(node: Node) -> InputRef:
-    from components.ingest import resolve_source
-
-    return resolve_source(node.params_object())
+    """The data source a source stage (ingest) reads, as its Params name it."""
+    return node.component.resolve_source(node.params_object())
 
 
 def fingerprints(nodes_: list[Node]) -> dict[str, tuple[str, dict]]:
@@ -106,11 +122,11 @@ def fingerprints(nodes_: list[Node]) -> dict[str, tuple[str, dict]]:
     artifact's fingerprint is its stage fingerprint, so the whole chain is known up front."""
     out: dict[str, tuple[str, dict]] = {}
     for n in nodes_:
-        if n.stage == "ingest":
+        if n.spec.source:
             ins = {"source": source_ref(n).fingerprint}
         else:
             ins = {name: out[key][0] for name, key in n.inputs.items()}
-        out[n.key] = (stage_fingerprint(n.stage, n.code(), n.params(), ins), ins)
+        out[n.key] = (n.fingerprint(ins), ins)
     return out
 
 
@@ -119,20 +135,16 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
     """Reuse or build one stage; done holds the artifacts of every earlier node. The component
     gets its Params, its declared inputs and a Runtime (how to run: never in the fingerprint)."""
     comp = node.component
-    if node.stage == "ingest":
+    if node.spec.source:
         inputs: dict[str, Artifact | InputRef] = {"source": source_ref(node)}
     else:
         inputs = {name: done[key] for name, key in node.inputs.items()}
-    declared = set(comp.INPUTS) | (set(getattr(comp, "FEATURE_INPUTS", {})) & set(inputs))
-    if set(inputs) != declared:
-        raise RuntimeError(f"{node.key}: the graph gives {sorted(inputs)}, the component declares {sorted(declared)}")
+    fp, params, code = node.identity({k: v.fingerprint for k, v in inputs.items()})
     p = node.params_object()
-    params, code = p.as_dict(), node.code()
-    fp = stage_fingerprint(node.stage, code, params, {k: v.fingerprint for k, v in inputs.items()})
     rt = node.runtime(runtime)
     try:
         return store.get_or_build(
-            node.pipeline.name, node.stage, fp, type=comp.OUTPUT, params=params, inputs=inputs,
+            node.pipeline.name, node.stage, fp, type=node.spec.output, params=params, inputs=inputs,
             code=code, build=lambda w: comp.run(w, inputs, p, rt), reuse=node.reuse)
     except Exception as exc:
         # a full disk is the user's to fix: one line; the store has committed nothing
@@ -155,9 +167,9 @@ def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
         if store.find(n.pipeline.name, n.stage, fp) is not None:
             rows.append({"key": n.key, "action": "reuse", "why": f"committed {fp[:12]}"})
             continue
-        progress = gfile.join(store.work_dir(n.pipeline.name, n.stage, fp), "progress.json")
-        if gfile.exists(progress):
-            step = gfile.read_json(progress)["step"]
+        progress = train.progress(store.work_dir(n.pipeline.name, n.stage, fp))
+        if progress is not None:
+            step = progress["step"]
             rows.append({"key": n.key, "action": f"resume from step {step}",
                          "why": "checkpoint in work dir"})
             continue
@@ -171,7 +183,7 @@ def _why(store: ArtifactStore, n: Node, params: dict, ins: dict) -> str:
         return "never built"
     last = versions[-1].manifest
     if not store.find(n.pipeline.name, n.stage, last["fingerprint"]) and \
-            last["fingerprint"] == stage_fingerprint(n.stage, n.code(), params, ins):
+            last["fingerprint"] == n.fingerprint(ins):
         return "committed artifact damaged: rebuild"
     reasons = []
     changed = sorted(k for k in params.keys() | last["params"].keys()

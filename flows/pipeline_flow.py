@@ -15,10 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.states import Cancelled, State
 
-from artifacts import failpoints, gfile
+from artifacts import failpoints
 from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
-from components import interrupt
+from components import animate, evaluate, interrupt, promote, render
 from components.contract import Runtime
 from flows.graph import Node, nodes, run_node
 from flows.registry import all_pipelines, get
@@ -142,25 +142,18 @@ def _record(store: ArtifactStore, pipeline: str, run_id: str, overrides: list[st
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
     evaluation = done.get(f"{pipeline}/evaluate")
     if evaluation is not None:
-        summary["metrics"] = gfile.read_json(evaluation.path("metrics.json"))
-    promote = done.get(f"{pipeline}/promote")
-    if promote is not None:  # this run's decision, made against the champion of that moment
-        decision = gfile.read_json(promote.path("push.json"))
+        summary["metrics"] = evaluate.metrics(evaluation)
+    promotion = done.get(f"{pipeline}/promote")
+    if promotion is not None:  # this run's decision, made against the champion of that moment
+        decision = promote.decision(promotion)
         summary.update(blessed=decision["blessed"], why=decision["why"])
     champion = store.champion(pipeline)
     summary["champion"] = champion["version"] if champion else None
     pics = {}
     if f"{pipeline}/render" in done:
-        render = done[f"{pipeline}/render"]
-        grids = sorted(gfile.glob(render.path("grids", "step-*.png")))
-        if grids:  # the newest step's grid (pix2pix: a row of triptychs per fixed input)
-            newest = grids[-1].rsplit("/", 1)[-1][:len("step-00000000")]
-            pics["samples"] = render.path("grids", newest + ".png")
-        pics["history"] = render.path("history.png")
-        if gfile.exists(render.path("confusion.png")):
-            pics["confusion"] = render.path("confusion.png")
+        pics.update(render.pictures(done[f"{pipeline}/render"]))
     if f"{pipeline}/animate" in done:
-        pics["gif"] = done[f"{pipeline}/animate"].path("training.gif")
+        pics["gif"] = animate.gif(done[f"{pipeline}/animate"])
     summary["pictures"] = pics
     try:
         store.record_run(run_id, summary)

@@ -18,16 +18,13 @@ from artifacts.errors import UserError
 from components.distribute import cluster, is_chief, strategy
 
 # -- the program every worker runs -------------------------------------------------------------
-WORKER_STAGES = ("ingest", "validate", "preprocess", "train")
-
-
 def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> dict:
     """One worker: the pipeline's data stages (reused, or built once under the store's lock),
     then its train stage in lockstep with the other workers. Only the chief commits."""
     import shutil
 
     from artifacts.store import Writer, open_store
-    from flows.graph import nodes, run_node
+    from flows.graph import nodes, run_node, upstream
     from flows.registry import get
 
     p = get(pipeline_name)
@@ -38,14 +35,15 @@ def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> di
     strategy(cfg.train.workers)  # first: before the data stages run any TensorFlow op
     store = open_store(root)
     done: dict = {}
+    needed = upstream(["train"])
     for node in nodes(p, cfg):
-        if node.pipeline.name != p.name or node.stage not in WORKER_STAGES:
+        if node.pipeline.name != p.name or node.stage not in needed:
             continue
         if node.stage != "train" or is_chief():
             done[node.key] = run_node(store, node, done).artifact
             continue
         inputs = {name: done[key] for name, key in node.inputs.items()}
-        fp = done_fingerprint(node, inputs)
+        fp = node.fingerprint({k: v.fingerprint for k, v in inputs.items()})
         if store.find(p.name, "train", fp) is not None:  # committed: the chief reuses it too
             return {"worker": cluster()[0], "chief": False, "fingerprint": fp}
         tmp = tempfile.mkdtemp(prefix="tapeline-worker-out-")
@@ -57,12 +55,6 @@ def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> di
         return {"worker": cluster()[0], "chief": False, "fingerprint": fp}
     art = done[f"{p.name}/train"]
     return {"worker": cluster()[0], "chief": True, "fingerprint": art.fingerprint, "uri": art.uri}
-
-
-def done_fingerprint(node, inputs) -> str:
-    from artifacts.fingerprint import stage_fingerprint
-
-    return stage_fingerprint(node.stage, node.code(), node.params(), {k: v.fingerprint for k, v in inputs.items()})
 
 
 # -- the launcher: N workers on this machine -----------------------------------------------------

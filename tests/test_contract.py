@@ -120,7 +120,7 @@ def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_con
     names = list(inspect.signature(comp.run).parameters)  # (out, inputs, params, runtime)
     assert len(names) == 4 and names[:2] == ["out", "inputs"] and not {"cfg", "config", "pipeline"} & set(names)
     assert issubclass(comp.Params, StageParams) and comp.Params.__dataclass_params__.frozen
-    assert set(graph.STAGE_INPUTS[stage]) == set(comp.INPUTS) - {"source"}
+    assert set(comp.SPEC.inputs.values()) | set(comp.SPEC.feature_inputs.values()) <= set(STAGES) - {stage}
     runtime_fields = {f.name for f in dataclasses.fields(Runtime)}
     assert runtime_fields == {"beam", "log_every", "pipeline", "recipe", "on_progress"}
     assert "beam.shards" not in Runtime.keys()  # it decides ingest's files: ingest's Params
@@ -141,6 +141,21 @@ def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_con
         others = [k for k in flat if not _reads(comp.Params.keys(), k)]
         cfg2 = functools.reduce(_set, others, cfg)
         assert comp.Params.from_config(cfg2, p.recipe) == params
+
+
+def test_the_graph_is_derived_from_the_components_specs():
+    """Edges come from each SPEC; a GAN's evaluate gets the classifier's train and preprocess,
+    and only the classifier stages those need run upstream."""
+    assert graph.upstream(["train"]) == {"ingest", "validate", "preprocess", "train"}
+    assert graph.upstream(["animate"]) == set(STAGES) - {"promote"}
+    ns = graph.nodes(get("mnist-gan"), get("mnist-gan").config())
+    assert [n.key for n in ns[:4]] == [f"mnist-classifier/{s}" for s in ("ingest", "validate", "preprocess", "train")]
+    evaluate = next(n for n in ns if n.key == "mnist-gan/evaluate")
+    assert dict(evaluate.inputs) == {"model": "mnist-gan/train", "transformed": "mnist-gan/preprocess",
+                                     "feature_model": "mnist-classifier/train",
+                                     "feature_transform": "mnist-classifier/preprocess"}
+    with pytest.raises(ValueError, match="does not run"):
+        graph.nodes(dataclasses.replace(get("mnist-gan"), stages=("ingest", "train")), get("mnist-gan").config())
 
 
 def test_changed_train_splits_rebuild_preprocess(tmp_path):
@@ -298,7 +313,7 @@ def test_a_fifth_pipeline_registered_here_runs_end_to_end_through_its_flow(harne
     from components import records
 
     test = records.arrays(ArtifactStore(str(tmp_path / "root")).load(summary["stages"]["tiny-autoencoder/preprocess"]["uri"]),
-                          TinyConfig().data.eval_split)["image"]
+                          TinyConfig().data.eval_split, ("image",))["image"]
     x = test.reshape(len(test), -1)
     net = keras.saving.load_model(champion["exported"] + "/autoencoder.keras", compile=False)
     assert m["mse"] == pytest.approx(float(np.mean((net(x, training=False).numpy() - x) ** 2)), rel=1e-5)
