@@ -83,7 +83,13 @@ def build(p, info: DataInfo) -> TrainSetup:
 
     return TrainSetup(networks={"classifier": model}, optimizers={"classifier": opt},
                       step=step, metrics=("loss", "accuracy"), batch=batch, export={"classifier": inference},
-                      val_step=val_step if info.val_split else None, val_split=info.val_split)
+                      val_step=val_step if info.val_split else None, val_split=info.val_split,
+                      val_metrics=val_accuracy)
+
+
+def val_accuracy(totals: dict) -> dict:
+    """The val_step's sums over the whole held-out split, as the guide's val_acc_metric."""
+    return {"val_accuracy": totals["val_correct"] / max(totals["val_count"], 1)}
 
 
 def features(model):
