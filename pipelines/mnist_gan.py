@@ -7,8 +7,7 @@ from pipelines import mnist_classifier
 from components import measures
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
-                                TrainConfig, ValidateConfig)
+from components.sections import BaseConfig, DataConfig, TrainConfig
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -20,18 +19,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    data: DataConfig = DataConfig(source="tfds:mnist", normalize="unit",
-                                  train_splits=("train", "test"))
-    validate: ValidateConfig = ValidateConfig()
+class Config(BaseConfig):
+    data: DataConfig = DataConfig(train_splits=("train", "test"))
     # The guide runs 1 epoch and says "in practice you need at least 20 to generate nice digits".
-    train: TrainConfig = TrainConfig(epochs=20, batch_size=64, shuffle_buffer=1024, sample_every=500)
+    train: TrainConfig = TrainConfig(epochs=20, batch_size=64, sample_every=500)
     model: ModelConfig = ModelConfig()
-    eval: EvalConfig = EvalConfig()
-    render: RenderConfig = RenderConfig()
-    beam: BeamConfig = BeamConfig()
-    flow: FlowConfig = FlowConfig()
 
 
 def build_networks(cfg, info: DataInfo):
