@@ -97,17 +97,13 @@ def build(p, info: DataInfo) -> TrainSetup:
                       rngs={"noise": rng}, sample=lambda: generator(seed_noise, training=False))
 
 
-def generate(nets, z):
-    return nets["generator"](z, training=False)
-
-
 def real_logit(nets, images):
     """Discriminator logit, > 0 means 'judged real'."""
     return nets["discriminator"](images, training=False)
 
 
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(generate, real_logit), primary="frechet_distance",
+    measure=measures.generation(real_logit), primary="frechet_distance",
     higher_is_better=False, feature_model=mnist_classifier.FEATURES))
 
 PIPELINE = Pipeline(

@@ -94,10 +94,6 @@ def build(p, info: DataInfo) -> TrainSetup:
                       rngs={"noise": rng}, sample=lambda: generator(fixed_z, training=False))
 
 
-def generate(nets, z):
-    return nets["generator"](z, training=False)
-
-
 def real_logit(nets, images):
     """Discriminator logit oriented so that > 0 means 'judged real' (this D labels fakes 1)."""
     return -nets["discriminator"](images, training=False)
@@ -105,7 +101,7 @@ def real_logit(nets, images):
 
 # evaluated in the feature space of the classifier trained on the same data by mnist-classifier
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(generate, real_logit), primary="frechet_distance",
+    measure=measures.generation(real_logit), primary="frechet_distance",
     higher_is_better=False, feature_model=mnist_classifier.FEATURES))
 
 PIPELINE = Pipeline(
