@@ -80,12 +80,7 @@ def jitter_pair(inp, tar, p: Params, rng: np.random.Generator):
 
 
 def _image(data: bytes, fmt: bytes, shape: list, ex_id: str, p: Params) -> np.ndarray:
-    if fmt == b"raw":
-        img = np.frombuffer(data, np.uint8).reshape(shape)
-        if img.shape == (p.size, p.size, p.channels):
-            return img
-    else:
-        img = records.decode_rgb(data, ex_id, p.max_image_pixels)
+    img = records.pixels(data, fmt, shape, ex_id, p.max_image_pixels)
     if img.shape[2] != p.channels:
         img = img.mean(axis=2, keepdims=True).astype(np.uint8) if p.channels == 1 else \
             np.repeat(img, 3, axis=2)
