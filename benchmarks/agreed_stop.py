@@ -1,9 +1,9 @@
-"""Issue 21: what the agreed stop (train._agreed_stop) costs a multi-worker step.
+"""Issue 21: what the agreed stop (step_runner.agreed_stop) costs a multi-worker step.
 
 Two MultiWorkerMirroredStrategy workers on loopback (RING, one CPU replica each, as `tapeline
 train-workers` starts them) call a step function that does what the train stage's does around
 the model: one replica step, a MEAN all-reduce of four metrics, the step counter. Variant
-"plain" is that; "agreed" wraps it with train._agreed_stop itself (the host builds the two-number
+"plain" is that; "agreed" wraps it with step_runner.agreed_stop itself (the host builds the two-number
 request, the step all-reduces it, the host reads the sum). Blocks of calls alternate between the
 two so that the load of a shared machine hits both alike; the difference of the medians is the
 cost per step. One-process runs do not pay it at all: they keep the plain step function.
@@ -28,7 +28,7 @@ def worker(calls: int, blocks: int) -> dict:
     strategy = distribute.strategy(2)  # first, before any other op
     import tensorflow as tf
 
-    from components.train import _agreed_stop
+    from components.step_runner import agreed_stop
 
     step_var = tf.Variable(0, dtype=tf.int64)
     w = tf.Variable(tf.ones([64, 64]))
@@ -39,7 +39,7 @@ def worker(calls: int, blocks: int) -> dict:
         return {k: tf.reduce_mean(y) * i for i, k in enumerate("abcd")}
 
     @tf.function
-    def one_step(it, asked=None):  # the shape of train._loop's one_step
+    def one_step(it, asked=None):  # the shape of StepRunner's one step
         m = strategy.run(replica_step, args=(next(it),))
         step_var.assign_add(1)
         out = tuple(tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32) for k in "abcd")
@@ -47,7 +47,7 @@ def worker(calls: int, blocks: int) -> dict:
             return out
         return out + (strategy.reduce("SUM", strategy.run(tf.identity, args=(asked,)), axis=None),)
 
-    stopping, agreed = _agreed_stop(tf, one_step)
+    stopping, agreed = agreed_stop(one_step)
     variants = {"plain": lambda: [v.numpy() for v in one_step(it)], "agreed": lambda: (agreed(it), stopping())}
     times: dict = {k: [] for k in variants}
     for f in variants.values():  # trace both

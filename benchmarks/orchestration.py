@@ -67,12 +67,15 @@ def on_flow(m):
         return orig(*a, **k)
     m.run_node = first
 
-def on_recipe(m):
+def on_measures(m):
     wrap(m, "generate", "    evaluate: sample generation")
+
+def on_recipe(m):
     wrap(m, "real_logit", "    evaluate: discriminator passes")
 
 # Modules are wrapped as the CLI imports them, so the order and overlap of its imports are kept.
 POST = {"prefect.server.api.server": on_server, "flows.pipeline_flow": on_flow, "pipelines.fashion_dcgan": on_recipe,
+        "components.measures": on_measures,
         "prefect": None, "tensorflow": None, "apache_beam": None}
 
 class Probe(importlib.abc.MetaPathFinder):

@@ -109,6 +109,28 @@ def _candidates(directory: str) -> list[str]:
     return [listed[k] for k in sorted(listed, reverse=True)]
 
 
+def save_history(path: str, history: dict, epoch_log: list) -> None:
+    """The loss history and epoch log as one .npz (plain arrays and JSON: load_history reads it
+    without a pickle); beside each checkpoint, and the exported history.npz."""
+    buf = io.BytesIO()
+    np.savez(buf, epochs=json.dumps(epoch_log), **{k: np.asarray(v, np.float32) for k, v in history.items()})
+    gfile.write_bytes(path, buf.getvalue())
+
+
+def prune_histories(work: str, manager) -> None:
+    """Drop the histories of checkpoints the manager no longer keeps."""
+    keep = {f"history-{p.rsplit('-', 1)[-1]}.npz" for p in manager.checkpoints}
+    for path in gfile.glob(gfile.join(work, "history-*.npz")):
+        if path.rsplit("/", 1)[-1] not in keep:
+            gfile.remove(path)
+
+
+def read_history(path: str) -> tuple[dict, list]:
+    """({metric: per-step values}, the epoch log) of a save_history file, never unpickled."""
+    with np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != "epochs"}, json.loads(str(data["epochs"]))
+
+
 def load_history(work: str, step: int, metrics) -> tuple[dict, list]:
     """The loss history saved with checkpoint `step`: plain arrays and JSON, never a pickle; it
     must hold exactly `step` values of every metric."""

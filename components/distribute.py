@@ -61,7 +61,7 @@ def _reclaim_sigterm() -> None:
     """The strategy's coordination service puts TensorFlow's own C++ SIGTERM handler (tsl's
     SigtermNotifier, there for PreemptionCheckpointHandler) in place of Python's: a SIGTERM then
     never reaches Python, and the worker trains on as if nothing happened (measured). Install
-    Python's handler again (the interrupt handlers: see train._agreed_stop)."""
+    Python's handler again (the interrupt handlers: see step_runner.agreed_stop)."""
     if threading.current_thread() is threading.main_thread():
         handler = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)

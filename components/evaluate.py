@@ -37,8 +37,7 @@ def load_models(model_art) -> dict:
 
 def _renormalize(x, src: dict, dst: dict):
     """Map images from one recorded normalization to another (through 0..255)."""
-    raw = (x - src["offset"]) / src["scale"]
-    return raw * dst["scale"] + dst["offset"]
+    return records.unnormalize(x, src) * dst["scale"] + dst["offset"]
 
 
 def feature_space(fm, inputs, transformed):

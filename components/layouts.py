@@ -98,12 +98,7 @@ class Layout:
 def model_image(data: bytes, fmt: bytes, shape: list, where: str, size: int, channels: int,
                 max_pixels: int) -> np.ndarray:
     """Raw or encoded pixels as a size x size x channels uint8 image (bilinear resize)."""
-    if fmt == b"raw":
-        img = np.frombuffer(data, np.uint8).reshape(shape)
-        if img.shape == (size, size, channels):
-            return img
-    else:
-        img = records.decode_rgb(data, where, max_pixels)
+    img = records.pixels(data, fmt, shape, where, max_pixels)
     if img.shape[2] != channels:
         img = img.mean(axis=2, keepdims=True).astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
     if img.shape[:2] != (size, size):

@@ -36,11 +36,15 @@ def classification(network: str) -> Callable[[Measuring], tuple[dict, dict]]:
     return measure
 
 
-def generation(generate: Callable[[Any, Any], Any],
-               real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], tuple[dict, dict]]:
+def generate(nets, z):
+    """A GAN's images for the latent batch z: its exported generator, in inference mode."""
+    return nets["generator"](z, training=False)
+
+
+def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], tuple[dict, dict]]:
     """Fréchet distance and classifier score in the feature model's space, and the
-    discriminator's accuracy. generate(nets, z) -> images; real_logit(nets, images) -> logits
-    that are > 0 where the discriminator judges an image real."""
+    discriminator's accuracy. The samples come from generate(); real_logit(nets, images) ->
+    logits that are > 0 where the discriminator judges an image real (each GAN orients its own)."""
 
     def measure(m: Measuring) -> tuple[dict, dict]:
         import tensorflow as tf

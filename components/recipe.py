@@ -29,8 +29,9 @@ class TrainSetup:
     export: Mapping[str, Any]             # models a user loads without tapeline (.keras)
     rngs: Mapping[str, Any] = field(default_factory=dict)  # tf.random.Generator by name
     sample: Callable[[], Any] | None = None   # fixed-seed snapshot: -> array
-    val_step: Callable[[Any], dict] | None = None  # epoch-end validation (classifier)
+    val_step: Callable[[Any], dict] | None = None  # epoch-end validation (classifier): batch -> {name: sum}
     val_split: str | None = None
+    val_metrics: Callable[[dict], dict] = dict     # the val_step sums over the split -> {"val_...": metric}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 from typing import Any, Iterable
 
@@ -90,6 +91,16 @@ def decode_rgb(data: bytes, where: str, max_pixels: int) -> np.ndarray:
             raise UserError(f"undecodable image: {image_error(e)}", where, "replace or remove the file") from None
 
 
+def pixels(data: bytes, fmt: bytes, shape, where: str, max_pixels: int) -> np.ndarray:
+    """One stored example's pixels as H x W x C uint8, whichever way ingest stored them: raw
+    bytes of `shape`, or an encoded image (RGB); a UserError naming where if they are neither."""
+    if fmt != b"raw":
+        return decode_rgb(data, where, max_pixels)
+    if len(data) != math.prod(shape):
+        raise UserError(f"undecodable image: {len(data)} raw bytes, not {shape}", where, "replace or remove the file")
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
 def arrays(artifact, split: str, features: tuple[str, ...], limit: int | None = None) -> dict[str, np.ndarray]:
     """A whole preprocessed split (or its first `limit` examples) as numpy arrays by feature."""
     ds = dataset(artifact, split, features)
@@ -122,6 +133,12 @@ def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
 
 def load_transform(artifact) -> dict:
     return gfile.read_json(artifact.path("transform.json"))
+
+
+def unnormalize(x, normalize: dict):
+    """Images back in pixel values (0..255, float) from the normalization that parse_fn applied
+    and transform.json records as `normalize`: the one inverse for every consumer."""
+    return (x - normalize["offset"]) / normalize["scale"]
 
 
 def split_files(artifact, split: str, copy: int = 0) -> list[str]:

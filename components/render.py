@@ -33,8 +33,7 @@ def _plt():
 
 
 def _to_uint8(x: np.ndarray, normalize: dict) -> np.ndarray:
-    raw = (x - normalize["offset"]) / normalize["scale"]
-    return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(records.unnormalize(x, normalize)), 0, 255).astype(np.uint8)
 
 
 # The seed's generate_and_save_images draws 16 samples in a 4x4-inch figure (400 pixels at

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from artifacts.errors import UserError
 from components.config import LIMITS, Limit
@@ -122,6 +122,22 @@ def _known_runner(name: str) -> bool:
 class FlowConfig:
     retries: int = 0                      # Prefect flow-level retries; each retry resumes
     retry_delay_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """The sections every pipeline has, at the seed tutorial's defaults. A recipe's Config
+    subclasses it and states only its model section and the values that differ (flax's
+    configs/default.py); dataclass fields keep their order, so every Config lists its keys alike."""
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    validate: ValidateConfig = ValidateConfig()
+    train: TrainConfig = TrainConfig()
+    model: Any = None                     # the recipe's own section (a frozen dataclass)
+    eval: EvalConfig = EvalConfig()
+    render: RenderConfig = RenderConfig()
+    beam: BeamConfig = BeamConfig()
+    flow: FlowConfig = FlowConfig()
 
 
 _COUNT = Limit(1, 2 ** 31 - 1)         # a positive count or size

@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
 from components import checkpoints, distribute, interrupt, records
 from components.contract import Spec, StageParams, from_recipe, key
+from components.recorder import PROGRESS, Progress, Recorder
+from components.schedule import Schedule
 
 # uses_recipe: the recipe's networks and step
 SPEC = Spec(output="Model", inputs={"transformed": "preprocess"}, uses_recipe=True)
@@ -44,10 +43,6 @@ class Params(StageParams):
     mixed_precision: bool = key("train.mixed_precision")
     xla: bool = key("train.xla")
     deterministic: bool = key("train.deterministic")
-
-
-class TrainingDiverged(UserError):
-    pass
 
 
 def prepare_devices(cfg) -> None:
@@ -151,72 +146,24 @@ def _fixed_inputs(art, transform, p: Params, n):
     return p.layout.fixed_inputs(examples)
 
 
-class _Progress:
-    """tqdm bar on a terminal; plain log lines every log_every steps otherwise; and the
-    orchestrator's callback (rt.on_progress: the flow's Prefect progress artifact)."""
-
-    def __init__(self, total: int, start: int, rt):
-        self.total, self.every, self.t0, self.s0 = total, rt.log_every, time.time(), start
-        self.rt = rt
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, epoch: int, last: dict):
-        rate = (step - self.s0) / max(time.time() - self.t0, 1e-9)
-        text = " ".join(f"{k}={v:.4g}" for k, v in last.items())
-        due = step == self.total or step // self.every != (step - 1) // self.every or step - self.s0 < 2
-        if due:
-            self.rt.progress(step, self.total)
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix_str(f"epoch {epoch} {text}", refresh=True)
-        elif due:
-            print(f"train step {step}/{self.total} epoch {epoch} {rate:.1f} steps/s {text}", flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run(out, inputs, p: Params, rt) -> None:
+    """Build the recipe's networks, resume from the newest checkpoint, train to the total, export."""
     import keras
     import tensorflow as tf
 
-    from components.recipe import DataInfo
+    from components.step_runner import StepRunner
 
-    t = p
     art = inputs["transformed"]
     transform = records.load_transform(art)
     work = out.work_dir
-    gfile.makedirs(work)
-    identity = {"fingerprint": work.rstrip("/").rsplit("/", 1)[-1], "params": p.as_dict(),
-                "data": art.fingerprint}
-    cfg_path = gfile.join(work, "config.json")
-    chief = distribute.is_chief()  # other workers read the chief's checkpoints, write elsewhere
-    if chief and gfile.exists(cfg_path) and gfile.read_json(cfg_path) != json.loads(json.dumps(identity)):
-        raise UserError("checkpoint was written by another training config or data", work,
-                        "delete the work directory or rerun with the original --set values")
-    if chief:
-        gfile.write_json(cfg_path, identity)
-
-    if t.deterministic:
+    _claim(work, p, art)
+    if p.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(p.seed)
-    keras.mixed_precision.set_global_policy("mixed_float16" if t.mixed_precision else "float32")
-    strategy = _strategy(t.strategy, t.workers)
-    n_train = sum(transform["splits"][s] for s in p.train_splits)
-    if n_train == 0:
-        raise UserError("no training examples", art.uri, "check data.train_splits")
-    steps_per_epoch = math.ceil(n_train / t.batch_size)
-    total = t.epochs * steps_per_epoch
-    if t.max_steps:
-        total = min(total, t.max_steps)
-    val = "val" if "val" in transform["splits"] and "val" not in p.train_splits else None
-    info = DataInfo(tuple(transform["image_shape"]), max(transform["num_classes"], 1), n_train,
-                    _fixed_inputs(art, transform, p, getattr(p.model, "num_fixed_samples", 4)), val)
+    keras.mixed_precision.set_global_policy("mixed_float16" if p.mixed_precision else "float32")
+    strategy = _strategy(p.strategy, p.workers)
+    info = _data_info(art, transform, p)
+    schedule = Schedule.of(p, info.train_examples)
     try:
         with strategy.scope():
             with own_keras_seeds(p.seed):
@@ -232,198 +179,102 @@ def run(out, inputs, p: Params, rt) -> None:
                                    **{f"opt_{k}": v for k, v in setup.optimizers.items()},
                                    **{f"rng_{k}": v for k, v in setup.rngs.items()})
         scratch = distribute.scratch_dir(work)
-        manager = checkpoints.manager(ckpt, gfile.join(scratch, "checkpoints"), t.keep_checkpoints)
+        manager = checkpoints.manager(ckpt, gfile.join(scratch, "checkpoints"), p.keep_checkpoints)
         # every worker restores the chief's checkpoints (the only ones ever read back)
-        history, epoch_log = checkpoints.restore(ckpt, gfile.join(work, "checkpoints"), step_var, work,
-                                                 setup.metrics, prepare=_epoch_of(stream, steps_per_epoch))
-        seconds = _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p, rt, art,
-                        scratch, total, steps_per_epoch, rt.pipeline)
-        _export(out, setup, history, epoch_log, scratch, total, steps_per_epoch, seconds)
+        history, epoch_log = checkpoints.restore(ckpt, gfile.join(work, "checkpoints"), step_var, work, setup.metrics,
+                                                 prepare=_epoch_of(stream, schedule.steps_per_epoch))
+        runner = StepRunner(setup, strategy, step_var, p.xla, multi_worker=p.strategy == "multi_worker")
+        rec = Recorder(scratch, rt.pipeline, schedule, manager, history, epoch_log, setup.sample)
+        seconds = _loop(runner, schedule, rec, stream, _validator(setup, art, p.layout.features), rt)
+        _export(out, setup, history, epoch_log, scratch, schedule.total, schedule.steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
                             devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),
-                            precision=keras.mixed_precision.global_policy().name, xla=t.xla)
+                            precision=keras.mixed_precision.global_policy().name, xla=p.xla)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _per_replica(tf, strategy, batch):
-    """A global batch as per-replica values: replica i gets the i-th contiguous slice."""
-    r = strategy.num_replicas_in_sync
-    if r == 1:
-        return batch
+def _claim(work: str, p: Params, art) -> None:
+    """Checkpoints in work resume only the same params on the same data: its config.json says
+    which (written by the chief; other workers read the chief's checkpoints, write elsewhere)."""
+    gfile.makedirs(work)
+    identity = {"fingerprint": work.rstrip("/").rsplit("/", 1)[-1], "params": p.as_dict(),
+                "data": art.fingerprint}
+    cfg_path = gfile.join(work, "config.json")
+    if not distribute.is_chief():
+        return
+    if gfile.exists(cfg_path) and gfile.read_json(cfg_path) != json.loads(json.dumps(identity)):
+        raise UserError("checkpoint was written by another training config or data", work,
+                        "delete the work directory or rerun with the original --set values")
+    gfile.write_json(cfg_path, identity)
 
-    def part(ctx):
-        i = ctx.replica_id_in_sync_group
 
-        def cut(x):
-            n = tf.shape(x)[0]
-            return x[i * n // r:(i + 1) * n // r]
-        return tf.nest.map_structure(cut, batch)
-    return strategy.experimental_distribute_values_from_function(part)
+def _data_info(art, transform, p: Params):
+    """What the recipe is told about its data; there must be something to train on."""
+    from components.recipe import DataInfo
+
+    n_train = sum(transform["splits"][s] for s in p.train_splits)
+    if n_train == 0:
+        raise UserError("no training examples", art.uri, "check data.train_splits")
+    val = "val" if "val" in transform["splits"] and "val" not in p.train_splits else None
+    return DataInfo(tuple(transform["image_shape"]), max(transform["num_classes"], 1), n_train,
+                    _fixed_inputs(art, transform, p, getattr(p.model, "num_fixed_samples", 4)), val)
 
 
-def _loop(tf, strategy, setup, stream, step_var, manager, history, epoch_log, p: Params, rt, art,
-          work, total, steps_per_epoch, name) -> float:
-    """Train to `total` steps; returns the seconds this session's loop took."""
-    t = p
-    names = setup.metrics
-    step_fn = tf.function(setup.step, jit_compile=True) if t.xla else setup.step
-
-    @tf.function
-    def one_step(it, asked=None):
-        m = strategy.run(step_fn, args=(_per_replica(tf, strategy, next(it)),))
-        step_var.assign_add(1)
-        out = tuple(tf.cast(strategy.reduce("MEAN", m[k], axis=None), tf.float32) for k in names)
-        if asked is None:
-            return out
-        # how many workers were asked to stop (by SIGINT, by SIGTERM) before this step: one
-        # all-reduce of two numbers, so every worker sees the same answer after the same step
-        return out + (strategy.reduce("SUM", strategy.run(tf.identity, args=(asked,)), axis=None),)
-
-    stopping = interrupt.requested  # one process: its own signal is the stop
-    if t.strategy == "multi_worker":  # several: a stop is agreed, or the others hang in a collective
-        stopping, one_step = _agreed_stop(tf, one_step)
-
-    def run_steps(it, n: int) -> dict:
-        """Up to n one-step graphs dispatched back to back; the host reads the metrics once per
-        call. A stop request ends the call at the next step boundary (after at least one step)."""
-        outs = [one_step(it)]
-        while len(outs) < n and not stopping():
-            outs.append(one_step(it))
-        return {k: tf.stack([o[i] for o in outs]) for i, k in enumerate(names)}
-
-    sample_fn = tf.function(setup.sample) if setup.sample else None
-    val_fn = tf.function(setup.val_step) if setup.val_step else None  # traced once, not per epoch
-    writer = tf.summary.create_file_writer(gfile.join(work, "logs"))
-    samples_dir = gfile.join(work, "samples")
-    gfile.makedirs(samples_dir)
-    ck_epochs = t.checkpoint_every_epochs * steps_per_epoch
-    step = int(step_var.numpy())
-    progress = _Progress(total, step, rt)
+def _loop(runner, schedule, rec, stream, validate, rt) -> float:
+    """Train to schedule.total steps; returns the seconds this session's loop took."""
+    total, name = schedule.total, rt.pipeline
+    step = runner.step
+    progress = Progress(total, step, rt)
     started = time.time()
-
-    def due(s: int, every: int) -> bool:
-        return every > 0 and s % every == 0
-
     saved_at = step if step else None  # the step of the newest checkpoint (a resumed one's)
     try:
         with interrupt.deferred():  # a signal is acted on at the next step boundary
             while step < total:
-                stop = stopping()
+                stop = runner.stopping()
                 if stop and saved_at == step:  # nothing trained since the last checkpoint: stop here
                     raise interrupt.Interrupted(stop, f"{name}/train", step, total, saved=True)
-                marks = [total, (step // steps_per_epoch + 1) * steps_per_epoch]
-                for every in (t.checkpoint_every, ck_epochs, t.sample_every, t.summary_every):
-                    if every > 0:
-                        marks.append((step // every + 1) * every)
-                n = min(min(marks) - step, t.steps_per_call)
-                stream.start(step // steps_per_epoch)  # marks keep a call inside one epoch
-                values = {k: v.numpy() for k, v in run_steps(stream.iterator, n).items()}
-                n = len(values[names[0]])  # fewer than asked when a stop was requested
-                stop = stopping()
-                bad = [(i, k) for k in names for i in np.flatnonzero(~np.isfinite(values[k]))]
-                if bad:
-                    i, k = min(bad)
-                    last = manager.latest_checkpoint
-                    raise TrainingDiverged(f"training diverged: {k} is {values[k][i]} at step {step + i + 1}",
-                                           work, f"the last good checkpoint ({last or 'none'}) is kept; "
-                                           "lower the learning rate and rerun")
-                for k in names:
-                    history[k].extend(values[k].tolist())
-                step += n
-                epoch = (step - 1) // steps_per_epoch + 1
-                last = {k: float(values[k][-1]) for k in names}
-                if due(step, t.summary_every) or step == total:
-                    with writer.as_default(step=step):
-                        for k, v in last.items():
-                            tf.summary.scalar(k, v)
-                epoch_end = step % steps_per_epoch == 0 or step == total
-                if epoch_end and val_fn is not None:
-                    last.update(_validate(val_fn, setup, art))
-                if epoch_end:
-                    first = (epoch - 1) * steps_per_epoch
-                    rec = {"epoch": epoch, "step": step, **{k: float(np.mean(history[k][first:step])) for k in names}}
-                    rec.update({k: v for k, v in last.items() if k.startswith("val_")})
-                    epoch_log.append(rec)
-                    failpoints.hit(f"train.{name}.epoch_end")
-                    with writer.as_default(step=step):
-                        for k, v in rec.items():
-                            if k not in ("epoch", "step"):
-                                tf.summary.scalar(f"epoch/{k}", v)
-                if sample_fn and (due(step, t.sample_every) or epoch_end):
-                    arr = sample_fn().numpy()
-                    gfile.write_bytes(gfile.join(samples_dir, f"{step:08d}.npy"), _npy(arr))
-                    failpoints.hit(f"train.{name}.samples")
-                if due(step, t.checkpoint_every) or due(step, ck_epochs) or step == total or stop:
-                    _save_history(gfile.join(work, f"history-{step}.npz"), history, epoch_log)
-                    failpoints.hit(f"train.{name}.checkpoint.begin")
-                    stream.start(step // steps_per_epoch)  # at an epoch end: save the next epoch's iterator
-                    manager.save(checkpoint_number=step)
+                stream.start(schedule.epoch_index(step))  # a call never crosses an epoch end
+                values = runner.run(stream.iterator, schedule.call_size(step))
+                stop = runner.stopping()  # fewer steps than asked ran when a stop was requested
+                last = rec.steps(step, values)
+                step += len(values[runner.names[0]])
+                if schedule.summary_due(step):
+                    rec.summaries(step, last)
+                if schedule.epoch_end(step):
+                    last.update(validate())
+                    rec.epoch_end(step, last)
+                if schedule.sample_due(step):
+                    rec.samples(step)
+                if schedule.checkpoint_due(step) or stop:
+                    rec.checkpoint(step, stream)
                     saved_at = step
-                    failpoints.hit(f"train.{name}.checkpoint.saved")
-                    gfile.write_json(_progress_path(work), {"step": step, "total": total, "epoch": epoch})
-                    _prune_histories(work, manager)
-                    failpoints.hit(f"train.{name}.checkpoint.done")
-                progress.update(step, epoch, last)
+                progress.update(step, schedule.epoch(step), last)
                 if stop and step < total:  # at the total, train finishes and commits first
                     raise interrupt.Interrupted(stop, f"{name}/train", step, total, saved=True)
                 failpoints.hit(f"train.{name}.step")
     finally:
         progress.close()
-        writer.flush()
+        rec.close()
     return time.time() - started
 
 
-def _agreed_stop(tf, one_step):
-    """Multi-worker training: every worker stops at the same step, whichever got the signal.
+def _validator(setup, art, features: tuple[str, ...]):
+    """The epoch-end validation: the recipe's val_step summed over its split, finished into
+    metrics by its val_metrics; {} for a recipe without one."""
+    import tensorflow as tf
 
-    What tf.distribute.experimental.PreemptionCheckpointHandler does for MultiWorkerMirroredStrategy
-    (docs/scaling-out.md says why it is not used): each step carries this worker's stop request
-    into one all-reduce, and a stop is acted on only once the sum says some worker asked. The sum
-    is the same on every worker after the same step, so all save that step and stop. Returns
-    (stopping, one_step): the agreed signal after the last step (or None), and the step function
-    that feeds it."""
-    import signal
+    if setup.val_step is None:
+        return lambda: {}
+    val_fn = tf.function(setup.val_step)  # traced once, not per epoch
 
-    agreed: list = [None]
-
-    def step(it):
-        s = interrupt.requested()
-        *out, asked = one_step(it, tf.constant([s == signal.SIGINT, s == signal.SIGTERM], tf.float32))
-        sigint, sigterm = asked.numpy()
-        if sigint or sigterm:  # this worker's own signal, else the one another worker got
-            agreed[0] = s or (signal.SIGTERM if sigterm else signal.SIGINT)
-        return tuple(out)
-
-    return (lambda: agreed[0]), step
-
-
-def _validate(val_fn, setup, art) -> dict:
-    ds = records.dataset(art, setup.val_split, ("image",)).batch(1000).map(setup.batch)
-    totals: dict[str, float] = {}
-    for b in ds:
-        for k, v in val_fn(b).items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    return {"val_accuracy": totals["val_correct"] / max(totals["val_count"], 1)}
-
-
-def _npy(arr) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-def _save_history(path, history, epoch_log):
-    buf = io.BytesIO()
-    np.savez(buf, epochs=json.dumps(epoch_log), **{k: np.asarray(v, np.float32) for k, v in history.items()})
-    gfile.write_bytes(path, buf.getvalue())
-
-
-def _prune_histories(work, manager):
-    keep = {f"history-{p.rsplit('-', 1)[-1]}.npz" for p in manager.checkpoints}
-    for path in gfile.glob(gfile.join(work, "history-*.npz")):
-        if path.rsplit("/", 1)[-1] not in keep:
-            gfile.remove(path)
+    def validate() -> dict:
+        totals: dict[str, float] = {}
+        for b in records.dataset(art, setup.val_split, features).batch(1000).map(setup.batch):
+            for k, v in val_fn(b).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return setup.val_metrics(totals)
+    return validate
 
 
 def _export(out, setup, history, epoch_log, work, total, steps_per_epoch, seconds):
@@ -436,7 +287,7 @@ def _export(out, setup, history, epoch_log, work, total, steps_per_epoch, second
             local = f"{tmp}/{name}.keras"
             model.save(local)
             gfile.copy(local, out.file("models", f"{name}.keras"))
-    _save_history(out.file("history.npz"), history, epoch_log)
+    checkpoints.save_history(out.file("history.npz"), history, epoch_log)
     gfile.write_json(out.file("epochs.json"), epoch_log)
     for sub in ("samples", "logs"):
         for rel in gfile.walk_files(gfile.join(work, sub)) if gfile.isdir(gfile.join(work, sub)) else []:
@@ -463,12 +314,11 @@ def samples(artifact) -> dict[int, str]:
 
 def history(artifact) -> tuple[dict, list]:
     """({metric: per-step values}, the epoch log): plain arrays and JSON, never a pickle."""
-    with np.load(io.BytesIO(gfile.read_bytes(artifact.path("history.npz"))), allow_pickle=False) as data:
-        return {k: data[k] for k in data.files if k != "epochs"}, json.loads(str(data["epochs"]))
+    return checkpoints.read_history(artifact.path("history.npz"))
 
 
 def _progress_path(work: str) -> str:
-    return gfile.join(work, "progress.json")
+    return gfile.join(work, PROGRESS)
 
 
 def progress(work: str) -> dict | None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +26,8 @@ class Params(StageParams):
 
 def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray | None:
     """Decoded pixels of one example, or None when they cannot be decoded."""
-    if fmt == b"raw":
-        if len(data) != math.prod(shape):
-            return None
-        return np.frombuffer(data, np.uint8).reshape(shape)
     try:
-        return records.decode_rgb(data, "", max_pixels)
+        return records.pixels(data, fmt, shape, "", max_pixels)
     except UserError:
         return None
 

@@ -230,8 +230,3 @@ def setup_logging(verbose: bool) -> None:
             handler.addFilter(keep)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def setup(verbose: bool = False) -> None:
-    setup_env(verbose)
-    setup_logging(verbose)

@@ -104,7 +104,7 @@ def launch(pipeline: str, overrides: list[str], root: str, workers: int, env: di
 
     A SIGINT or SIGTERM to the launcher is passed on to every worker; a signal to any one worker
     reaches the others through the training step (they agree on the step to stop at: see
-    train._agreed_stop). Either way every worker saves that step and exits, and the launcher
+    step_runner.agreed_stop). Either way every worker saves that step and exits, and the launcher
     then raises Interrupted with the chief's step. Workers that have not exited `grace` seconds
     after the first stopped one (stopped before training, the others wait in a collective) are
     stopped as after a failure."""

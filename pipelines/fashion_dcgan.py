@@ -7,8 +7,7 @@ from pipelines import mnist_classifier
 from components import measures
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
-                                TrainConfig, ValidateConfig)
+from components.sections import BaseConfig, DataConfig, TrainConfig
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -20,17 +19,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(BaseConfig):
     data: DataConfig = DataConfig(source="tfds:fashion_mnist", normalize="symmetric")
-    validate: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig(epochs=50, batch_size=256, shuffle_buffer=60000,
                                      sample_every=50, checkpoint_every_epochs=5)
     model: ModelConfig = ModelConfig()
-    eval: EvalConfig = EvalConfig()
-    render: RenderConfig = RenderConfig()
-    beam: BeamConfig = BeamConfig()
-    flow: FlowConfig = FlowConfig()
 
 
 def build_networks(cfg, info: DataInfo):
@@ -104,17 +97,13 @@ def build(p, info: DataInfo) -> TrainSetup:
                       rngs={"noise": rng}, sample=lambda: generator(seed_noise, training=False))
 
 
-def generate(nets, z):
-    return nets["generator"](z, training=False)
-
-
 def real_logit(nets, images):
     """Discriminator logit, > 0 means 'judged real'."""
     return nets["discriminator"](images, training=False)
 
 
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(generate, real_logit), primary="frechet_distance",
+    measure=measures.generation(real_logit), primary="frechet_distance",
     higher_is_better=False, feature_model=mnist_classifier.FEATURES))
 
 PIPELINE = Pipeline(

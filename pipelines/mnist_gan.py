@@ -7,8 +7,7 @@ from pipelines import mnist_classifier
 from components import measures
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
-                                TrainConfig, ValidateConfig)
+from components.sections import BaseConfig, DataConfig, TrainConfig
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -20,18 +19,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    data: DataConfig = DataConfig(source="tfds:mnist", normalize="unit",
-                                  train_splits=("train", "test"))
-    validate: ValidateConfig = ValidateConfig()
+class Config(BaseConfig):
+    data: DataConfig = DataConfig(train_splits=("train", "test"))
     # The guide runs 1 epoch and says "in practice you need at least 20 to generate nice digits".
-    train: TrainConfig = TrainConfig(epochs=20, batch_size=64, shuffle_buffer=1024, sample_every=500)
+    train: TrainConfig = TrainConfig(epochs=20, batch_size=64, sample_every=500)
     model: ModelConfig = ModelConfig()
-    eval: EvalConfig = EvalConfig()
-    render: RenderConfig = RenderConfig()
-    beam: BeamConfig = BeamConfig()
-    flow: FlowConfig = FlowConfig()
 
 
 def build_networks(cfg, info: DataInfo):
@@ -102,10 +94,6 @@ def build(p, info: DataInfo) -> TrainSetup:
                       rngs={"noise": rng}, sample=lambda: generator(fixed_z, training=False))
 
 
-def generate(nets, z):
-    return nets["generator"](z, training=False)
-
-
 def real_logit(nets, images):
     """Discriminator logit oriented so that > 0 means 'judged real' (this D labels fakes 1)."""
     return -nets["discriminator"](images, training=False)
@@ -113,7 +101,7 @@ def real_logit(nets, images):
 
 # evaluated in the feature space of the classifier trained on the same data by mnist-classifier
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(generate, real_logit), primary="frechet_distance",
+    measure=measures.generation(real_logit), primary="frechet_distance",
     higher_is_better=False, feature_model=mnist_classifier.FEATURES))
 
 PIPELINE = Pipeline(

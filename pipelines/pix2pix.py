@@ -8,8 +8,7 @@ from components import measures
 from components.layouts import PAIRED
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
-                                TrainConfig, ValidateConfig)
+from components.sections import BaseConfig, DataConfig, TrainConfig
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -20,20 +19,14 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(BaseConfig):
     # The tutorial's facades, where its get_file() extracts them; --set data.source=paired:DIR otherwise.
     data: DataConfig = DataConfig(source="paired:~/.keras/datasets/facades", image_size=256,
                                   channels=3, normalize="symmetric", jitter=True,
                                   jitter_copies=10, eval_split="val")
-    validate: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig(epochs=150, batch_size=1, shuffle_buffer=400,
                                      sample_every=1000, checkpoint_every_epochs=20, steps_per_call=20)
     model: ModelConfig = ModelConfig()
-    eval: EvalConfig = EvalConfig()
-    render: RenderConfig = RenderConfig()
-    beam: BeamConfig = BeamConfig()
-    flow: FlowConfig = FlowConfig()
 
 
 def _init():
