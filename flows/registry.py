@@ -1,4 +1,4 @@
-"""All pipelines by name: the four built in, and any registered at run time."""
+"""All pipelines by name: the five built in, and any registered at run time."""
 from __future__ import annotations
 
 import importlib
@@ -7,7 +7,7 @@ from artifacts.errors import UserError
 from components.pipeline import Pipeline
 
 _MODULES = ("pipelines.mnist_classifier", "pipelines.mnist_gan", "pipelines.fashion_dcgan",
-            "pipelines.pix2pix")
+            "pipelines.pix2pix", "pipelines.cyclegan")
 _REGISTERED: dict[str, Pipeline] = {}
 
 
