@@ -96,9 +96,15 @@ def optimizer(opt):
     return opt
 
 
-def minimize(tape, loss, variables, optimizer) -> None:
-    """Gradient step that works with and without a LossScaleOptimizer (mixed precision)."""
+def gradients(tape, loss, variables, optimizer) -> list:
+    """The (loss-scaled, under mixed precision) gradients that optimizer.apply takes."""
     with tape:  # re-enter: the scaling must be recorded for the gradient to flow
         scaled = optimizer.scale_loss(loss * replica_scale())
-    grads = tape.gradient(scaled, variables)
-    optimizer.apply(grads, variables)
+    return tape.gradient(scaled, variables)
+
+
+def minimize(tape, loss, variables, optimizer) -> None:
+    """Gradient step that works with and without a LossScaleOptimizer (mixed precision). Where
+    one network's loss flows through another's weights (CycleGAN's cycle), take every gradient
+    first and apply them after: an update between them is read by the later gradients."""
+    optimizer.apply(gradients(tape, loss, variables, optimizer), variables)

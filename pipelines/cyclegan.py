@@ -11,9 +11,8 @@ from components import measures, metrics
 from components.config import LIMITS, Limit
 from components.layouts import Paired, Snapshot
 from components.pipeline import Pipeline
-from components.recipe import DataInfo, Evaluation, Measuring, Recipe, TrainSetup, minimize, optimizer
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig,
-                                TrainConfig, ValidateConfig)
+from components.recipe import DataInfo, Evaluation, Measuring, Recipe, TrainSetup, gradients, optimizer
+from components.sections import BaseConfig, DataConfig, TrainConfig
 from pipelines.pix2pix import build_discriminator, build_generator
 
 
@@ -29,20 +28,14 @@ LIMITS["model.cycle_lambda"] = Limit(0, 1e9)
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(BaseConfig):
     # --set data.source=paired:DIR for another folder of side-by-side pairs (../shared/data/pix2pix-people)
     data: DataConfig = DataConfig(source="paired:~/.keras/datasets/facades", image_size=256,
                                   channels=3, normalize="symmetric", jitter=True,
                                   jitter_copies=10, eval_split="val")
-    validate: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig(epochs=40, batch_size=1, shuffle_buffer=1000,
                                      checkpoint_every_epochs=5, steps_per_call=20)
     model: ModelConfig = ModelConfig()
-    eval: EvalConfig = EvalConfig()
-    render: RenderConfig = RenderConfig()
-    beam: BeamConfig = BeamConfig()
-    flow: FlowConfig = FlowConfig()
 
 
 @dataclass(frozen=True)
@@ -113,10 +106,14 @@ def build(p, info: DataInfo) -> TrainSetup:
 
     def step(batch):
         real_x, real_y = batch
+        sizes = [tf.shape(real_x)[0], tf.shape(real_y)[0]]
         with tf.GradientTape(persistent=True) as tape:
-            fake_y, fake_x = g(real_x, training=True), f(real_y, training=True)
+            # the tutorial's six generator calls as four: G(x) with G(y), F(y) with F(x), one call
+            # each on both (instance norm is per image). A network used three times sums three
+            # partial gradients in an order that varies from run to run; two sum alike.
+            fake_y, same_y = tf.split(g(tf.concat([real_x, real_y], 0), training=True), sizes)
+            fake_x, same_x = tf.split(f(tf.concat([real_y, real_x], 0), training=True), sizes[::-1])
             cycled_x, cycled_y = f(fake_y, training=True), g(fake_x, training=True)
-            same_x, same_y = f(real_x, training=True), g(real_y, training=True)
             disc_fake_x, disc_fake_y = d_x(fake_x, training=True), d_y(fake_y, training=True)
             disc_real_x, disc_real_y = d_x(real_x, training=True), d_y(real_y, training=True)
             cycle_l1 = tf.reduce_mean(tf.abs(real_x - cycled_x)) + tf.reduce_mean(tf.abs(real_y - cycled_y))
@@ -125,9 +122,13 @@ def build(p, info: DataInfo) -> TrainSetup:
             f_total = bce(tf.ones_like(disc_fake_x), disc_fake_x) + lam * cycle_l1 \
                 + 0.5 * lam * tf.reduce_mean(tf.abs(real_x - same_x))
             dx_loss, dy_loss = d_loss(disc_real_x, disc_fake_x), d_loss(disc_real_y, disc_fake_y)
-        for name, loss in (("generator_g", g_total), ("generator_f", f_total),
-                           ("discriminator_x", dx_loss), ("discriminator_y", dy_loss)):
-            minimize(tape, loss, nets[name].trainable_weights, opts[name])
+        losses = {"generator_g": g_total, "generator_f": f_total, "discriminator_x": dx_loss,
+                  "discriminator_y": dy_loss}
+        # every gradient from this forward pass before any update, as the tutorial does: the cycle
+        # loss of F flows through G's weights (and G's through F's)
+        grads = {k: gradients(tape, loss, nets[k].trainable_weights, opts[k]) for k, loss in losses.items()}
+        for k, grad in grads.items():
+            opts[k].apply(grad, nets[k].trainable_weights)
         return {"gen_g_loss": g_total, "gen_f_loss": f_total, "cycle_l1": cycle_l1 / 2,
                 "disc_x_loss": dx_loss, "disc_y_loss": dy_loss}
 

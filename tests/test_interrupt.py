@@ -31,7 +31,8 @@ from tests.helpers import CPP_LOG, alive, descendants
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
 # training long enough to land in: more epochs than kill_harness.CONFIGS, nothing else changed
 LONGER = {"mnist-classifier": ["train.epochs=40"], "mnist-gan": ["train.epochs=8"],
-          "fashion-dcgan": ["train.epochs=10"], "pix2pix": ["train.epochs=12"]}
+          "fashion-dcgan": ["train.epochs=10"], "pix2pix": ["train.epochs=12"],
+          "cyclegan": ["train.epochs=8"]}
 LINE = re.compile(r"^tapeline: interrupted during (\S+)(?: at step (\d+)/(\d+) \((checkpoint saved|last "
                   r"checkpoint kept)\)| \(nothing committed\)) — run the same command again to resume$")
 CLI = [sys.executable, "-m", "flows.cli"]  # what the `tapeline` script runs

@@ -32,8 +32,11 @@ def tiny_setup(pipeline):
     def pixels(n):  # as records.parse_fn gives them: raw bytes in the recorded normalization
         return (rng.integers(0, 256, (n, *shape)) * scale + offset).astype(np.float32)
 
-    # the engine hands fixed inputs to recipes that translate; the others ignore them
-    fixed = pixels(getattr(p.model, "num_fixed_samples", 4))
+    # what the engine hands a recipe: its layout's fixed inputs from the first eval examples
+    # (None for fixed noise), and records of the layout's features (and labels)
+    n_fixed = getattr(p.model, "num_fixed_samples", 4)
+    examples = [{f: pixels(1)[0] for f in p.layout.features} for _ in range(n_fixed)]
+    fixed = p.layout.fixed_inputs(examples)
     info = DataInfo(image_shape=shape, num_classes=num_classes, train_examples=BATCH * 4, fixed_inputs=fixed,
                     val_split=None)
     keras.utils.set_random_seed(p.seed)
@@ -42,9 +45,8 @@ def tiny_setup(pipeline):
         setup = pipeline.recipe.build(p, info)
     for name, opt in setup.optimizers.items():
         opt.build(setup.networks[name].trainable_variables)
-    # every feature a parsed record can have: each recipe's batch() takes the ones it reads
-    record = {"image": pixels(BATCH), "input": pixels(BATCH),
-              "label": rng.integers(0, num_classes, BATCH).astype(np.int32)}
+    record = {f: pixels(BATCH) for f in p.layout.features}
+    record["label"] = rng.integers(0, num_classes, BATCH).astype(np.int32)
     return setup, info, record
 
 
@@ -68,5 +70,5 @@ def test_recipe_builds_and_one_train_step_learns(name):
         assert any(not np.array_equal(a, b.numpy()) for a, b in zip(old, new)), f"{name}: {n} unchanged"
     if setup.sample is not None:
         sample = np.asarray(setup.sample())
-        assert sample.shape[0] >= 1 and sample.shape[1:] == info.image_shape, sample.shape
+        assert sample.shape[0] >= 1 and sample.shape[-3:] == info.image_shape, sample.shape
         assert np.all(np.isfinite(sample))

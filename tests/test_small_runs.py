@@ -6,10 +6,11 @@ import pytest
 from tests.conftest import MNIST, PEOPLE
 
 SOURCES = {"mnist-classifier": f"idx:{MNIST}", "mnist-gan": f"idx:{MNIST}",
-           "fashion-dcgan": "idx:/usr/share/datasets/fashion-mnist", "pix2pix": f"paired:{PEOPLE}"}
-# pix2pix at its default 256 px takes minutes on two CPU cores for a few steps (preprocess's
+           "fashion-dcgan": "idx:/usr/share/datasets/fashion-mnist", "pix2pix": f"paired:{PEOPLE}",
+           "cyclegan": f"paired:{PEOPLE}"}
+# pix2pix (and cyclegan) at the default 256 px take minutes on two CPU cores for a few steps (preprocess's
 # jitter, the U-Net's first trace, evaluating 55 val pairs): a smaller image_size keeps it fast.
-EXTRA = {"pix2pix": ["data.image_size=32"]}
+EXTRA = {"pix2pix": ["data.image_size=32"], "cyclegan": ["data.image_size=32"]}
 
 
 @pytest.mark.parametrize("pipeline", sorted(SOURCES))
