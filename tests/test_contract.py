@@ -22,8 +22,8 @@ from flows import graph
 from components.pipeline import STAGES, Pipeline
 from components.recipe import Evaluation, Recipe
 from flows.registry import all_pipelines, get
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig, TrainConfig,
-                                ValidateConfig)
+from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, PromoteConfig, RenderConfig,
+                                 TrainConfig, ValidateConfig)
 from tests.conftest import MNIST, PEOPLE
 
 PIPELINES = sorted(all_pipelines())
@@ -242,6 +242,7 @@ class TinyConfig:
     model: TinyModel = TinyModel()
     eval: EvalConfig = EvalConfig()
     render: RenderConfig = RenderConfig()
+    promote: PromoteConfig = PromoteConfig()
     beam: BeamConfig = BeamConfig(shards=1)
     flow: FlowConfig = FlowConfig()
 
