@@ -233,6 +233,11 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def rename_dir(src: str, dst: str) -> None:
+    """A local folder moved to dst by one rename: a reader sees all of it or nothing."""
+    os.rename(src, dst)
+
+
 def copy(src: str, dst: str) -> None:
     _gf(src if "://" in src else dst).copy(src, dst, overwrite=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from artifacts import gfile
+from artifacts import gfile, serving
 from artifacts.errors import UserError
 from artifacts.store import COMMITTED, FINGERPRINT, PENDING, ArtifactStore
 
@@ -78,6 +78,20 @@ def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.
                 elif not _abandoned(store, p, s, uri, dry_run):
                     continue
                 removed.append(uri)
+    removed += _abandoned_pushes(store, now, grace, dry_run)
+    return removed
+
+
+def _abandoned_pushes(store: ArtifactStore, now: float, grace: float, dry_run: bool) -> list[str]:
+    """A push killed before its rename leaves a hidden temporary folder in serving/PIPELINE/; it
+    is removed once its pipeline's champion lock (which every push holds) is free. The pushed
+    versions themselves are kept: promote.keep_versions decides how many stay."""
+    removed = []
+    for p in serving.pipelines(store):
+        for tmp in serving.abandoned(store, p):
+            if _age(tmp, now) >= grace and _under_lock(store, p, "promote", "champion",
+                                                       lambda t=tmp: _rm(t, dry_run)):
+                removed.append(tmp)
     return removed
 
 

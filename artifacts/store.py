@@ -22,6 +22,7 @@ WORK = "_work"
 LOCKS = "_locks"
 RUNS = "runs"
 CHAMPION = "champion.json"
+SERVING = "serving"       # ROOT/serving/PIPELINE/N/: pushed SavedModels (artifacts/serving.py)
 _RESERVED = {WORK, LOCKS}
 # What a file in the root may name, checked before any path is built from it: the root is data.
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -233,7 +234,7 @@ class ArtifactStore:
     def pipelines(self) -> list[str]:
         if not self.contained(self.root):
             return []
-        return [p for p in self._entries(self.root, {RUNS, LEASES}) if not p.startswith("_")]
+        return [p for p in self._entries(self.root, {RUNS, LEASES, SERVING}) if not p.startswith("_")]
 
     def stages(self, pipeline: str) -> list[str]:
         base = gfile.join(self.root, pipeline)
@@ -452,13 +453,15 @@ class ArtifactStore:
         gfile.makedirs(gfile.join(self.root, pipeline))
         gfile.write_json(path, self._relative(record))
 
-    def replace_champion(self, pipeline: str, record: dict, better: Callable[[dict | None], bool]) -> bool:
+    def replace_champion(self, pipeline: str, record: dict, better: Callable[[dict | None], bool],
+                         take: Callable[[], dict] | None = None) -> bool:
         """Make record the champion if better(the champion of now) holds, judged and written under
-        one lock: of several runs promoting at once, a worse model never overwrites a better one."""
+        one lock: of several runs promoting at once, a worse model never overwrites a better one.
+        take(), run under that lock once the title is won (the push), adds fields to the record."""
         with self.locked(self.lock_path(pipeline, "promote", "champion")):
             if not better(self.champion(pipeline)):
                 return False
-            self.set_champion(pipeline, record)
+            self.set_champion(pipeline, {**record, **(take() if take is not None else {})})
             return True
 
     def _relative(self, obj: Any) -> Any:

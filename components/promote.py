@@ -1,21 +1,25 @@
 """promote (Pusher): judges the evaluation against the champion of this moment; only a blessed
-model becomes the champion. It runs on every run: its decision is about state outside any
+model becomes the champion, and is pushed as a SavedModel (ROOT/serving/PIPELINE/N/) when its
+recipe declares serving signatures. It runs on every run: its decision is about state outside any
 fingerprint (the champion), so it is recorded per run, never reused."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from artifacts import gfile
-from components import evaluate, metrics, train
+from artifacts import gfile, serving
+from components import evaluate, export, metrics, preprocess, train
 from components.contract import Spec, StageParams, from_recipe, key
 
-# reuse=False: a new artifact (this run's decision) every run
-SPEC = Spec(output="PushedModel", inputs={"model": "train", "evaluation": "evaluate"}, reuse=False)
+# reuse=False: a new artifact (this run's decision) every run; uses_recipe: its serving signatures
+SPEC = Spec(output="PushedModel", inputs={"model": "train", "evaluation": "evaluate", "transformed": "preprocess"},
+            reuse=False, uses_recipe=True)
+SAVED_MODEL = "saved_model"
 
 
 @dataclass(frozen=True)
 class Params(StageParams):
     tolerance: float = key("eval.tolerance")
+    keep_versions: int = key("promote.keep_versions")
     primary: str = from_recipe("evaluation.primary")
     higher_is_better: bool = from_recipe("evaluation.higher_is_better")
 
@@ -34,20 +38,37 @@ def run(out, inputs, params: Params, rt) -> None:
     record = {"blessed": blessed, "pushed": pushed, "why": why, "tolerance": params.tolerance,
               "champion": champion["version"] if champion else None,
               "model": model.uri, "evaluation": evaluation.uri}
+    spec = rt.recipe.serving if rt.recipe is not None else None
     if pushed:
         gfile.makedirs(out.file("exported"))
         for path in train.model_files(model).values():
             gfile.copy(path, out.file("exported", path.rsplit("/", 1)[-1]))
+        if spec is not None:  # in the artifact (hashed, verified); serving/ gets a copy of it
+            export.save(spec, evaluate.load_models(model), preprocess.transform(inputs["transformed"]),
+                        out.file(SAVED_MODEL))
     gfile.write_json(out.file("push.json"), record)
     out.metadata.update(pushed=pushed, blessed=blessed)
+
+    def take(art) -> dict:  # under the champion lock, once the title is won
+        if spec is None:
+            return {}
+        return {"serving_version": serving.push(store, rt.pipeline, art.path(SAVED_MODEL), params.keep_versions)}
+
     # judged once more when it takes the title: another run may have promoted a better model since
     out.on_commit = (lambda art: store.replace_champion(rt.pipeline, {
         "version": art.version, "uri": art.uri, "metrics": result, "why": why,
         "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
         "exported": art.path("exported")}, lambda now: metrics.bless(
-            params.primary, params.higher_is_better, result, now, params.tolerance)[0])) if pushed else None
+            params.primary, params.higher_is_better, result, now, params.tolerance)[0],
+        lambda: take(art))) if pushed else None
 
 
 def decision(artifact) -> dict:
     """This run's decision: blessed, pushed, why, against which champion."""
     return gfile.read_json(artifact.path("push.json"))
+
+
+def saved_model(artifact) -> str | None:
+    """The SavedModel folder a pushed decision holds, None when it holds none."""
+    path = artifact.path(SAVED_MODEL)
+    return path if gfile.isdir(path) else None

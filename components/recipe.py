@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from components.export import Serving
 from components.layouts import IMAGE, Layout
 
 
@@ -78,6 +79,8 @@ class Recipe:
     evaluation: Evaluation
     needs_labels: bool = False            # validate: an unlabeled example is an error
     layout: Layout = IMAGE                # what one example is, from the source to the pictures
+    # the SavedModel a blessed champion is pushed as (ROOT/serving/PIPELINE/N/); None: no push
+    serving: Serving | None = None
 
 
 def replica_scale() -> float:

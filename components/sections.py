@@ -89,6 +89,11 @@ class RenderConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    keep_versions: int = 4                # pushed SavedModels kept besides the newest (serving/PIPELINE/N)
+
+
+@dataclass(frozen=True)
 class BeamConfig:
     # direct | dask | portable | a Beam runner name (FlinkRunner, ...); never part of a fingerprint
     runner: str = "direct"
@@ -136,6 +141,7 @@ class BaseConfig:
     model: Any = None                     # the recipe's own section (a frozen dataclass)
     eval: EvalConfig = EvalConfig()
     render: RenderConfig = RenderConfig()
+    promote: PromoteConfig = PromoteConfig()
     beam: BeamConfig = BeamConfig()
     flow: FlowConfig = FlowConfig()
 
@@ -161,6 +167,7 @@ LIMITS.update({
     "train.steps_per_call": Limit(1, 10 ** 6), "train.workers": Limit(1, 1024),
     "eval.num_samples": Limit(1, 10 ** 8), "eval.tolerance": Limit(-1e9, 1e9), "eval.batch_size": Limit(1, 2 ** 20),
     "render.gif_frame_seconds": Limit(0, 3600, lo_open=True), "render.max_triptychs": Limit(1, 1000),
+    "promote.keep_versions": Limit(0, 10 ** 6),
     "beam.shards": Limit(1, 10 ** 5), "beam.partitions": Limit(0, 10 ** 5),
     "flow.retries": Limit(0, 1000), "flow.retry_delay_seconds": Limit(0, 7 * 24 * 3600),
     # the pipelines' model sections

@@ -31,12 +31,18 @@ def cmd_pipelines(args) -> int:
 def cmd_artifacts(args) -> int:
     store = open_store(args.root)
     names = [args.pipeline] if args.pipeline else store.pipelines()
+    from artifacts import gfile, serving
+
+    if not args.pipeline:
+        names += [p for p in serving.pipelines(store) if p not in names]
     out = {}
     for p in names:
         out[p] = {"champion": store.champion(p), "stages": {
             s: [{"version": a.version, "uri": a.uri, "fingerprint": a.fingerprint,
                  "created": a.manifest.get("created")} for a in store.versions(p, s)]
-            for s in store.stages(p)}}
+            for s in store.stages(p)},
+            "serving": [{"version": n, "uri": gfile.join(serving.folder(store, p), str(n))}
+                        for n in serving.versions(store, p)]}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -49,6 +55,8 @@ def cmd_artifacts(args) -> int:
         for s, versions in info["stages"].items():
             for v in versions:
                 print(f"  {s:11s} {v['version']}  {v['uri']}")
+        for v in info["serving"]:  # what a model server loads (TF Serving's layout)
+            print(f"  {'serving':11s} {v['version']:<24}  {v['uri']}")
     return 0
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components import measures, metrics
+from components.export import Serving, Translate
 from components.config import LIMITS, Limit
 from components.layouts import Paired, Snapshot
 from components.pipeline import Pipeline
@@ -168,7 +169,9 @@ def measure(m: Measuring) -> tuple[dict, dict]:
 
 
 RECIPE = Recipe(build=build, layout=UNPAIRED, evaluation=Evaluation(
-    measure=measure, primary="photo_to_outline_l1", higher_is_better=False))
+    measure=measure, primary="photo_to_outline_l1", higher_is_better=False),
+    # both directions: photos -> outlines (G, the judged one) is the default
+    serving=Serving({"serving_default": Translate("generator_g"), "outline_to_photo": Translate("generator_f")}))
 
 PIPELINE = Pipeline(
     name="cyclegan", module=__name__, default_config=Config,

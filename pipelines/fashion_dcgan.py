@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from pipelines import mnist_classifier
 from components import measures
+from components.export import Generate, Serving
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
@@ -104,7 +105,8 @@ def real_logit(nets, images):
 
 RECIPE = Recipe(build=build, evaluation=Evaluation(
     measure=measures.generation(real_logit), primary="frechet_distance",
-    higher_is_better=False, feature_model=mnist_classifier.FEATURES))
+    higher_is_better=False, feature_model=mnist_classifier.FEATURES),
+    serving=Serving({"serving_default": Generate("generator")}))
 
 PIPELINE = Pipeline(
     name="fashion-dcgan", module=__name__, default_config=Config,

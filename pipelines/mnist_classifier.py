@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components import measures
+from components.export import Classify, Serving
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, BeamConfig, DataConfig, TrainConfig
@@ -93,7 +94,8 @@ def features(model):
 
 
 RECIPE = Recipe(build=build, needs_labels=True, evaluation=Evaluation(
-    measure=measures.classification("classifier"), primary="accuracy", higher_is_better=True))
+    measure=measures.classification("classifier"), primary="accuracy", higher_is_better=True),
+    serving=Serving({"serving_default": Classify("classifier")}))
 
 PIPELINE = Pipeline(
     name="mnist-classifier", module=__name__, default_config=Config,

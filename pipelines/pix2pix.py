@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from components import measures
+from components.export import Serving, Translate
 from components.layouts import PAIRED
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
@@ -160,7 +161,10 @@ def translate(nets, inputs):
 
 
 RECIPE = Recipe(build=build, layout=PAIRED, evaluation=Evaluation(
-    measure=measures.translation(translate), primary="l1", higher_is_better=False))
+    measure=measures.translation(translate), primary="l1", higher_is_better=False),
+    # inference mode (moving statistics, no dropout), unlike the tutorial's samples: a server
+    # gives one input one output
+    serving=Serving({"serving_default": Translate("generator")}))
 
 PIPELINE = Pipeline(
     name="pix2pix", module=__name__, default_config=Config,

@@ -22,8 +22,8 @@ from flows import graph
 from components.pipeline import STAGES, Pipeline
 from components.recipe import Evaluation, Recipe
 from flows.registry import all_pipelines, get
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, RenderConfig, TrainConfig,
-                                ValidateConfig)
+from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, PromoteConfig, RenderConfig,
+                                 TrainConfig, ValidateConfig)
 from tests.conftest import MNIST, PEOPLE
 
 PIPELINES = sorted(all_pipelines())
@@ -182,11 +182,19 @@ def _artifact(store, stage, fp, rel: str, data: bytes):
                               code="test", build=build).artifact
 
 
-def test_promote_judges_every_run_with_its_tolerance_and_the_champion_of_that_moment(tmp_path):
+def test_promote_judges_every_run_with_its_tolerance_and_the_champion_of_that_moment(tmp_path, monkeypatch):
+    from components import export
+
     store = ArtifactStore(str(tmp_path / "root"))
     model = _artifact(store, "train", "m" * 64, "models/classifier.keras", b"weights")
     evaluation = _artifact(store, "evaluate", "e" * 64, "metrics.json", b'{"accuracy": 0.85}')
-    done = {"mnist-classifier/train": model, "mnist-classifier/evaluate": evaluation}
+    transformed = _artifact(store, "preprocess", "t" * 64, "transform.json", b"{}")
+    done = {"mnist-classifier/train": model, "mnist-classifier/evaluate": evaluation,
+            "mnist-classifier/preprocess": transformed}
+    # these models are bytes, not networks: the SavedModel is a stand-in (tests/test_serving.py pushes real ones)
+    monkeypatch.setattr(export, "save", lambda spec, nets, transform, path: (
+        gfile.makedirs(path), gfile.write_bytes(f"{path}/saved_model.pb", b"pb")))
+    monkeypatch.setattr("components.evaluate.load_models", lambda art: {})
     p = get("mnist-classifier")
 
     def promote(*sets):
@@ -242,6 +250,7 @@ class TinyConfig:
     model: TinyModel = TinyModel()
     eval: EvalConfig = EvalConfig()
     render: RenderConfig = RenderConfig()
+    promote: PromoteConfig = PromoteConfig()
     beam: BeamConfig = BeamConfig(shards=1)
     flow: FlowConfig = FlowConfig()
 

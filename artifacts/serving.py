@@ -1,0 +1,85 @@
+"""ROOT/serving/PIPELINE/N/: the pushed SavedModels in TensorFlow Serving's layout, each version
+written under a hidden temporary name and renamed into place whole, so a server polling the
+folder never sees half a model; the newest and `keep` older versions stay."""
+from __future__ import annotations
+
+import re
+import uuid
+
+from artifacts import failpoints, gfile
+from artifacts.store import SERVING, ArtifactStore
+
+TMP = ".partial-"                 # hidden, and not an integer: TF Serving and listings skip it
+VERSION = re.compile(r"[1-9][0-9]{0,17}")  # what TF Serving reads as a version: a positive int64
+
+
+def folder(store: ArtifactStore, pipeline: str) -> str:
+    """ROOT/serving/PIPELINE, refused (UserError) when a symlink or a file out of place leads to it."""
+    return store.inside(gfile.join(store.root, SERVING, pipeline), f"{SERVING}/{pipeline}")
+
+
+def versions(store: ArtifactStore, pipeline: str) -> list[int]:
+    """The pushed versions of a pipeline, oldest first; a link or anything but a folder named by
+    a version is noted in store.skipped and never followed."""
+    base = gfile.join(store.root, SERVING, pipeline)
+    if not store.contained(base):
+        store.skipped[base] = "a symlink or not a folder, not followed"
+        return []
+    out = []
+    for name in gfile.listdir(base):
+        path = gfile.join(base, name)
+        if not VERSION.fullmatch(name):
+            continue
+        if (gfile.kind(path) if gfile.is_local(store.root) else "dir" if gfile.isdir(path) else "file") == "dir":
+            out.append(int(name))
+        else:
+            store.skipped[path] = "not a folder, not followed"
+    return sorted(out)
+
+
+def pipelines(store: ArtifactStore) -> list[str]:
+    """The pipelines that have a serving folder."""
+    base = gfile.join(store.root, SERVING)
+    if not store.contained(base):
+        return []
+    return [n for n in gfile.listdir(base) if not n.startswith(".") and store.contained(gfile.join(base, n))
+            and gfile.isdir(gfile.join(base, n))]
+
+
+def push(store: ArtifactStore, pipeline: str, saved_model: str, keep: int) -> int:
+    """Copy the SavedModel folder saved_model (a committed artifact's) to the next version N and
+    return N; then drop all but the newest and `keep` older versions. Callers hold the pipeline's
+    champion lock, so two pushes never pick one N. Locally the version appears by one rename; an
+    object store has no folder rename, so there saved_model.pb, what a server loads first, is
+    copied last."""
+    base = folder(store, pipeline)
+    gfile.makedirs(base)
+    number = max(versions(store, pipeline), default=0) + 1
+    final = gfile.join(base, str(number))
+    local = gfile.is_local(store.root)
+    tmp = store.inside(gfile.join(base, f"{TMP}{number}-{uuid.uuid4().hex[:8]}"), "a push") if local else final
+    try:
+        files = list(gfile.walk_files(saved_model))
+        for rel in sorted(files, key=lambda r: r == "saved_model.pb"):
+            dst = gfile.join(tmp, rel)
+            gfile.makedirs(dst.rsplit("/", 1)[0])
+            gfile.copy(gfile.join(saved_model, rel), dst)
+            failpoints.hit(f"serving.copied.{pipeline}")
+        if local:
+            store.inside(final, "a pushed version")
+            gfile.rename_dir(tmp, final)
+    except BaseException:
+        gfile.rmtree(tmp)
+        raise
+    failpoints.hit(f"serving.pushed.{pipeline}")
+    for old in versions(store, pipeline)[:-(keep + 1)]:
+        gfile.rmtree(gfile.join(base, str(old)))
+    return number
+
+
+def abandoned(store: ArtifactStore, pipeline: str) -> list[str]:
+    """Temporary folders a push left behind when it was killed (gc removes the old ones)."""
+    base = gfile.join(store.root, SERVING, pipeline)
+    if not store.contained(base):
+        return []
+    return [gfile.join(base, n) for n in gfile.listdir(base) if n.startswith(TMP)]
