@@ -38,15 +38,12 @@ def _empty() -> dict:
             "hashes": {}, "undecodable": []}
 
 
-_BATCH = 256  # examples of one shape reduced in one numpy pass: memory follows it, not the shard
-
-
 def shard_stats(item):
     """Partial statistics of one shard file: (split, partial). The shard streams: only counts,
-    sums, content hashes and up to _BATCH decoded examples of each shape are held at a time."""
+    sums, content hashes and the current decoded example are held. The sums are of whole numbers,
+    exact in any order: any sharding gives the same totals."""
     split, path, max_pixels = item
     s = _empty()
-    by_shape: dict[tuple, list[np.ndarray]] = {}
     for ex in records.iter_examples(path):
         ex_id = ex["id"].decode()
         s["count"] += 1
@@ -61,28 +58,14 @@ def shard_stats(item):
             continue
         px = px if px.ndim == 3 else px[..., None]
         s["hashes"][hashlib.sha256(px.tobytes()).hexdigest()] = ex_id
-        batch = by_shape.setdefault(px.shape, [])
-        batch.append(px)
-        if len(batch) == _BATCH:
-            _reduce(s, px.shape, batch)
-    for shape, batch in by_shape.items():
-        _reduce(s, shape, batch)
+        s["shapes"][str(list(px.shape))] += 1
+        s["px_n"] += px.size
+        s["px_sum"] += int(px.sum(dtype=np.uint64))
+        s["px_sumsq"] += int(np.square(px, dtype=np.uint32).sum(dtype=np.uint64))
+        s["px_min"] = min(s["px_min"], int(px.min()))
+        s["px_max"] = max(s["px_max"], int(px.max()))
+    s["px_sum"], s["px_sumsq"] = float(s["px_sum"]), float(s["px_sumsq"])  # as before: JSON floats
     return split, s
-
-
-def _reduce(s: dict, shape: tuple, batch: list[np.ndarray]) -> None:
-    """Add a batch of same-shape pixels to the statistics and empty it. The sums are of whole
-    numbers below 2**53, exact in float64 in any order: any sharding gives the same totals."""
-    if not batch:
-        return
-    v = np.stack(batch)
-    batch.clear()
-    s["shapes"][str(list(shape))] += len(v)
-    s["px_n"] += v.size
-    s["px_sum"] += float(v.sum(dtype=np.float64))
-    s["px_sumsq"] += float(np.square(v, dtype=np.float64).sum())
-    s["px_min"] = min(s["px_min"], int(v.min()))
-    s["px_max"] = max(s["px_max"], int(v.max()))
 
 
 def merge_stats(parts):
