@@ -19,7 +19,7 @@ class Params(StageParams):
     source: str = key("data.source")
     max_examples: int | None = key("data.max_examples")
     layout: Any = from_recipe("layout")     # which source kinds hold its examples, how to check one
-    shards: int = key("beam.shards")
+    shards: int = key("beam.shards")        # 0: follows each split's size (records.auto_shards)
     max_image_pixels: int = key("data.max_image_pixels")
 
 
@@ -33,7 +33,8 @@ def resolve_source(params: Params) -> InputRef:
 
 
 class _WriteShard:
-    """Beam DoFn body: one element = one shard of one split; reads, checks, writes it."""
+    """Beam DoFn body: one element = one shard of one split; reads its own range of the source
+    and checks, encodes and writes one example at a time (memory follows an example, not a shard)."""
 
     def __init__(self, resolved: sources.Resolved, out_dir: str, layout: Any, max_pixels: int):
         self.r, self.out, self.layout, self.max_pixels = resolved, out_dir, layout, max_pixels
@@ -41,27 +42,19 @@ class _WriteShard:
     @beam_run.user_errors
     def __call__(self, unit):
         split, shard, nshards, start, end = unit
-        images, labels, fmt = self.r.load_split(split, self.max_pixels)
-        ids = self.r.example_ids(split, start, end)
-        recs = []
-        for i, ex_id in zip(range(start, end), ids):
-            ex = {"id": f"{self.r.uri}#{ex_id}", "index": i}
-            if fmt == "raw":
-                img = images[i]
-                ex.update(image=img.tobytes(), format="raw", shape=img.shape)
-            else:
-                data = images[i]
-                shape = self.layout.check_encoded(f"{self.r.location}/{ex_id}", data, self.max_pixels)
-                if shape is not None:
-                    ex.update(shape=shape)
-                ex.update(image=data, format="encoded")
-            if labels is not None:
-                ex["label"] = int(labels[i])
-            recs.append(records.encode(ex))
         path = gfile.join(self.out, split, records.shard_name(shard, nshards))
-        if records.write_shard(path, recs) != end - start:
+        if records.write_shard(path, self.encoded(split, start, end)) != end - start:
             raise RuntimeError(f"shard {path} is short")
         yield path
+
+    def encoded(self, split: str, start: int, end: int):
+        for i, (ex_id, fields) in zip(range(start, end), self.r.read(split, start, end, self.max_pixels)):
+            ex = {"id": f"{self.r.uri}#{ex_id}", "index": i, **fields}
+            if fields["format"] == "encoded":
+                shape = self.layout.check_encoded(f"{self.r.location}/{ex_id}", fields["image"], self.max_pixels)
+                if shape is not None:
+                    ex["shape"] = shape
+            yield records.encode(ex)
 
 
 def run(out, inputs, p: Params, rt) -> None:
@@ -75,7 +68,7 @@ def run(out, inputs, p: Params, rt) -> None:
         if n == 0:
             raise UserError(f"split {s.name!r} is empty", r.uri, "give a source with examples in every split")
         counts[s.name] = n
-        ranges = records.shard_ranges(n, p.shards)
+        ranges = records.shard_ranges(n, p.shards or records.auto_shards(s.nbytes * n // s.count, n))
         gfile.makedirs(out.file(s.name))
         units += [(s.name, i, len(ranges), a, b) for i, (a, b) in enumerate(ranges)]
 

@@ -1,6 +1,7 @@
 """preprocess (Transform): decode, resize, jitter, normalize with Beam; records the transform."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,8 @@ class Params(StageParams):
 
 
 class _TransformShard:
-    """Beam DoFn body: one element = (split, shard, copy); writes that shard's output."""
+    """Beam DoFn body: one element = (split, shard, copy); streams that shard: reads, transforms
+    and writes one example at a time (memory follows an example, not the shard)."""
 
     def __init__(self, p: Params, out_dir: str, holdout_from: int | None):
         self.p, self.out, self.holdout_from = p, out_dir, holdout_from
@@ -60,24 +62,27 @@ class _TransformShard:
     @beam_run.user_errors
     def __call__(self, unit):
         split, path, shard, nshards, copy = unit
-        p, outs = self.p, {}
-        cols = records.read_examples(path)
-        for ex_id, index, label, data, fmt, shape in zip(cols["id"], cols["index"], cols["label"],
-                                                          cols["image"], cols["format"], cols["shape"]):
-            ex_id = ex_id.decode()
-            new = {"id": ex_id, "index": index}
-            if label != records.NO_LABEL:
-                new["label"] = label
-            for name, img in p.layout.transform(data, fmt, shape, ex_id, split, copy, p).items():
-                new[name] = img.tobytes()
-            dest = "val" if self.holdout_from is not None and split == "train" and \
-                index >= self.holdout_from else split
-            outs.setdefault(dest, []).append(records.encode(new))
-        for dest in ({split, "val"} if self.holdout_from is not None and split == "train" else {split}):
-            d = gfile.join(self.out, dest, f"copy-{copy}")
-            gfile.makedirs(d)
-            records.write_shard(gfile.join(d, records.shard_name(shard, nshards)), outs.get(dest, []))
+        held = self.holdout_from is not None and split == "train"
+        with contextlib.ExitStack() as stack:
+            writers = {}
+            for dest in ({split, "val"} if held else {split}):  # every dest gets its shard, maybe empty
+                d = gfile.join(self.out, dest, f"copy-{copy}")
+                gfile.makedirs(d)
+                writers[dest] = stack.enter_context(records.shard_writer(gfile.join(d, records.shard_name(shard, nshards))))
+            for ex in records.iter_examples(path):
+                dest = "val" if held and ex["index"] >= self.holdout_from else split
+                writers[dest].write(self.transformed(ex, split, copy))
         yield split
+
+    def transformed(self, ex: dict, split: str, copy: int) -> bytes:
+        ex_id = ex["id"].decode()
+        new = {"id": ex_id, "index": ex["index"]}
+        if ex["label"] != records.NO_LABEL:
+            new["label"] = ex["label"]
+        for name, img in self.p.layout.transform(ex["image"], ex["format"], ex["shape"], ex_id, split, copy,
+                                                 self.p).items():
+            new[name] = img.tobytes()
+        return records.encode(new)
 
 
 def run(out, inputs, p: Params, rt) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from artifacts import gfile
 from artifacts.errors import UserError
 
 
-NO_LABEL = -1  # what read_examples gives for an example without a label
+NO_LABEL = -1  # what iter_examples gives for an example without a label
 
 
 def encode(ex: dict[str, Any]) -> bytes:
@@ -36,9 +36,10 @@ def encode(ex: dict[str, Any]) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-def read_examples(path: str) -> dict[str, list]:
-    """The columns of one ingested shard (id, index, image, format, label, shape), parsed in
-    batches by tf.io.parse_example rather than one protobuf at a time in Python."""
+def iter_examples(path: str, batch: int = 64) -> Iterator[dict[str, Any]]:
+    """The examples of one ingested shard, one at a time (id, index, image, format, label, shape),
+    parsed a small batch at a time by tf.io.parse_example rather than one protobuf at a time in
+    Python: memory follows the batch, not the shard."""
     import tensorflow as tf
 
     spec = {"id": tf.io.FixedLenFeature([], tf.string),
@@ -47,16 +48,14 @@ def read_examples(path: str) -> dict[str, list]:
             "format": tf.io.FixedLenFeature([], tf.string, default_value=b"encoded"),
             "label": tf.io.FixedLenFeature([], tf.int64, default_value=NO_LABEL),
             "shape": tf.io.RaggedFeature(tf.int64)}
-    cols: dict[str, list] = {k: [] for k in spec}
-    for raw in tf.data.TFRecordDataset(path).batch(4096):
+    for raw in tf.data.TFRecordDataset(path).batch(batch):
         b = tf.io.parse_example(raw, spec)
-        for k in spec:
-            if k == "shape":  # RaggedTensor.to_list is slow: split the flat values ourselves
-                flat, splits = b[k].flat_values.numpy().tolist(), b[k].row_splits.numpy().tolist()
-                cols[k] += [flat[a:z] for a, z in zip(splits, splits[1:])]
-            else:
-                cols[k] += b[k].numpy().tolist()
-    return cols
+        cols = {k: b[k].numpy().tolist() for k in spec if k != "shape"}
+        # RaggedTensor.to_list is slow: split the flat values ourselves
+        flat, splits = b["shape"].flat_values.numpy().tolist(), b["shape"].row_splits.numpy().tolist()
+        cols["shape"] = [flat[a:z] for a, z in zip(splits, splits[1:])]
+        for i in range(len(cols["id"])):
+            yield {k: v[i] for k, v in cols.items()}
 
 
 def open_image(data: bytes, where: str, max_pixels: int):
@@ -114,6 +113,13 @@ def shard_name(i: int, n: int) -> str:
     return f"data-{i:05d}-of-{n:05d}.tfrecord"
 
 
+def shard_writer(path: str):
+    """A TFRecord writer of one shard (a context manager): records written one at a time."""
+    import tensorflow as tf
+
+    return tf.io.TFRecordWriter(path)
+
+
 def write_shard(path: str, records: Iterable[bytes]) -> int:
     import tensorflow as tf
 
@@ -123,6 +129,15 @@ def write_shard(path: str, records: Iterable[bytes]) -> int:
             w.write(r)
             count += 1
     return count
+
+
+SHARD_BYTES = 64 << 20  # what one ingest shard holds at most when beam.shards=0 (the default)
+
+
+def auto_shards(nbytes: int, count: int) -> int:
+    """Shards for a split of `count` examples taking `nbytes` as stored: a large split gets many
+    (each a unit of parallel work of at most SHARD_BYTES), a small one one."""
+    return max(1, min(count, math.ceil(nbytes / SHARD_BYTES)))
 
 
 def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:

@@ -98,7 +98,7 @@ class BeamConfig:
     # direct | dask | portable | a Beam runner name (FlinkRunner, ...); never part of a fingerprint
     runner: str = "direct"
     options: str = ""                     # extra Beam flags, e.g. "--direct_running_mode=multi_processing"
-    shards: int = 4                       # TFRecord shards per split (the unit of parallel work)
+    shards: int = 0                       # TFRecord shards per split (the unit of parallel work); 0 = by size
     dask_address: str = ""                # dask: a `dask scheduler` (tcp://HOST:8786); empty = local cluster
     partitions: int = 0                   # dask: bag partitions; 0 = one per shard
     job_endpoint: str = ""                # portable: a Beam job service, HOST:PORT
@@ -107,7 +107,7 @@ class BeamConfig:
     def check(self) -> None:
         require(_known_runner(self.runner), "beam.runner", self.runner,
                 "use direct, dask, portable, a Beam runner name (FlinkRunner, ...) or a runner class's dotted path")
-        require(self.shards >= 1, "beam.shards", self.shards, "use 1 or more")
+        require(self.shards >= 0, "beam.shards", self.shards, "use 0 (follow the data size) or more")
         require(self.partitions >= 0, "beam.partitions", self.partitions, "use 0 (one per shard) or more")
 
 
@@ -168,7 +168,7 @@ LIMITS.update({
     "eval.num_samples": Limit(1, 10 ** 8), "eval.tolerance": Limit(-1e9, 1e9), "eval.batch_size": Limit(1, 2 ** 20),
     "render.gif_frame_seconds": Limit(0, 3600, lo_open=True), "render.max_triptychs": Limit(1, 1000),
     "promote.keep_versions": Limit(0, 10 ** 6),
-    "beam.shards": Limit(1, 10 ** 5), "beam.partitions": Limit(0, 10 ** 5),
+    "beam.shards": Limit(0, 10 ** 5), "beam.partitions": Limit(0, 10 ** 5),
     "flow.retries": Limit(0, 1000), "flow.retry_delay_seconds": Limit(0, 7 * 24 * 3600),
     # the pipelines' model sections
     "model.learning_rate": _RATE, "model.d_learning_rate": _RATE, "model.g_learning_rate": _RATE,

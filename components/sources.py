@@ -12,6 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -32,6 +33,8 @@ LOCAL_COPIES = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
 class Split:
     name: str
     count: int
+    nbytes: int = 0              # about what its examples take as stored: what sizes its shards
+    shape: tuple[int, ...] = ()  # of every example, when the source says so (IDX)
 
 
 def _expand(path: str) -> str:
@@ -49,8 +52,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold: a 4.3 GiB 
 
 
 def memory_budget() -> int:
-    """Bytes one split may take in memory: half the machine's memory, or of the process's
-    address-space limit when one is set (a split is read whole)."""
+    """Bytes one file may take in memory (an encoded image read whole): half the machine's
+    memory, or of the process's address-space limit when one is set."""
     import resource
 
     budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
@@ -58,24 +61,19 @@ def memory_budget() -> int:
     return budget if soft == resource.RLIM_INFINITY else min(budget, soft // 2)
 
 
-def _read_idx_file(path: str, magic: int, ndim: int, max_pixels: int) -> tuple[tuple[int, ...], np.ndarray]:
-    """(dims, the payload) of one gzipped IDX file, inflated in chunks up to the size its
-    header claims and one byte more: a stream longer than its header is refused unread, and a
-    header that claims more than memory allows is refused before anything is inflated."""
+def _check_idx_file(path: str, magic: int, ndim: int, max_pixels: int) -> tuple[int, ...]:
+    """The dims of one gzipped IDX file, after inflating it a chunk at a time (nothing kept) up to
+    the size its header claims and one byte more: a stream longer or shorter than its header is
+    refused here, so the shards that read it later by offset find what the header says."""
     try:
         with gfile.open_read(path, follow=True) as raw, gzip.GzipFile(fileobj=raw) as z:
-            head = z.read(4 + 4 * ndim)
-            dims = _idx_header(head, path, magic, ndim)
+            dims = _idx_header(z.read(4 + 4 * ndim), path, magic, ndim)
             if ndim == 3:
                 _check_pixels(dims[1], dims[2], max_pixels, path)
             size = int(np.prod(dims, dtype=np.uint64))
-            if size > memory_budget():
-                raise UserError(f"IDX file claims {size} bytes, more than this machine can hold "
-                                f"({memory_budget()})", path, "give a smaller file or split it")
-            data = np.empty(size, np.uint8)
-            view, got = memoryview(data), 0
+            got = 0
             while got < size:
-                n = z.readinto(view[got:got + _CHUNK])
+                n = len(z.read(min(_CHUNK, size - got)))
                 if not n:
                     break
                 got += n
@@ -88,9 +86,9 @@ def _read_idx_file(path: str, magic: int, ndim: int, max_pixels: int) -> tuple[t
     if got != size or extra:
         what = "pixel bytes" if ndim == 3 else "labels"
         held = f"more than {size}" if extra else str(got)
-        raise UserError(f"IDX {'images' if ndim == 3 else 'labels'} file holds {held} {what}, header says "
+        raise UserError(f"IDX {'images' if ndim == 3 else 'labels'} file holds {held} {what}, header claims "
                         f"{' x '.join(map(str, dims))} = {size}", path, "replace the file with a complete copy")
-    return dims, data
+    return dims
 
 
 def _check_pixels(h: int, w: int, max_pixels: int, path: str) -> None:
@@ -112,27 +110,61 @@ def _idx_header(data: bytes, path: str, magic: int, ndim: int) -> tuple[int, ...
     return struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
 
 
-def read_idx(d: str, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """(images N x H x W uint8, labels N) of one split, checked against the IDX format."""
+def check_idx(d: str, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int, int]:
+    """(count, height, width) of one split, its two files checked against the IDX format."""
     img_path, lbl_path = _idx_files(d, split)
-    stamps = []
     for p in (img_path, lbl_path):
         if not gfile.exists(p) or gfile.isdir(p):
             raise UserError("missing IDX file", p, "an idx: folder needs the four MNIST-format .gz files")
-        stamps.append(gfile.stat(p))
-    # cached per process (ingest's workers read a split once per shard), keyed by the files' size
-    # and mtime too: a long-lived process (serve) must see data that changed on disk
-    return _read_idx(img_path, lbl_path, tuple(stamps), max_pixels)
-
-
-@lru_cache(maxsize=8)
-def _read_idx(img_path: str, lbl_path: str, _stamps: tuple, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    (n, h, w), images = _read_idx_file(img_path, 2051, 3, max_pixels)
-    (nl,), labels = _read_idx_file(lbl_path, 2049, 1, max_pixels)
+    n, h, w = _check_idx_file(img_path, 2051, 3, max_pixels)
+    (nl,) = _check_idx_file(lbl_path, 2049, 1, max_pixels)
     if nl != n:
         raise UserError(f"{n} images but {nl} labels", f"{img_path}, {lbl_path}",
                         "give image and label files of the same split")
-    return images.reshape(n, h, w), labels
+    return n, h, w
+
+
+class _Cursor:
+    """An inflating reader of one gzipped file, kept open between the shards a worker reads: a
+    worker that reads shards in order inflates each file once; one that goes back reopens it.
+    (gzip cannot seek: a forward seek inflates and drops the bytes between, a chunk at a time.)"""
+    _open: dict[str, "_Cursor"] = {}
+
+    def __init__(self, path: str):
+        self.raw = gfile.open_read(path, follow=True)
+        self.z = gzip.GzipFile(fileobj=self.raw)
+
+    @classmethod
+    def at(cls, path: str, offset: int) -> "gzip.GzipFile":
+        c = cls._open.get(path)
+        if c is None or c.z.tell() > offset:
+            if c is not None:
+                c.close()
+            c = cls._open[path] = cls(path)
+        c.z.seek(offset)
+        return c.z
+
+    def close(self) -> None:
+        self.z.close()
+        self.raw.close()
+
+
+def read_idx_range(d: str, split: str, start: int, end: int, shape: tuple[int, int]):
+    """(image h x w uint8, label) of examples [start, end) of a split, one at a time, read by
+    offset from files that resolve checked (their headers and lengths)."""
+    img_path, lbl_path = _idx_files(d, split)
+    size = shape[0] * shape[1]
+    for i in range(start, end):
+        try:
+            img = _Cursor.at(img_path, 16 + i * size).read(size)
+            lbl = _Cursor.at(lbl_path, 8 + i).read(1)
+        except _GZIP_ERRORS as e:
+            raise UserError(f"corrupt or truncated gzip file: {e}", img_path,
+                            "replace the file with a complete copy") from None
+        if len(img) != size or len(lbl) != 1:
+            raise UserError("IDX file changed or got shorter since it was read", img_path,
+                            "run again with a complete copy")
+        yield np.frombuffer(img, np.uint8).reshape(shape), lbl[0]
 
 
 # -- resolving a source URI -------------------------------------------------------------------
@@ -146,12 +178,13 @@ class Resolved:
     uri: str
     tfds_splits: tuple[str, ...] = ()
 
-    def load_split(self, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
-        """(images: uint8 N x H x W x C array or list of encoded bytes, labels or None, fmt)."""
-        return self.kind.load_split(self, split, max_pixels)
+    def split(self, name: str) -> Split:
+        return next(s for s in self.splits if s.name == name)
 
-    def example_ids(self, split: str, start: int, end: int) -> list[str]:
-        return self.kind.example_ids(self, split, start, end)
+    def read(self, split: str, start: int, end: int,
+             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Examples [start, end) of a split, one at a time: (stable id, fields)."""
+        return self.kind.read(self, split, start, end, max_pixels)
 
 
 def _online(host: str = "storage.googleapis.com", timeout: float = 2.0) -> bool:
@@ -169,12 +202,17 @@ class SourceKind:
     def resolve(self, location: str, uri: str, max_pixels: int) -> Resolved:
         raise NotImplementedError
 
-    def load_split(self, r: Resolved, split: str, max_pixels: int):
+    def read(self, r: Resolved, split: str, start: int, end: int,
+             max_pixels: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Examples [start, end) of a split, one at a time, never the whole split: (stable id,
+        fields: image (raw bytes with its shape, or encoded), format, maybe label). A shard of
+        ingest reads only its own range, so memory follows one example, not the data."""
         raise NotImplementedError
 
-    def example_ids(self, r: Resolved, split: str, start: int, end: int) -> list[str]:
-        """Stable ids of examples [start, end) of a split: the position in it."""
-        return [f"{split}/{i:07d}" for i in range(start, end)]
+    @staticmethod
+    def position_id(split: str, i: int) -> str:
+        """The stable id of an example known by its position in its split."""
+        return f"{split}/{i:07d}"
 
 
 class Idx(SourceKind):
@@ -190,12 +228,17 @@ class Idx(SourceKind):
             raise UserError("no MNIST-format files (train-images-idx3-ubyte.gz, t10k-...)", d,
                             "give a folder with the four IDX .gz files")
         files = [f for s in splits for f in _idx_files(d, s)]
-        counts = tuple(Split(s, len(read_idx(d, s, max_pixels)[1])) for s in splits)
-        return Resolved(self, d, counts, files_digest(files), f"idx:{d}")
+        counts = []
+        for s in splits:
+            n, h, w = check_idx(d, s, max_pixels)
+            counts.append(Split(s, n, n * h * w, (h, w, 1)))
+        return Resolved(self, d, tuple(counts), files_digest(files), f"idx:{d}")
 
-    def load_split(self, r: Resolved, split: str, max_pixels: int):
-        images, labels = read_idx(r.location, split, max_pixels)
-        return images[..., None], labels, "raw"
+    def read(self, r: Resolved, split: str, start: int, end: int, max_pixels: int):
+        shape = r.split(split).shape
+        for i, (img, label) in zip(range(start, end), read_idx_range(r.location, split, start, end, shape[:2])):
+            yield self.position_id(split, i), {"image": img.tobytes(), "format": "raw", "shape": shape,
+                                               "label": int(label)}
 
 
 class Tfds(SourceKind):
@@ -220,20 +263,21 @@ class Tfds(SourceKind):
                                 "prepare it where there is internet, or --set data.source=idx:DIR / paired:DIR "
                                 "(for Fashion-MNIST: apt-get install dataset-fashion-mnist)")
         splits = wanted or tuple(builder.info.splits.keys())
-        counts = tuple(Split(s, builder.info.splits[s].num_examples) for s in splits)
+        counts = tuple(Split(s, builder.info.splits[s].num_examples, int(builder.info.splits[s].num_bytes or 0))
+                       for s in splits)
         files = gfile.glob(gfile.join(builder.data_dir, "*"))
         return Resolved(self, name, counts, digest({"files": files_digest(files), "splits": splits}),
                         uri, tfds_splits=splits)
 
-    def load_split(self, r: Resolved, split: str, max_pixels: int):
+    def read(self, r: Resolved, split: str, start: int, end: int, max_pixels: int):
         import tensorflow_datasets as tfds
 
-        ds = tfds.as_numpy(tfds.load(r.location, split=split, shuffle_files=False))
-        images, labels = [], []
-        for ex in ds:
-            images.append(ex["image"])
-            labels.append(ex.get("label", -1))
-        return np.stack(images), np.asarray(labels), "raw"
+        # a slice of the split: tfds reads only the files (and records) that hold it
+        ds = tfds.as_numpy(tfds.load(r.location, split=f"{split}[{start}:{end}]", shuffle_files=False))
+        for i, ex in zip(range(start, end), ds):
+            img = np.asarray(ex["image"], np.uint8)
+            yield self.position_id(split, i), {"image": img.tobytes(), "format": "raw", "shape": img.shape,
+                                               "label": int(ex.get("label", -1))}
 
 
 def _natural(name: str):
@@ -261,37 +305,44 @@ class ImageFolder(SourceKind):
         present = [s for s in FOLDER_SPLITS if gfile.isdir(gfile.join(d, s))]
         if not present:
             raise UserError("no train/ val/ test/ folders", d, "put the images in train/, val/, test/")
-        files, counts = [], []
+        files, by_split = [], {}
         for s in present:
             fs = self.files(d, s)
             if not fs:
                 raise UserError(f"split {s!r} has no .jpg or .png images", gfile.join(d, s),
                                 "add images or remove the empty folder")
             files += fs
-            counts.append(Split(s, len(fs)))
-        return Resolved(self, d, tuple(counts), _images_digest(files, max_pixels), f"{self.scheme}:{d}")
+            by_split[s] = fs
+        key, sizes = _images_digest(files, max_pixels)
+        counts = tuple(Split(s, len(fs), sum(sizes[f] for f in fs)) for s, fs in by_split.items())
+        return Resolved(self, d, counts, key, f"{self.scheme}:{d}")
 
-    def load_split(self, r: Resolved, split: str, max_pixels: int):
-        return [gfile.read_bytes(f, follow=True) for f in self.files(r.location, split)], None, "encoded"
+    def read(self, r: Resolved, split: str, start: int, end: int, max_pixels: int):
+        # the names only (a worker lists a split once); each shard reads its own files
+        for f in _listing(self, r.location, split, r.digest)[start:end]:
+            yield f"{split}/{f.rsplit('/', 1)[-1]}", {"image": gfile.read_bytes(f, follow=True), "format": "encoded"}
 
-    def example_ids(self, r: Resolved, split: str, start: int, end: int) -> list[str]:
-        return [f"{split}/{f.rsplit('/', 1)[-1]}" for f in self.files(r.location, split)[start:end]]
+
+@lru_cache(maxsize=8)
+def _listing(kind: ImageFolder, d: str, split: str, _key: str) -> list[str]:
+    """kind.files(d, split), once per process and source content (the key)."""
+    return kind.files(d, split)
 
 
-def _images_digest(files: list[str], max_pixels: int) -> str:
-    """files_digest of the images, read once each, with every image's header checked against the
-    pixel limit on the way (before anything decodes one)."""
+def _images_digest(files: list[str], max_pixels: int) -> tuple[str, dict[str, int]]:
+    """files_digest of the images, read once each (one at a time), with every image's header
+    checked against the pixel limit on the way (before anything decodes one); and their sizes."""
     from components.records import open_image
 
-    shas = {}
+    shas, sizes = {}, {}
     for f in files:
         try:
             data = gfile.read_bytes(f, memory_budget() // 8, follow=True)
         except (OSError, ValueError) as e:
             raise UserError(f"unreadable image: {e}", f, "replace or remove the file") from None
         open_image(data, f, max_pixels).close()
-        shas[f] = hashlib.sha256(data).hexdigest()
-    return digest({f: shas[f] for f in sorted(files)})
+        shas[f], sizes[f] = hashlib.sha256(data).hexdigest(), len(data)
+    return digest({f: shas[f] for f in sorted(files)}), sizes
 
 
 IDX, TFDS = Idx(), Tfds()
