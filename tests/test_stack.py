@@ -120,9 +120,11 @@ def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parame
     from flows.registry import all_pipelines
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]}
+    crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]
+             if d["name"] == "retrain"}
     deps = stack_prefect.deployments(stack.env)
-    assert set(deps) == {f"{p}/retrain" for p in all_pipelines()}
+    assert set(deps) == {f"{p}/retrain" for p in all_pipelines()} | {"watch/sources"}
+    assert [s["schedule"]["interval"] for s in deps.pop("watch/sources")["schedules"]] == [120]
     for name, d in deps.items():
         # templated on the worker at run time, from its own TAPELINE_REPO
         assert d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
