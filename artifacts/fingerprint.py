@@ -128,7 +128,7 @@ def files_digest(paths: list[str]) -> str:
     from artifacts import gfile
 
     # a data folder may link its files
-    return digest({p: file_sha(p, lambda: gfile.sha256(p, follow=True)[0]) for p in sorted(paths)})
+    return digest({p: file_sha(p, lambda p=p: gfile.sha256(p, follow=True)[0]) for p in sorted(paths)})
 
 
 # path -> [size, mtime_ns, sha256, hashed_ns]: what `known_hashes` lets file_sha skip re-reading

@@ -292,7 +292,7 @@ def _images_digest(files: list[str], max_pixels: int) -> str:
         return hashlib.sha256(data).hexdigest()
 
     # an image the watch hashed before, unchanged since, is not read again (its header was checked then)
-    return digest({f: file_sha(f, lambda: sha(f)) for f in sorted(files)})
+    return digest({f: file_sha(f, lambda f=f: sha(f)) for f in sorted(files)})
 
 
 IDX, TFDS = Idx(), Tfds()

@@ -12,7 +12,8 @@ from prefect.events import emit_event
 
 from artifacts.errors import UserError
 from artifacts.store import open_store
-from components import ingest, watch as watching
+from components import ingest
+from components import watch as watching
 from flows.registry import all_pipelines, get
 
 EVENT = "tapeline.source.changed"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 
 import numpy as np
 import pytest
@@ -12,20 +11,13 @@ from artifacts.store import ArtifactStore
 from components import drift, validate
 from flows.registry import get
 from tests.conftest import MNIST, tapeline
-from tests.helpers import run_stages
+from tests.helpers import run_stages, write_idx
 
 N_TRAIN, N_TEST = 240, 80
 
 
 def _read(name: str, offset: int) -> np.ndarray:
     return np.frombuffer(gzip.decompress((MNIST / name).read_bytes()), np.uint8, offset=offset)
-
-
-def _write(d, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    n = len(labels)
-    (d / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()))
-    (d / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 2049, n) + labels.tobytes()))
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +36,8 @@ def sources(tmp_path_factory):
     out = {}
     for name, (x, y) in cases.items():
         d = tmp_path_factory.mktemp(name)
-        _write(d, "train", np.ascontiguousarray(x), np.ascontiguousarray(y))
-        _write(d, "t10k", test_x, test_y)
+        write_idx(d, "train", np.ascontiguousarray(x), np.ascontiguousarray(y))
+        write_idx(d, "t10k", test_x, test_y)
         out[name] = d
     return out
 

@@ -3,26 +3,17 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
 import time
 
 import numpy as np
-import pytest
 
 from artifacts import gfile
 from components import ingest, watch
 from flows.registry import get
 from tests.conftest import MNIST
-from tests.helpers import run_stages
+from tests.helpers import run_stages, write_idx
 
 PIPELINE = "mnist-classifier"
-
-
-def _write(d, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    n = len(labels)
-    (d / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes(), mtime=0))
-    (d / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 2049, n) + labels.tobytes(), mtime=0))
 
 
 def _source(d, n=60, shift=0, test=True):
@@ -30,9 +21,9 @@ def _source(d, n=60, shift=0, test=True):
     y = np.frombuffer(gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8, offset=8)
     x = x.reshape(-1, 28, 28)
     d.mkdir(exist_ok=True)
-    _write(d, "train", np.ascontiguousarray(x[shift:shift + n]), np.ascontiguousarray(y[shift:shift + n]))
+    write_idx(d, "train", np.ascontiguousarray(x[shift:shift + n]), np.ascontiguousarray(y[shift:shift + n]))
     if test:
-        _write(d, "t10k", np.ascontiguousarray(x[1000:1000 + n // 2]), np.ascontiguousarray(y[1000:1000 + n // 2]))
+        write_idx(d, "t10k", np.ascontiguousarray(x[1000:1000 + n // 2]), np.ascontiguousarray(y[1000:1000 + n // 2]))
     return d
 
 
@@ -52,7 +43,7 @@ def test_key_is_ingests_and_only_what_changed_is_hashed(tmp_path, monkeypatch):
     d = _source(tmp_path / "src")
     _age(d)
     cache = watch.load_cache(str(tmp_path / "none.json"))
-    uri, key, how = watch.content_key(_params(d), cache)
+    _, key, how = watch.content_key(_params(d), cache)
     assert key == ingest.resolve_source(_params(d)).fingerprint and how == "keyed"
     hashed = []
     real = gfile.sha256
@@ -91,7 +82,8 @@ def test_watch_emits_once_for_a_changed_source_and_nothing_for_an_unchanged_one(
     d = _source(tmp_path / "src")
     root = str(tmp_path / "root")
     run_stages(root, PIPELINE, [f"data.source=idx:{d}"], "ingest")
-    kw = dict(pipelines=[PIPELINE], overrides={PIPELINE: [f"data.source=idx:{d}"]}, root=root, settle_seconds=0)
+    kw = {"pipelines": [PIPELINE], "overrides": {PIPELINE: [f"data.source=idx:{d}"]}, "root": root,
+          "settle_seconds": 0}
     first = watch_flow.watch(**kw)
     assert [v["emit"] for v in first] == [False] and first[0]["old"] == first[0]["new"]
     _source(d, shift=7)
@@ -114,11 +106,10 @@ def test_watch_emits_once_for_a_changed_source_and_nothing_for_an_unchanged_one(
     assert events[0].payload == {"old": second[0]["old"], "new": second[0]["new"], "source": f"idx:{d}"}
 
 
-@pytest.mark.parametrize("name", [PIPELINE])
-def test_a_missing_source_is_one_line_not_a_failed_watch(tmp_path, harness, monkeypatch, name):
+def test_a_missing_source_is_one_line_not_a_failed_watch(tmp_path, harness, monkeypatch):
     from flows import watch_flow
 
     monkeypatch.setattr(watch_flow, "cache_path", lambda: str(tmp_path / "watch.json"))
-    out = watch_flow.watch(pipelines=[name], overrides={name: [f"data.source=idx:{tmp_path / 'nowhere'}"]},
+    out = watch_flow.watch(pipelines=[PIPELINE], overrides={PIPELINE: [f"data.source=idx:{tmp_path / 'nowhere'}"]},
                            root=str(tmp_path / "root"), settle_seconds=0)
     assert not out[0]["emit"] and "does not exist" in out[0]["why"]
