@@ -66,20 +66,26 @@ def save_cache(path: str, cache: dict) -> None:
 
 def content_key(params: ingest.Params, cache: dict) -> tuple[str, str, str]:
     """(source uri, content key, how it was found): the key ingest would give the source. Sizes and
-    mtimes first: when every file of the folder is as the cache saw it, hashed at least 2 s after
-    its last change, the cached key stands; otherwise ingest's own resolve runs, re-hashing only
-    the files whose size or mtime changed."""
-    snap = snapshot(params.source)
+    mtimes first: when every file of its folder (for tfds:NAME, of the folder it resolved to last
+    time) is as the cache saw it, and none changed after it was keyed, the cached key stands;
+    otherwise ingest's own resolve runs, re-hashing only the files whose size or mtime changed."""
     entry = cache["sources"].get(params.source)
-    if (snap is not None and isinstance(entry, dict) and entry.get("snapshot") == digest(snap)
-            and FINGERPRINT.fullmatch(str(entry.get("key"))) and isinstance(entry.get("uri"), str)
-            and all(mtime < entry.get("at", 0) - 2_000_000_000 for _, mtime in snap.values())):
+    entry = entry if isinstance(entry, dict) and isinstance(entry.get("uri"), str) else None
+    local = snapshot(params.source) is not None  # a folder of its own (else tfds:NAME)
+    folder = params.source if local else (entry or {}).get("uri")
+    snap = snapshot(folder) if folder else None
+    if (snap is not None and entry is not None and entry.get("snapshot") == digest(snap)
+            and FINGERPRINT.fullmatch(str(entry.get("key"))) and isinstance(entry.get("at"), int)
+            and all(mtime < entry["at"] - 2_000_000_000 for _, mtime in snap.values())):
         return entry["uri"], entry["key"], "unchanged sizes and mtimes"
+    started = time.time_ns()  # a file changed while it is keyed is never trusted: keyed again next time
+    snap = snapshot(params.source) if local else None
     with known_hashes(cache["files"]):
         ref = ingest.resolve_source(params)
+    snap = snap if snap is not None else snapshot(ref.uri)
     if snap is not None:
         cache["sources"][params.source] = {"snapshot": digest(snap), "key": ref.fingerprint, "uri": ref.uri,
-                                           "at": time.time_ns()}
+                                           "at": started}
     return ref.uri, ref.fingerprint, "keyed"
 
 

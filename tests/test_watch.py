@@ -6,6 +6,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 from artifacts import gfile
 from components import ingest, watch
@@ -113,3 +114,20 @@ def test_a_missing_source_is_one_line_not_a_failed_watch(tmp_path, harness, monk
     out = watch_flow.watch(pipelines=[PIPELINE], overrides={PIPELINE: [f"data.source=idx:{tmp_path / 'nowhere'}"]},
                            root=str(tmp_path / "root"), settle_seconds=0)
     assert not out[0]["emit"] and "does not exist" in out[0]["why"]
+
+
+def test_a_tfds_source_read_from_its_local_copy_is_watched_by_that_folder(tmp_path, monkeypatch):
+    from components import sources
+
+    d = _source(tmp_path / "copy")
+    _age(d)
+    monkeypatch.setitem(sources.LOCAL_COPIES, "mnist", (str(d),))
+    monkeypatch.setattr(sources, "_online", lambda *a, **k: False)
+    p = get(PIPELINE)
+    params = ingest.Params.from_config(p.config(["data.source=tfds:mnist"]), p.recipe)
+    if ingest.resolve_source(params).uri != f"idx:{d}":
+        pytest.skip("tfds mnist is prepared here: not read from a local copy")
+    cache = watch.load_cache(str(tmp_path / "c.json"))
+    assert watch.content_key(params, cache)[2] == "keyed"
+    assert watch.content_key(params, cache) == (f"idx:{d}", ingest.resolve_source(params).fingerprint,
+                                                "unchanged sizes and mtimes")
