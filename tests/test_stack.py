@@ -133,6 +133,17 @@ def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parame
         assert {"type": "array", "items": {"type": "string"}} in props["overrides"]["anyOf"]
         assert {"type": "string"} in props["root"]["anyOf"]
         assert [s["schedule"]["cron"] for s in d["schedules"]] == crons[name.split("/")[0].replace("-", "_")]
+    # each retrain deployment's trigger became an automation that runs it on the watch's event
+    # for its own pipeline, once per burst
+    with _api(stack) as c:
+        autos = c.post("automations/filter", json={}).raise_for_status().json()
+    runs = {a["actions"][0]["deployment_id"]: a["trigger"] for a in autos
+            if a["actions"] and a["actions"][0].get("type") == "run-deployment"}
+    for name, d in deps.items():
+        trig = runs[d["id"]]
+        assert trig["expect"] == ["tapeline.source.changed"], trig
+        assert trig["match"] == {"prefect.resource.id": f"tapeline.pipeline.{name.split('/')[0]}"}, trig
+        assert trig["posture"] == "Reactive" and trig["threshold"] == 1 and float(trig["within"]) == 600
 
 
 def test_server_beyond_loopback_requires_the_auth_string(stack, tmp_path):
