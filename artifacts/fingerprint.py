@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import json
+import os
+import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 # Only our own packages count as "code": library upgrades show up in the manifest's versions.
 PROJECT_PACKAGES = ("artifacts", "components", "pipelines", "flows")
@@ -123,7 +127,51 @@ def files_digest(paths: list[str]) -> str:
     """Digest of data files by content (not mtime): a file rewritten in place changes it."""
     from artifacts import gfile
 
-    return digest({p: gfile.sha256(p, follow=True)[0] for p in sorted(paths)})  # a data folder may link its files
+    # a data folder may link its files
+    return digest({p: file_sha(p, lambda p=p: gfile.sha256(p, follow=True)[0]) for p in sorted(paths)})
+
+
+# path -> [size, mtime_ns, sha256, hashed_ns]: what `known_hashes` lets file_sha skip re-reading
+_KNOWN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tapeline_known_hashes", default=None)
+_RACY_NS = 2_000_000_000  # a file changed this close to its hashing may change again within one mtime tick
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows a link, as the data readers do
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def known_hashes(entries: dict) -> Iterator[dict]:
+    """Within it, file_sha takes a local file's sha256 from entries when its size and mtime match
+    the entry and it was not modified within 2 s of being hashed (git's racy-clean rule); every
+    file hashed inside is written back to entries. For cheap repeated keys of a source (the watch);
+    the entries are a hint, checked against the file each time, never a reason to skip a changed one."""
+    token = _KNOWN.set(entries)
+    try:
+        yield entries
+    finally:
+        _KNOWN.reset(token)
+
+
+def file_sha(path: str, compute: Callable[[], str]) -> str:
+    """compute() (the file's sha256), or the known one (see known_hashes)."""
+    known = _KNOWN.get()
+    if known is None or "://" in path:
+        return compute()
+    now = _stat(path)
+    entry = known.get(path)
+    if (now is not None and isinstance(entry, list) and len(entry) == 4 and list(now) == entry[:2]
+            and isinstance(entry[2], str) and len(entry[2]) == 64 and isinstance(entry[3], int)
+            and entry[1] < entry[3] - _RACY_NS):
+        return entry[2]
+    sha = compute()
+    if now is not None:
+        known[path] = [now[0], now[1], sha, time.time_ns()]
+    return sha
 
 
 def stage_fingerprint(stage: str, code: str, params: Mapping[str, Any],

@@ -43,8 +43,20 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DriftThresholds:
+    """Per feature, the distance from the champion's span above which it has drifted (TFDV's
+    comparators): label mix by L-infinity, histograms by Jensen-Shannon (base 2, 0..1)."""
+    labels: float = 0.1                   # the largest change of one class's share
+    pixels: float = 0.1                   # pixel-intensity histogram
+    sizes: float = 0.1                    # image-size (HxW) histogram
+
+
+@dataclass(frozen=True)
 class ValidateConfig:
     duplicates: Literal["error", "warn"] = "error"  # the same image in two splits leaks the test set
+    # compared per run with the champion's span (components/drift.py), never fingerprinted
+    drift_threshold: DriftThresholds = DriftThresholds()
+    block_on_drift: bool = False          # true: a drifted feature stops the run before training
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,8 @@ LIMITS.update({
     "data.val_holdout": Limit(0, 2 ** 31 - 1), "data.val_max_share": Limit(0, 1, lo_open=True),
     "data.jitter_resize": Limit(8, 8192), "data.jitter_copies": Limit(1, 256),
     "data.max_image_pixels": Limit(1, 2 ** 32),
+    "validate.drift_threshold.labels": _UNIT, "validate.drift_threshold.pixels": _UNIT,
+    "validate.drift_threshold.sizes": _UNIT,
     "train.epochs": Limit(1, 10 ** 6), "train.max_steps": _STEPS, "train.batch_size": Limit(1, 2 ** 20),
     "train.shuffle_buffer": Limit(1, 2 ** 26), "train.checkpoint_every": _STEPS,
     "train.checkpoint_every_epochs": Limit(0, 10 ** 6), "train.keep_checkpoints": Limit(1, 1000),

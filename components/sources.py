@@ -18,7 +18,7 @@ import numpy as np
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from artifacts.fingerprint import digest, files_digest
+from artifacts.fingerprint import digest, file_sha, files_digest
 
 IDX_SPLITS = {"train": "train", "test": "t10k"}
 _CHUNK = 1 << 20
@@ -334,15 +334,17 @@ def _images_digest(files: list[str], max_pixels: int) -> tuple[str, dict[str, in
     checked against the pixel limit on the way (before anything decodes one); and their sizes."""
     from components.records import open_image
 
-    shas, sizes = {}, {}
-    for f in files:
+    def sha(f: str) -> str:
         try:
             data = gfile.read_bytes(f, memory_budget() // 8, follow=True)
         except (OSError, ValueError) as e:
             raise UserError(f"unreadable image: {e}", f, "replace or remove the file") from None
         open_image(data, f, max_pixels).close()
-        shas[f], sizes[f] = hashlib.sha256(data).hexdigest(), len(data)
-    return digest({f: shas[f] for f in sorted(files)}), sizes
+        return hashlib.sha256(data).hexdigest()
+
+    # an image the watch hashed before, unchanged since, is not read again (its header was checked then)
+    key = digest({f: file_sha(f, lambda f=f: sha(f)) for f in sorted(files)})
+    return key, {f: gfile.stat(f)[0] for f in files}
 
 
 IDX, TFDS = Idx(), Tfds()

@@ -35,7 +35,7 @@ def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray
 def _empty() -> dict:
     return {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
             "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
-            "hashes": {}, "undecodable": []}
+            "px_hist": np.zeros(256, np.int64), "hashes": {}, "undecodable": []}
 
 
 def shard_stats(item):
@@ -64,6 +64,7 @@ def shard_stats(item):
         s["px_sumsq"] += int(np.square(px, dtype=np.uint32).sum(dtype=np.uint64))
         s["px_min"] = min(s["px_min"], int(px.min()))
         s["px_max"] = max(s["px_max"], int(px.max()))
+        s["px_hist"] += np.bincount(px.ravel(), minlength=256)[:256]
     s["px_sum"], s["px_sumsq"] = float(s["px_sum"]), float(s["px_sumsq"])  # as before: JSON floats
     return split, s
 
@@ -74,7 +75,7 @@ def merge_stats(parts):
         if out is None:
             out = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in p.items()}
             continue
-        for k in ("count", "unlabeled", "px_n", "px_sum", "px_sumsq"):
+        for k in ("count", "unlabeled", "px_n", "px_sum", "px_sumsq", "px_hist"):
             out[k] += p[k]
         for k in ("shapes", "formats", "labels"):
             out[k].update(p[k])
@@ -88,12 +89,13 @@ def to_json(s: dict) -> dict:
     """Merged statistics as plain JSON: the work directory lies in a shared root, so what is read
     back from it must be data that cannot run code (never a pickle)."""
     return {**s, "shapes": dict(s["shapes"]), "formats": dict(s["formats"]),
-            "labels": {str(k): v for k, v in s["labels"].items()}}
+            "labels": {str(k): v for k, v in s["labels"].items()}, "px_hist": [int(c) for c in s["px_hist"]]}
 
 
 def from_json(s: dict) -> dict:
     return {**s, "shapes": Counter(s["shapes"]), "formats": Counter(s["formats"]),
-            "labels": Counter({int(k): v for k, v in s["labels"].items()})}
+            "labels": Counter({int(k): v for k, v in s["labels"].items()}),
+            "px_hist": np.asarray(s["px_hist"], np.int64)}
 
 
 class _Save:
@@ -123,8 +125,18 @@ def summarize(s: dict) -> dict:
     std = float(np.sqrt(max(s["px_sumsq"] / n - mean * mean, 0.0))) if n else 0.0
     return {"count": s["count"], "shapes": dict(s["shapes"]), "formats": dict(s["formats"]),
             "pixels": {"min": s["px_min"] if n else None, "max": s["px_max"] if n else None,
-                       "mean": mean, "std": std},
+                       "mean": mean, "std": std, "histogram": [int(c) for c in s["px_hist"]]},
+            "sizes": _sizes(s["shapes"]),
             "labels": {str(k): v for k, v in sorted(s["labels"].items())}, "unlabeled": s["unlabeled"]}
+
+
+def _sizes(shapes: Counter) -> dict[str, int]:
+    """The image-size histogram, HxW -> count (channels left out: a size, not a layout)."""
+    out: Counter = Counter()
+    for shape, n in shapes.items():
+        h, w = shape.strip("[]").split(",")[:2]
+        out[f"{int(h)}x{int(w)}"] += n
+    return dict(sorted(out.items()))
 
 
 def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
@@ -187,5 +199,6 @@ def run(out, inputs, p: Params, rt) -> None:
 
 
 def statistics(artifact) -> dict:
-    """Per split: count, shapes, formats, pixel summary and label counts (summarize's output)."""
+    """Per split: count, shapes, formats, pixel summary and histogram, image-size histogram and
+    label counts (summarize's output; an artifact built before the histograms lacks them)."""
     return gfile.read_json(artifact.path("statistics.json"))

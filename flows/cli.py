@@ -11,7 +11,7 @@ import traceback
 
 from artifacts.errors import UserError
 from artifacts.store import default_root, open_store
-from components import interrupt
+from components import drift, interrupt
 from flows import local_api, quiet
 
 
@@ -127,6 +127,9 @@ def cmd_run(args) -> int:
     print(stage_table(summary, store.root))
     print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
     print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
+    if "drift" in summary:
+        for line in drift.lines(summary["drift"]):
+            print(line)
     return 0
 
 

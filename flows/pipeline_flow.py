@@ -18,7 +18,7 @@ from prefect.states import Cancelled, State
 from artifacts import failpoints
 from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
-from components import animate, evaluate, interrupt, promote, render
+from components import animate, drift, evaluate, interrupt, promote, render, validate
 from components.contract import Runtime
 from flows.graph import Node, nodes, run_node
 from flows.registry import all_pipelines, get
@@ -62,7 +62,9 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in summary.get("metrics", {}).items()]
     lines += ["", f"**blessed:** {summary.get('blessed')} — {summary.get('why', '')}",
-              f"**champion:** {summary.get('champion')}", "",
+              f"**champion:** {summary.get('champion')}", ""]
+    lines += _drift_markdown(summary.get("drift"))
+    lines += ["",
               "| stage | reused | artifact |", "|---|---|---|"]
     lines += [f"| {k} | {v['reused']} | `{v['uri']}` |" for k, v in summary["stages"].items()]
     pics = summary.get("pictures", {})
@@ -71,6 +73,20 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
 
         lines += ["", "## Pictures", ""] + markdown(pics)
     return "\n".join(lines)
+
+
+def _drift_markdown(report: dict | None) -> list[str]:
+    if report is None:
+        return []
+    if not report.get("features"):
+        return [f"**drift:** {report.get('note', '')}"]
+    rows = ["## Drift from the champion's span", "", report.get("note", ""), "",
+            "| feature | measure | distance | split | threshold | drifted |", "|---|---|---|---|---|---|"]
+    for f, r in report["features"].items():
+        d = "n/a" if r["distance"] is None else f"{r['distance']:.4f}"
+        rows.append(f"| {f} | {r['measure']} | {d} | {r['split']} | {r['threshold']} | "
+                    f"{'**yes**' if r['drifted'] else 'no'} |")
+    return rows
 
 
 def new_run_id() -> str:
@@ -114,7 +130,7 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
             store = open_store(root)
             run_id = _run_id(run_id)
             runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
-            done, stages = {}, {}
+            done, stages, drifts = {}, {}, None
             with store.lease(run_id) as lease:
                 for node in nodes(p, cfg):
                     interrupt.check(node.key)
@@ -126,20 +142,36 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
                     done[node.key] = result.pop("artifact")
                     stages[node.key] = result
                     lease.add(done[node.key].uri)
+                    if node.pipeline.name == p.name and done[node.key].type == validate.SPEC.output:
+                        drifts = _drift(store, p.name, cfg, done[node.key])  # before training
                     failpoints.hit(f"flow.after.{node.key}")
                 interrupt.check(f"{pipeline}/run-record")
-                return _record(store, pipeline, run_id, overrides, done, stages)
+                return _record(store, pipeline, run_id, overrides, done, stages, drifts)
         except interrupt.Interrupted as stop:
             # Cancelled, not Crashed: a stop that was asked for, with everything it reached saved
             # (the CLI turns the CancelledRun this gives its caller into the one line and 130/143)
             return Cancelled(message=str(stop))
 
 
+def _drift(store: ArtifactStore, pipeline: str, cfg, statistics) -> dict:
+    """This run's statistics against the champion's span: decided on every run (the champion is
+    outside validate's fingerprint), logged, and with validate.block_on_drift a one-line stop."""
+    params = drift.Params.from_config(cfg)
+    report = drift.report(store, pipeline, statistics, params)
+    logger = get_run_logger()
+    for line in drift.lines(report):
+        logger.info("%s %s", pipeline, line)
+    drift.check(report, params, statistics.uri)
+    return report
+
+
 def _record(store: ArtifactStore, pipeline: str, run_id: str, overrides: list[str], done: dict,
-            stages: dict) -> dict:
+            stages: dict, drifts: dict | None = None) -> dict:
     """The run's summary: recorded under the root and shown as a markdown artifact."""
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
+    if drifts is not None:
+        summary["drift"] = drifts
     evaluation = done.get(f"{pipeline}/evaluate")
     if evaluation is not None:
         summary["metrics"] = evaluate.metrics(evaluation)

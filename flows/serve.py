@@ -26,9 +26,23 @@ def load(path: Path = PREFECT_YAML) -> list[dict]:
     return out
 
 
-def runner_deployments(root: str, only: list[str] | None = None) -> list:
-    from prefect.schedules import Cron
+def schedule(s: dict):
+    """One schedule of prefect.yaml: a cron (the retrain deployments) or an interval in seconds (the watch)."""
+    from prefect.schedules import Cron, Interval
 
+    if "interval" in s:
+        return Interval(s["interval"], timezone=s.get("timezone", "UTC"))
+    return Cron(s["cron"], timezone=s.get("timezone", "UTC"))
+
+
+def triggers(d: dict) -> list:
+    """A deployment's triggers of prefect.yaml, checked against Prefect's own schema."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    return [DeploymentEventTrigger.model_validate(t) for t in d.get("triggers") or []]
+
+
+def runner_deployments(root: str, only: list[str] | None = None) -> list:
     from flows.registry import get
 
     wanted = {get(p).name for p in only} if only else None
@@ -37,8 +51,8 @@ def runner_deployments(root: str, only: list[str] | None = None) -> list:
         f = d["flow"]
         if wanted is not None and f.name not in wanted:
             continue
-        schedules = [Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in d.get("schedules") or []]
-        out.append(f.to_deployment(name=d["name"], schedules=schedules, tags=d.get("tags"),
+        schedules = [schedule(s) for s in d.get("schedules") or []]
+        out.append(f.to_deployment(name=d["name"], schedules=schedules, tags=d.get("tags"), triggers=triggers(d),
                                    description=d.get("description"),
                                    parameters={**(d.get("parameters") or {}), "root": root}))
     return out
@@ -47,7 +61,8 @@ def runner_deployments(root: str, only: list[str] | None = None) -> list:
 def serve(root: str, only: list[str] | None = None, dry_run: bool = False) -> list:
     deployments = runner_deployments(root, only)
     for dep in deployments:
-        crons = ", ".join(s.schedule.cron for s in dep.schedules) or "no schedule"
+        crons = ", ".join(getattr(s.schedule, "cron", None) or f"every {s.schedule.interval}"
+                          for s in dep.schedules) or "no schedule"
         print(f"{dep.flow_name}/{dep.name}  {crons}  root={root}  {dep.entrypoint}")
     if not dry_run:
         from prefect import serve as prefect_serve

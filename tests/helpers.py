@@ -62,7 +62,15 @@ CPP_LOG = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ [\w./-]+:\d+\]|absl::InitializeL
 
 
 def _idx(path, magic, dims, payload):
-    path.write_bytes(gzip.compress(struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + payload))
+    path.write_bytes(gzip.compress(struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + payload,
+                                   mtime=0))
+
+
+def write_idx(d, prefix: str, images, labels) -> None:
+    """One split of an IDX source folder (prefix train or t10k) from uint8 N x 28 x 28 images and N labels."""
+    n = len(labels)
+    _idx(d / f"{prefix}-images-idx3-ubyte.gz", 2051, (n, 28, 28), images.tobytes())
+    _idx(d / f"{prefix}-labels-idx1-ubyte.gz", 2049, (n,), labels.tobytes())
 
 
 def bad_mnist_dirs(tmp_path):

@@ -19,7 +19,7 @@ from flows import stack_postgres, stack_prefect
 from flows.stack import Stack
 from flows.workers import free_ports
 from tests import prefect_ui
-from tests.conftest import MNIST, REPO, tapeline
+from tests.conftest import MNIST, REPO, run_py, tapeline
 
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"]
 # where the screenshots go: a temp dir, or docs/img when TAPELINE_SCREENSHOTS says so (docs/deployments.md)
@@ -120,9 +120,11 @@ def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parame
     from flows.registry import all_pipelines
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]}
+    crons = {d["entrypoint"].rsplit(":", 1)[1]: [s["cron"] for s in d["schedules"]] for d in spec["deployments"]
+             if d["name"] == "retrain"}
     deps = stack_prefect.deployments(stack.env)
-    assert set(deps) == {f"{p}/retrain" for p in all_pipelines()}
+    assert set(deps) == {f"{p}/retrain" for p in all_pipelines()} | {"watch/sources"}
+    assert [s["schedule"]["interval"] for s in deps.pop("watch/sources")["schedules"]] == [120]
     for name, d in deps.items():
         # templated on the worker at run time, from its own TAPELINE_REPO
         # (after a check that says what to set when it is missing: tests/test_worker_env.py)
@@ -133,6 +135,17 @@ def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parame
         assert {"type": "array", "items": {"type": "string"}} in props["overrides"]["anyOf"]
         assert {"type": "string"} in props["root"]["anyOf"]
         assert [s["schedule"]["cron"] for s in d["schedules"]] == crons[name.split("/")[0].replace("-", "_")]
+    # each retrain deployment's trigger became an automation that runs it on the watch's event
+    # for its own pipeline, once per burst
+    with _api(stack) as c:
+        autos = c.post("automations/filter", json={}).raise_for_status().json()
+    runs = {a["actions"][0]["deployment_id"]: a["trigger"] for a in autos
+            if a["actions"] and a["actions"][0].get("type") == "run-deployment"}
+    for name, d in deps.items():
+        trig = runs[d["id"]]
+        assert trig["expect"] == ["tapeline.source.changed"], trig
+        assert trig["match"] == {"prefect.resource.id": f"tapeline.pipeline.{name.split('/')[0]}"}, trig
+        assert trig["posture"] == "Reactive" and trig["threshold"] == 1 and float(trig["within"]) == 600
 
 
 def test_server_beyond_loopback_requires_the_auth_string(stack, tmp_path):
@@ -408,3 +421,58 @@ def test_deployment_run_cancelled_during_training_saves_its_step_and_the_next_ru
     assert resumed and f"resumed from step {step} ({fp / 'checkpoints' / f'ckpt-{step}'})" in resumed[0], \
         resumed or _logs(stack, again)[-20:]
     assert record(stack, again)["stages"]["mnist-classifier/train"]["reused"] is False
+
+
+def _triggered_since(stack, since: str) -> list[dict]:
+    """The retrain runs of mnist-classifier that an automation created after `since`."""
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    with _api(stack) as c:
+        runs = c.post("flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
+                      ).raise_for_status().json()
+    t = dt.datetime.fromisoformat(since)
+    return [r for r in runs if dt.datetime.fromisoformat(r["created"]) > t
+            and (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+
+
+def _watch(stack, tmp_path) -> dict:
+    """One tick of the watch flow against the stack's server, for the stack's own source."""
+    code = ("import json, sys; from flows.watch_flow import watch; "
+            "print(json.dumps(watch(pipelines=['mnist-classifier'], overrides={'mnist-classifier': sys.argv[2:]}, "
+            "root=sys.argv[1], settle_seconds=0)[0]))")
+    env = {**stack.env, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    out = run_py(code, stack.cfg["root"], *stack.sets, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_changed_source_makes_the_watch_emit_and_its_trigger_start_one_run(stack, tmp_path):
+    """The retrain deployment runs with the stack's source (its default parameters set to it): an
+    unchanged source emits nothing and starts nothing; a replaced IDX file makes the watch emit
+    tapeline.source.changed once (later ticks do not repeat it), and the deployment's trigger starts
+    exactly one run, which completes and trains on the new file."""
+    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+    with _api(stack) as c:
+        c.patch(f"deployments/{dep['id']}", json={"parameters": {"overrides": stack.sets}}).raise_for_status()
+    try:
+        warm = trigger(stack, {"overrides": stack.sets})
+        assert wait_final(stack, warm)["state_type"] == "COMPLETED"
+        since = _now()
+        quiet = _watch(stack, tmp_path)
+        assert not quiet["emit"] and quiet["old"] == quiet["new"], quiet
+        _replace_idx(stack.data)
+        ticks = [_watch(stack, tmp_path) for _ in range(3)]
+        assert [t["emit"] for t in ticks] == [True, False, False], ticks
+        deadline, runs = time.time() + 120, []
+        while not runs and time.time() < deadline:
+            runs = _triggered_since(stack, since)
+            time.sleep(1)
+        assert len(runs) == 1, runs
+        final = wait_final(stack, runs[0]["id"])
+        assert final["state_type"] == "COMPLETED", final["state"]
+        rec = record(stack, runs[0]["id"])
+        assert not rec["stages"]["mnist-classifier/ingest"]["reused"]
+        time.sleep(15)  # a second automation run would have been created by now
+        assert len(_triggered_since(stack, since)) == 1
+    finally:
+        with _api(stack) as c:
+            c.patch(f"deployments/{dep['id']}", json={"parameters": {"overrides": []}}).raise_for_status()
