@@ -14,6 +14,7 @@ from components.layouts import Paired, Snapshot
 from components.pipeline import Pipeline
 from components.recipe import DataInfo, Evaluation, Measuring, Recipe, TrainSetup, gradients, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
+from pipelines import pix2pix
 from pipelines.pix2pix import build_discriminator, build_generator
 
 
@@ -30,10 +31,8 @@ LIMITS["model.cycle_lambda"] = Limit(0, 1e9)
 
 @dataclass(frozen=True)
 class Config(BaseConfig):
-    # --set data.source=paired:DIR for another folder of side-by-side pairs (../shared/data/pix2pix-people)
-    data: DataConfig = DataConfig(source="paired:~/.keras/datasets/facades", image_size=256,
-                                  channels=3, normalize="symmetric", jitter=True,
-                                  jitter_copies=10, eval_split="val")
+    # pix2pix's data: its facades by default, or --set data.source=paired:DIR (../shared/data/pix2pix-people)
+    data: DataConfig = pix2pix.Config.data
     train: TrainConfig = TrainConfig(epochs=40, batch_size=1, shuffle_buffer=1000,
                                      checkpoint_every_epochs=5, steps_per_call=20)
     model: ModelConfig = ModelConfig()
