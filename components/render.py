@@ -102,10 +102,23 @@ def history_plot(path: str, history: dict, epochs: list[dict]) -> None:
         if ax is panels[-1][0]:  # epoch-end validation beside the accuracies (or the loss)
             for k in val_keys:
                 ax.plot([e["step"] for e in epochs], [e[k] for e in epochs], "o-", label=k)
+        if title == "loss" and _spread(history, keys) > 20:
+            ax.set_yscale("log")  # a small term (pix2pix's L1, CycleGAN's cycle L1) beside a large one stays visible
+            title = "loss (log scale)"
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.legend()
     _fig(path, fig)
+
+
+def _spread(history: dict, keys: list[str]) -> float:
+    """How many times the largest curve's median is the smallest's; 1 where a log scale cannot
+    show them (a value at or below 0)."""
+    curves = [np.asarray(history[k], np.float64) for k in keys if len(history[k])]
+    if not curves or min(float(c.min()) for c in curves) <= 0:
+        return 1.0
+    medians = [float(np.median(c)) for c in curves]
+    return max(medians) / min(medians)
 
 
 def confusion_plot(path: str, confusion: list[list[int]]) -> None:
