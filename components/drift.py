@@ -86,7 +86,8 @@ def compare(new: dict, old: dict, p: Params) -> dict[str, dict]:
 
 def baseline(store, pipeline: str):
     """The validate artifact of the span the current champion was trained on, found through the
-    champion model's lineage; None when there is no champion (or its lineage was collected)."""
+    champion model's lineage, once it verifies against its manifest (a shared root's files are
+    trusted only then); None when there is no champion, or its lineage was collected or damaged."""
     champion = store.champion(pipeline)
     model = (champion or {}).get("artifacts", {}).get("model")
     if model is None:
@@ -94,7 +95,7 @@ def baseline(store, pipeline: str):
     for uri in sorted(store.lineage(model)):
         art = store.load(uri)
         if art is not None and art.type == validate.SPEC.output and art.manifest.get("pipeline") == pipeline:
-            return art, champion
+            return (None if store.check(art) else art), champion
     return None, champion
 
 
@@ -104,7 +105,7 @@ def report(store, pipeline: str, statistics, p: Params) -> dict:
     base, champion = baseline(store, pipeline)
     if base is None:
         note = ("no champion yet: no drift comparison" if champion is None else
-                f"the champion {champion.get('version')}'s statistics are gone: no drift comparison")
+                f"the champion {champion.get('version')}'s statistics are gone or damaged: no drift comparison")
         return {"against": None, "features": {}, "anomalies": [], "note": note}
     features = compare(validate.statistics(statistics), validate.statistics(base), p)
     found = [{"severity": "warning", "kind": "drift", "feature": f, "split": r["split"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -132,3 +133,18 @@ def test_the_prefect_artifact_shows_the_distances(sources, champion_root):
     row = next(line for line in text.splitlines() if line.startswith("| labels |"))
     assert "L-infinity" in row and f"{rep['features']['labels']['distance']:.4f}" in row and "**yes**" in row
     assert "no champion yet" in _markdown("p", "r", {"stages": {}, "drift": {"features": {}, "note": "no champion yet"}})
+
+
+def test_a_tampered_baseline_is_not_compared_against(sources, tmp_path):
+    """A shared root's statistics are trusted only once they verify: the champion's span with an
+    altered statistics.json gives no comparison, and says so."""
+    base, store = _validate(tmp_path, sources["base"])
+    store.set_champion("mnist-classifier", {"version": "v-base", "artifacts": {"model": base.uri}})
+    path = base.path("statistics.json")
+    text = open(path).read()
+    os.chmod(path, 0o644)
+    with open(path, "w") as f:
+        f.write(text.replace('"count": ', '"count": 1', 1))
+    stats, _ = _validate(tmp_path / "new", sources["inverted"])
+    rep = drift.report(store, "mnist-classifier", stats, _params("validate.block_on_drift=true"))
+    assert rep["against"] is None and rep["features"] == {} and "damaged" in rep["note"], rep
