@@ -208,7 +208,7 @@ def figure(path: str, pipeline: str, runs: list[Run], table: list[dict]) -> None
             a.imshow(_image(run.picture), interpolation="nearest")
         except (OSError, ValueError) as e:
             a.text(0.5, 0.5, f"no picture:\n{e}", ha="center", va="center", fontsize=8, wrap=True)
-    fig.suptitle(f"{pipeline}: {n} runs side by side", fontsize=11)
+    fig.suptitle(f"{pipeline}: {n} run{'s' if n > 1 else ''} side by side", fontsize=11)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

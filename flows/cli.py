@@ -117,6 +117,7 @@ def cmd_run(args) -> int:
     print(stage_table(summary, store.root))
     print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
     print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
+    print(f"run: {summary['run_id']}  (`tapeline compare {pipeline.name}` puts it beside the champion's)")
     if "drift" in summary:
         for line in drift.lines(summary["drift"]):
             print(line)
