@@ -139,10 +139,11 @@ def test_deployments_from_prefect_yaml_keep_the_pull_placeholder_and_form_parame
     # for its own pipeline, once per burst
     with _api(stack) as c:
         autos = c.post("automations/filter", json={}).raise_for_status().json()
-    runs = {a["actions"][0]["deployment_id"]: a["trigger"] for a in autos
+    runs = {a["actions"][0]["deployment_id"]: a for a in autos
             if a["actions"] and a["actions"][0].get("type") == "run-deployment"}
     for name, d in deps.items():
-        trig = runs[d["id"]]
+        assert runs[d["id"]]["name"] == f"{name.split('/')[0]}: new data retrains"  # told apart in the UI
+        trig = runs[d["id"]]["trigger"]
         assert trig["expect"] == ["tapeline.source.changed"], trig
         assert trig["match"] == {"prefect.resource.id": f"tapeline.pipeline.{name.split('/')[0]}"}, trig
         assert trig["posture"] == "Reactive" and trig["threshold"] == 1 and float(trig["within"]) == 600
@@ -476,3 +477,138 @@ def test_a_changed_source_makes_the_watch_emit_and_its_trigger_start_one_run(sta
     finally:
         with _api(stack) as c:
             c.patch(f"deployments/{dep['id']}", json={"parameters": {"overrides": []}}).raise_for_status()
+
+
+def _events_since(stack, name: str, pipeline: str, since: str) -> list[dict]:
+    body = {"filter": {"event": {"name": [name]}, "resource": {"id": [f"tapeline.pipeline.{pipeline}"]},
+                       "occurred": {"since": since}}, "limit": 50}
+    with _api(stack) as c:
+        return c.post("events/filter", json=body).raise_for_status().json()["events"]
+
+
+def _runs_of(stack, deployment: str, since: str) -> list[dict]:
+    dep = stack_prefect.deployments(stack.env)[deployment]
+    with _api(stack) as c:
+        runs = c.post("flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
+                      ).raise_for_status().json()
+    t = dt.datetime.fromisoformat(since)
+    return [r for r in runs if dt.datetime.fromisoformat(r["created"]) > t]
+
+
+def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_one_run(stack, tmp_path):
+    """The watch deployment itself, run by the worker on a 5 s interval (prefect.yaml's is 2 min), while
+    20 new pairs are copied into pix2pix's source folder one file at a time, at random gaps shorter than
+    the watch's settle_seconds, keeping their mtimes as `cp -p` and `rsync -a` do. Ticks during the copy wait for it to
+    settle; exactly one tapeline.source.changed is emitted after it, the deployment's trigger starts
+    exactly one run, which completes and trains on all 30 pairs; the ticks after it emit nothing."""
+    import random
+
+    src = stack.dir.parent / "pairs"
+    people = sorted((REPO.parent / "shared" / "data" / "pix2pix-people" / "train").glob("*.jpg"))
+    for split, files in (("train", people[:10]), ("val", sorted((people[0].parent.parent / "val").glob("*.jpg"))[:5])):
+        (src / split).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy2(f, src / split / f.name)
+    sets = [f"data.source=paired:{src}", "data.image_size=32", "data.jitter_copies=1", "train.max_steps=4",
+            "train.sample_every=2", "train.steps_per_call=2"]
+    deps = stack_prefect.deployments(stack.env)
+    retrain, watcher = deps["pix2pix/retrain"], deps["watch/sources"]
+    # prefect.yaml: one tick at a time, a tick due while one runs is cancelled
+    assert (watcher["global_concurrency_limit"]["limit"], watcher["concurrency_options"]["collision_strategy"]) \
+        == (1, "CANCEL_NEW"), watcher
+    with _api(stack) as c:
+        c.patch(f"deployments/{retrain['id']}", json={"parameters": {"overrides": sets}}).raise_for_status()
+    try:
+        warm = wait_final(stack, _create_run(stack, retrain["id"]))  # the baseline the watch compares with
+        assert warm["state_type"] == "COMPLETED", warm["state"]
+        since = _now()
+        with _api(stack) as c:
+            c.patch(f"deployments/{watcher['id']}", json={"parameters": {
+                "pipelines": ["pix2pix"], "overrides": {"pix2pix": sets}, "settle_seconds": 10}}).raise_for_status()
+            c.post(f"deployments/{watcher['id']}/schedules", json=[{
+                "schedule": {"interval": 5, "timezone": "UTC"}, "active": True, "max_scheduled_runs": 3}]
+                   ).raise_for_status()
+        deadline = time.time() + 240  # the watch ticks, and finds nothing new, before the copy starts
+        while not any(r["state_type"] == "COMPLETED" for r in _runs_of(stack, "watch/sources", since)):
+            assert time.time() < deadline, "no watch tick completed in 240 s"
+            time.sleep(1)
+        # gaps all under settle_seconds; a copy of about a minute, so ticks (each 10-30 s on a loaded
+        # machine) land inside it
+        gaps = [random.uniform(1.0, 5.0) for _ in range(20)]
+        for f, gap in zip(people[10:30], gaps):
+            time.sleep(gap)
+            shutil.copy2(f, src / "train" / f.name)
+        print(f"20 pairs copied in {sum(gaps):.1f} s at gaps {min(gaps):.2f}-{max(gaps):.2f} s")
+
+        deadline, runs = time.time() + 300, []
+        while not runs:
+            assert time.time() < deadline, "no run triggered in 300 s after the copy"
+            runs = [r for r in _runs_of(stack, "pix2pix/retrain", since)
+                    if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+            time.sleep(1)
+        final = wait_final(stack, runs[0]["id"])
+        assert final["state_type"] == "COMPLETED", final["state"]
+        done = time.time()
+        deadline = time.time() + 240  # two more ticks after the run: they find it ingested
+        while sum(dt.datetime.fromisoformat(r["start_time"]).timestamp() > done
+                  for r in _runs_of(stack, "watch/sources", since)
+                  if r["start_time"] and r["state_type"] == "COMPLETED") < 2:
+            assert time.time() < deadline, "the watch stopped ticking"
+            time.sleep(1)
+    finally:
+        with _api(stack) as c:
+            for s in c.get(f"deployments/{watcher['id']}/schedules").raise_for_status().json():
+                if s["schedule"].get("interval") == 5:
+                    c.delete(f"deployments/{watcher['id']}/schedules/{s['id']}").raise_for_status()
+            c.patch(f"deployments/{watcher['id']}", json={"parameters": {"overrides": {}, "settle_seconds": 30}}
+                    ).raise_for_status()
+            c.patch(f"deployments/{retrain['id']}", json={"parameters": {"overrides": []}}).raise_for_status()
+
+    ticks = [r for r in _runs_of(stack, "watch/sources", since) if r["state_type"] == "COMPLETED"]
+    settled = [r for r in ticks if any("waiting for it to settle" in m for m in _logs(stack, r["id"]))]
+    assert settled, ("no tick ran during the copy: the test proved nothing",
+                     [(r["name"], r["state_type"], r["created"], _logs(stack, r["id"])[-2:])
+                      for r in _runs_of(stack, "watch/sources", since)])
+    events = _events_since(stack, "tapeline.source.changed", "pix2pix", since)
+    assert len(events) == 1, [(e["occurred"], e["payload"]) for e in events]
+    triggered = [r for r in _runs_of(stack, "pix2pix/retrain", since)
+                 if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+    assert len(triggered) == 1, [(r["name"], r["created"]) for r in triggered]
+    with _api(stack) as c:
+        name = c.get(f"flow_runs/{triggered[0]['id']}").raise_for_status().json()["name"]
+    rec = json.loads(Path(stack.cfg["root"], "runs", name[len("pix2pix-"):] + ".json").read_text())
+    ingested = rec["stages"]["pix2pix/ingest"]
+    assert not ingested["reused"], ingested
+    from artifacts.store import ArtifactStore
+    from components import ingest
+
+    store = ArtifactStore(stack.cfg["root"])
+    art = store.load(store.resolve(ingested["uri"]))
+    assert art.manifest["inputs"]["source"]["fingerprint"] == events[0]["payload"]["new"], art.manifest["inputs"]
+    assert ingest.splits(art)["train"] == 30, ingest.splits(art)  # every pair of the copy, not a part of it
+    print(f"{len(ticks)} watch ticks, {len(settled)} waited for the copy to settle; one event at "
+          f"{events[0]['occurred']}, one run: {name}")
+
+    why = prefect_ui.unavailable()
+    if why:
+        pytest.skip(f"no browser: {why}")
+    shots = Path(SHOTS) if SHOTS else tmp_path
+    with prefect_ui.Browser() as b:
+        b.open(f"{stack.ui_url}/automations")  # the deployments' triggers, one automation per pipeline
+        b.wait_text(*[f"{p}: new data retrains" for p in ("mnist-classifier", "pix2pix", "cyclegan")],
+                    "tapeline.source.changed for pix2pix starts a run", "Run deployment:")
+        b.screenshot(shots / "ui-automations.png")
+        b.open(f"{stack.ui_url}/runs/flow-run/{triggered[0]['id']}")  # the run the event started
+        b.wait_text("Completed", name, "pix2pix/train", "pix2pix: new data retrains")
+        b.screenshot(shots / "ui-triggered-run.png")
+        # the watch's event, its payload the old and new source keys
+        b.open(f"{stack.ui_url}/events/event/{events[0]['occurred'][:10]}/{events[0]['id']}")
+        b.wait_text("tapeline.source.changed", "tapeline.pipeline.pix2pix", "watch")
+        b.click_text("Raw")
+        b.wait_text(events[0]["payload"]["new"], events[0]["payload"]["old"])
+        b.screenshot(shots / "ui-event.png")
+
+
+def _create_run(stack, deployment_id: str) -> str:
+    with _api(stack) as c:
+        return c.post(f"deployments/{deployment_id}/create_flow_run", json={}).raise_for_status().json()["id"]
