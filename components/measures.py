@@ -45,13 +45,13 @@ PR_NEIGHBOURS = 3  # k of the k-NN manifolds, as Kynkäänniemi et al. 2019 reco
 
 
 def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], tuple[dict, dict]]:
-    """In every feature space the recipe declares (metric keys end in the space's name): the
-    Fréchet distance of generated against real test images, beside its floor (real train
-    against real test: what a perfect generator would score). In the first space, the one the
-    primary metric is taken in, also precision and recall (k-NN manifolds) beside theirs for
-    real train images, and the classifier score. The discriminator's accuracy. The samples
-    come from generate(); real_logit(nets, images) -> logits that are > 0 where the
-    discriminator judges an image real (each GAN orients its own)."""
+    """In every feature space the recipe declares (keys name the space): the Fréchet distance
+    of generated against real test images, and its floor (real train against real test: what a
+    perfect generator would score) as KEY_floor, which sorts beside it. In the first space, the
+    one the primary metric is taken in, also precision and recall (k-NN manifolds), each beside
+    its value for real train images (KEY_real), and the classifier score. The discriminator's
+    accuracy. The samples come from generate(); real_logit(nets, images) -> logits that are > 0
+    where the discriminator judges an image real (each GAN orients its own)."""
 
     def measure(m: Measuring) -> tuple[dict, dict]:
         import tensorflow as tf
@@ -68,12 +68,12 @@ def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
         for i, (name, space) in enumerate(m.spaces.items()):
             f_test, f_fake, f_train = space.embed(test), space.embed(fake), space.embed(train)
             out[f"frechet_distance_{name}"] = metrics.frechet_distance(f_fake, f_test)
-            out[f"frechet_floor_{name}"] = metrics.frechet_distance(f_train, f_test)
+            out[f"frechet_distance_{name}_floor"] = metrics.frechet_distance(f_train, f_test)
             if i == 0:  # equal sizes: a k-NN radius depends on how many rows its set has
                 k = min(len(f_fake), len(f_train), len(f_test))
                 out[f"precision_{name}"], out[f"recall_{name}"] = metrics.precision_recall(
                     f_test[:k], f_fake[:k], PR_NEIGHBOURS)
-                out[f"precision_real_{name}"], out[f"recall_real_{name}"] = metrics.precision_recall(
+                out[f"precision_{name}_real"], out[f"recall_{name}_real"] = metrics.precision_recall(
                     f_test[:k], f_train[:k], PR_NEIGHBOURS)
                 out["classifier_score"] = metrics.classifier_score(space.logits(fake))
                 out["classifier_score_real"] = metrics.classifier_score(space.logits(test))

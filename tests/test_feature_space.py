@@ -99,8 +99,8 @@ def test_convnet_space_fd_of_real_images_is_near_its_floor_and_of_shuffled_pixel
     perm = np.random.default_rng(0).permutation(real[0].size)  # one shuffle of pixel places for all
     shuffled = real.reshape(len(real), -1)[:, perm].reshape(real.shape)
     same, scrambled = measure(convnet, real), measure(convnet, shuffled)
-    floor = same["frechet_floor_convnet"]
-    assert floor == scrambled["frechet_floor_convnet"] > 0
+    floor = same["frechet_distance_convnet_floor"]
+    assert floor == scrambled["frechet_distance_convnet_floor"] > 0
     assert same["frechet_distance_convnet"] < 1.5 * floor, same
     assert scrambled["frechet_distance_convnet"] > 10 * floor, scrambled
     assert same["samples"] == SAMPLES and same["feature_model_convnet"] == convnet[0].uri
@@ -116,8 +116,8 @@ def test_precision_recall_of_one_training_image_and_of_real_images(convnet):
     assert collapsed["precision_convnet"] > 0.9 and collapsed["recall_convnet"] < 0.02, collapsed
     assert real["precision_convnet"] > 0.6 and real["recall_convnet"] > 0.6, real
     # real images score as the train-vs-test reference does
-    assert real["precision_convnet"] == pytest.approx(real["precision_real_convnet"], abs=0.1)
-    assert real["recall_convnet"] == pytest.approx(real["recall_real_convnet"], abs=0.1)
+    assert real["precision_convnet"] == pytest.approx(real["precision_convnet_real"], abs=0.1)
+    assert real["recall_convnet"] == pytest.approx(real["recall_convnet_real"], abs=0.1)
 
 
 def test_convnet_variant_learns_resumes_bit_exactly_and_exports(convnet, tmp_path):
