@@ -131,23 +131,25 @@ def files_digest(paths: list[str]) -> str:
     return digest({p: file_sha(p, lambda p=p: gfile.sha256(p, follow=True)[0]) for p in sorted(paths)})
 
 
-# path -> [size, mtime_ns, sha256, hashed_ns]: what `known_hashes` lets file_sha skip re-reading
+# path -> [size, mtime_ns, ctime_ns, sha256, hashed_ns]: what `known_hashes` lets file_sha skip re-reading
 _KNOWN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tapeline_known_hashes", default=None)
 _RACY_NS = 2_000_000_000  # a file changed this close to its hashing may change again within one mtime tick
 
 
-def _stat(path: str) -> tuple[int, int] | None:
+def _stat(path: str) -> tuple[int, int, int] | None:
+    """(size, mtime, ctime): the ctime too, since a copy that keeps mtimes (`cp -p`, `rsync -a`) can
+    put other bytes of the same size under an old mtime; only the ctime then says it changed."""
     try:
         st = os.stat(path)  # follows a link, as the data readers do
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @contextlib.contextmanager
 def known_hashes(entries: dict) -> Iterator[dict]:
-    """Within it, file_sha takes a local file's sha256 from entries when its size and mtime match
-    the entry and it was not modified within 2 s of being hashed (git's racy-clean rule); every
+    """Within it, file_sha takes a local file's sha256 from entries when its size, mtime and ctime
+    match the entry and it was not changed within 2 s of being hashed (git's racy-clean rule); every
     file hashed inside is written back to entries. For cheap repeated keys of a source (the watch);
     the entries are a hint, checked against the file each time, never a reason to skip a changed one."""
     token = _KNOWN.set(entries)
@@ -164,13 +166,13 @@ def file_sha(path: str, compute: Callable[[], str]) -> str:
         return compute()
     now = _stat(path)
     entry = known.get(path)
-    if (now is not None and isinstance(entry, list) and len(entry) == 4 and list(now) == entry[:2]
-            and isinstance(entry[2], str) and len(entry[2]) == 64 and isinstance(entry[3], int)
-            and entry[1] < entry[3] - _RACY_NS):
-        return entry[2]
+    if (now is not None and isinstance(entry, list) and len(entry) == 5 and list(now) == entry[:3]
+            and isinstance(entry[3], str) and len(entry[3]) == 64 and isinstance(entry[4], int)
+            and max(now[1], now[2]) < entry[4] - _RACY_NS):
+        return entry[3]
     sha = compute()
     if now is not None:
-        known[path] = [now[0], now[1], sha, time.time_ns()]
+        known[path] = [*now, sha, time.time_ns()]
     return sha
 
 

@@ -85,8 +85,33 @@ class Recorder:
         checkpoints.prune_histories(self.work, self.manager)
         failpoints.hit(f"train.{self.name}.checkpoint.done")
 
+    def hparams(self, step: int, config: dict, trial: str) -> None:
+        """TensorBoard HParams beside the scalars: the run's config keys and its final metrics
+        (the last step's, and the last epoch's validation), so runs that differ in model.* line
+        up in the HParams tab. Written once, when training has reached its total."""
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hp
+
+        last = self.epoch_log[-1] if self.epoch_log else {}
+        final = {k: float(v[-1]) for k, v in self.history.items() if len(v)}
+        final.update({k: float(v) for k, v in last.items() if k.startswith("val_")})
+        with self._writer.as_default(step=step):
+            hp.hparams({k: hparam_value(v) for k, v in config.items()}, trial_id=trial)
+            for k, v in final.items():
+                tf.summary.scalar(f"final/{k}", v)
+        self._writer.flush()
+
     def close(self) -> None:
         self._writer.flush()
+
+
+def hparam_value(v):
+    """A config value as HParams takes it (bool, int, float or str): None and tuples as text."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return str(v)
 
 
 def _npy(arr) -> bytes:

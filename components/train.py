@@ -186,6 +186,9 @@ def run(out, inputs, p: Params, rt) -> None:
         runner = StepRunner(setup, strategy, step_var, p.xla, multi_worker=p.strategy == "multi_worker")
         rec = Recorder(scratch, rt.pipeline, schedule, manager, history, epoch_log, setup.sample)
         seconds = _loop(runner, schedule, rec, stream, _validator(setup, art, p.layout.features), rt)
+        # the keys this stage read (its Params: model.*, train.*, seed); trial: the version's suffix
+        rec.hparams(schedule.total, {k: v for k, v in p.as_dict().items() if not k.startswith("recipe.")},
+                    trial=work.rstrip("/").rsplit("/", 1)[-1][:12])
         _export(out, setup, history, epoch_log, scratch, schedule.total, schedule.steps_per_epoch, seconds)
         out.metadata.update(replicas=strategy.num_replicas_in_sync,
                             devices=sorted({d for v in setup.networks.values() for d in _devices(v)}),

@@ -11,7 +11,7 @@ from artifacts.fingerprint import digest, known_hashes
 from artifacts.store import FINGERPRINT
 from components import ingest
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: snapshots and hashes keyed by ctime too
 
 
 def _files(location: str) -> list[str] | None:
@@ -28,7 +28,8 @@ def _files(location: str) -> list[str] | None:
 
 
 def snapshot(source: str) -> dict[str, list[int]] | None:
-    """{file: [size, mtime_ns]} of a local source folder: the cheap first look."""
+    """{file: [size, mtime_ns, ctime_ns]} of a local source folder: the cheap first look. The ctime
+    because a copy that keeps mtimes (`cp -p`, `rsync -a`) sets only that one to now."""
     files = _files(source.partition(":")[2])
     if files is None:
         return None
@@ -38,7 +39,7 @@ def snapshot(source: str) -> dict[str, list[int]] | None:
             st = os.stat(f)
         except OSError:  # gone between the listing and the stat: a source being changed
             continue
-        out[f] = [st.st_size, st.st_mtime_ns]
+        out[f] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     return out
 
 
@@ -68,7 +69,7 @@ def content_key(params: ingest.Params, cache: dict) -> tuple[str, str, str]:
     """(source uri, content key, how it was found): the key ingest would give the source. Sizes and
     mtimes first: when every file of its folder (for tfds:NAME, of the folder it resolved to last
     time) is as the cache saw it, and none changed after it was keyed, the cached key stands;
-    otherwise ingest's own resolve runs, re-hashing only the files whose size or mtime changed."""
+    otherwise ingest's own resolve runs, re-hashing only the files whose size, mtime or ctime changed."""
     entry = cache["sources"].get(params.source)
     entry = entry if isinstance(entry, dict) and isinstance(entry.get("uri"), str) else None
     local = snapshot(params.source) is not None  # a folder of its own (else tfds:NAME)
@@ -76,8 +77,8 @@ def content_key(params: ingest.Params, cache: dict) -> tuple[str, str, str]:
     snap = snapshot(folder) if folder else None
     if (snap is not None and entry is not None and entry.get("snapshot") == digest(snap)
             and FINGERPRINT.fullmatch(str(entry.get("key"))) and isinstance(entry.get("at"), int)
-            and all(mtime < entry["at"] - 2_000_000_000 for _, mtime in snap.values())):
-        return entry["uri"], entry["key"], "unchanged sizes and mtimes"
+            and all(max(times) < entry["at"] - 2_000_000_000 for _, *times in snap.values())):
+        return entry["uri"], entry["key"], "unchanged sizes and times"
     started = time.time_ns()  # a file changed while it is keyed is never trusted: keyed again next time
     snap = snapshot(params.source) if local else None
     with known_hashes(cache["files"]):
@@ -101,15 +102,17 @@ def last_ingested(store, pipeline: str, uri: str) -> str | None:
 
 def settling(source: str, settle_seconds: float) -> bool:
     """True while a file of the source changed less than settle_seconds ago (a folder being copied
-    in, one file at a time): the watch waits for it, so a burst becomes one event."""
+    in, one file at a time, with or without its mtimes kept): the watch waits for it, so a burst
+    becomes one event."""
     snap = snapshot(source)
     if not snap or settle_seconds <= 0:
         return False
-    newest = max(mtime for _, mtime in snap.values())
+    newest = max(max(times) for _, *times in snap.values())
     return time.time_ns() - newest < settle_seconds * 1e9
 
 
-def check(store, pipeline: str, params: ingest.Params, cache: dict, settle_seconds: float) -> dict:
+def check(store, pipeline: str, params: ingest.Params, cache: dict, settle_seconds: float,
+          reannounce_seconds: float = 900.0) -> dict:
     """One pipeline's verdict: {"pipeline", "source", "old", "new", "changed", "emit", "why"}."""
     if settling(params.source, settle_seconds):
         return {"pipeline": pipeline, "source": params.source, "old": None, "new": None, "changed": None,
@@ -121,10 +124,18 @@ def check(store, pipeline: str, params: ingest.Params, cache: dict, settle_secon
         return {**out, "emit": False, "why": "never ingested: its first run (cron or by hand) sets the baseline"}
     if old == new:
         return {**out, "emit": False, "why": f"as last ingested ({how})"}
-    # once per new key: the retraining it starts takes a while to ingest it, and the next ticks
-    # would otherwise see the old key in the store and emit again
+    # once per new key: the retraining it starts takes a while to ingest it, and the next ticks would
+    # otherwise see the old key in the store and emit again. Once more when nothing ingested it within
+    # reannounce_seconds: a trigger drops events inside its `within` window after it fired (a second
+    # change soon after a first), and a run can fail before its ingest; the data must not wait for cron.
     announced = f"{store.root} {pipeline}"
-    if cache["emitted"].get(announced) == new:
+    was = cache["emitted"].get(announced)
+    now = time.time_ns()
+    if (isinstance(was, list) and len(was) == 2 and was[0] == new and isinstance(was[1], int)
+            and now - was[1] < reannounce_seconds * 1e9):
         return {**out, "emit": False, "why": "changed; already announced, its retraining not ingested yet"}
-    cache["emitted"][announced] = new
-    return {**out, "emit": True, "why": f"changed since the last ingest ({how})"}
+    again = isinstance(was, list) and was[:1] == [new]
+    cache["emitted"][announced] = [new, now]
+    return {**out, "emit": True, "why": ("changed; announced again, nothing ingested it in "
+                                         f"{reannounce_seconds:g} s" if again else
+                                         f"changed since the last ingest ({how})")}

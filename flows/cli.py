@@ -101,18 +101,8 @@ def cmd_run(args) -> int:
     from components import beam_run
 
     pipeline = get(args.pipeline)
-    beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here,
-    # the API before Prefect is imported (it reads PREFECT_API_URL then): the local server,
-    # started now where none is up, else Prefect's temporary one, started in the background
-    local = local_api.use_local_server()
-    if local is not None:
-        server = local.up
-        if local.started:
-            print(f"tapeline: started a local Prefect server, UI at {local.ui}; later runs reuse it, and it "
-                  f"stops after {local_api.idle_minutes():g} min without a run or with `tapeline server stop`",
-                  file=sys.stderr, flush=True)
-    else:
-        server = local_api.start_in_background()
+    beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here
+    server = _prefect_api()
     from flows.pipeline_flow import run_pipeline
 
     quiet.setup_logging(args.verbose)
@@ -127,9 +117,51 @@ def cmd_run(args) -> int:
     print(stage_table(summary, store.root))
     print(f"metrics: {_metrics_text(summary.get('metrics', {}))}")
     print(f"blessed: {summary.get('blessed')}  champion: {summary.get('champion')}")
+    print(f"run: {summary['run_id']}  (`tapeline compare {pipeline.name}` puts it beside the champion's)")
     if "drift" in summary:
         for line in drift.lines(summary["drift"]):
             print(line)
+    return 0
+
+
+def _prefect_api():
+    """The API, chosen before Prefect is imported (it reads PREFECT_API_URL then): the local
+    server, started now where none is up, else Prefect's temporary one, started in the
+    background. Returns what to wait on before talking to it (None: nothing)."""
+    local = local_api.use_local_server()
+    if local is None:
+        return local_api.start_in_background()
+    if local.started:
+        print(f"tapeline: started a local Prefect server, UI at {local.ui}; later runs reuse it, and it "
+              f"stops after {local_api.idle_minutes():g} min without a run or with `tapeline server stop`",
+              file=sys.stderr, flush=True)
+    return local.up
+
+
+def cmd_compare(args) -> int:
+    from components import compare
+    from flows.registry import get
+
+    pipeline = get(args.pipeline).name
+    store = open_store(args.root)
+    runs, table, png = compare.compare(store, pipeline, args.runs, args.out, args.last)
+    if not args.runs:
+        print(f"{pipeline}: the champion's run and the newest {args.last} runs (name runs to choose others)")
+    print(compare.text(table))
+    if len(table) and not compare.differing(runs):
+        print("no config key differs between these runs")
+    print(f"picture: {png}")
+    if args.no_prefect:
+        return 0
+    server = _prefect_api()
+    from flows.compare import key, publish
+
+    quiet.setup_logging(args.verbose)
+    if server is not None:
+        server.wait()
+    with local_api.activity():
+        publish(pipeline, table, png)
+    print(f"prefect: table artifact {key(pipeline)}, picture {key(pipeline)}-png")
     return 0
 
 
@@ -243,6 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
             "the data stages, then train in lockstep; worker 0 commits")
     p.add_argument("pipeline")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = add("compare", cmd_compare, "runs of a pipeline side by side: config keys that differ, metrics, "
+            "sample grids (a table, a PNG, a Prefect table artifact)")
+    p.add_argument("pipeline")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="run ids (ROOT/runs/RUN.json); none: the champion's run and the newest --last runs")
+    p.add_argument("--last", type=int, default=3, metavar="N",
+                   help="with no RUN: how many of the newest runs beside the champion's (default 3)")
+    p.add_argument("--out", help="where the PNG goes (a file, or a folder that exists); "
+                                 "default ROOT/_comparisons/PIPELINE/compare-TIME.png")
+    p.add_argument("--no-prefect", action="store_true", help="print and draw only: no Prefect artifact")
     p = add("artifacts", cmd_artifacts, "committed versions")
     p.add_argument("pipeline", nargs="?")
     p.add_argument("--json", action="store_true")

@@ -33,7 +33,8 @@ def cache_path() -> str:
 
 
 def watch_sources(pipelines: list[str] | None = None, overrides: dict[str, list[str]] | None = None,
-                  root: str | None = None, settle_seconds: float = 30.0) -> list[dict]:
+                  root: str | None = None, settle_seconds: float = 30.0,
+                  reannounce_seconds: float = 900.0) -> list[dict]:
     """The body of the watch flow: one verdict per pipeline, an event for each changed source."""
     logger = get_run_logger()
     store = open_store(root)
@@ -44,7 +45,7 @@ def watch_sources(pipelines: list[str] | None = None, overrides: dict[str, list[
         p = get(name)
         try:
             params = ingest.Params.from_config(p.config(list((overrides or {}).get(name, []))), p.recipe)
-            verdict = watching.check(store, name, params, cache, settle_seconds)
+            verdict = watching.check(store, name, params, cache, settle_seconds, reannounce_seconds)
         except UserError as e:  # one missing source must not keep the others unwatched
             verdict = {"pipeline": name, "emit": False, "why": e.line()}
         if verdict["emit"]:
@@ -58,7 +59,7 @@ def watch_sources(pipelines: list[str] | None = None, overrides: dict[str, list[
 
 @flow(name="watch", log_prints=True)
 def watch(pipelines: list[str] | None = None, overrides: dict[str, list[str]] | None = None,
-          root: str | None = None, settle_seconds: float = 30.0) -> list[dict]:
+          root: str | None = None, settle_seconds: float = 30.0, reannounce_seconds: float = 900.0) -> list[dict]:
     """Emit tapeline.source.changed for each pipeline whose source changed since its last ingest.
 
     Args:
@@ -66,5 +67,7 @@ def watch(pipelines: list[str] | None = None, overrides: dict[str, list[str]] | 
         overrides: per pipeline, the KEY=VALUE strings its retrain deployment runs with.
         root: artifact root URI; empty: $TAPELINE_ROOT of the worker, else ./tapeline-artifacts.
         settle_seconds: a source with a file changed more recently than this waits for the next tick.
+        reannounce_seconds: a change announced this long ago that no run has ingested yet is announced
+            again (longer than the triggers' `within`, which drops events inside it).
     """
-    return watch_sources(pipelines, overrides, root, settle_seconds)
+    return watch_sources(pipelines, overrides, root, settle_seconds, reannounce_seconds)

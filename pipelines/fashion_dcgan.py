@@ -1,9 +1,12 @@
 """fashion-dcgan: the TensorFlow DCGAN tutorial, trained on Fashion-MNIST."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Literal
 
-from pipelines import mnist_classifier
+from pipelines import gan_fixes, mnist_classifier
+from pipelines.gan_fixes import Variant
 from components import measures
 from components.export import Generate, Serving
 from components.pipeline import Pipeline
@@ -17,6 +20,15 @@ class ModelConfig:
     d_learning_rate: float = 1e-4
     dropout: float = 0.3
     num_fixed_samples: int = 16  # a 4x4 grid
+    # faithful: the tutorial's recipe | improved: every fix below | resize | ema | spectral | ttur:
+    # one fix each (pipelines/gan_fixes.py); the keys below act only in the variants that name them
+    variant: Variant = "faithful"
+    upsample: Literal["nearest", "bilinear"] = "nearest"   # resize: UpSampling2D's interpolation
+    ema_decay: float = 0.999                               # ema: the generator average's decay
+    ttur_learning_rates: tuple[float, ...] = (1e-4, 4e-4)  # ttur: Adam's (G, D) rates
+
+    def check(self) -> None:
+        gan_fixes.check(self)
 
 
 @dataclass(frozen=True)
@@ -27,14 +39,14 @@ class Config(BaseConfig):
     model: ModelConfig = ModelConfig()
 
 
-def build_networks(cfg, info: DataInfo):
-    """cfg: anything with .model and .seed (the train Params, or a Config)."""
+def build_generator(cfg, info: DataInfo, name: str = "generator"):
+    """cfg: anything with .model (the train Params, or a Config)."""
     import keras
     from keras import layers
 
     h, w, c = info.image_shape
     s = h // 4
-    generator = keras.Sequential([
+    return keras.Sequential([
         keras.Input(shape=(cfg.model.noise_dim,)),
         layers.Dense(s * s * 256, use_bias=False),
         layers.BatchNormalization(),
@@ -43,22 +55,31 @@ def build_networks(cfg, info: DataInfo):
         layers.Conv2DTranspose(128, 5, strides=1, padding="same", use_bias=False),
         layers.BatchNormalization(),
         layers.LeakyReLU(),
-        layers.Conv2DTranspose(64, 5, strides=2, padding="same", use_bias=False),
+        *gan_fixes.upsample(cfg.model, 64, 5, use_bias=False),
         layers.BatchNormalization(),
         layers.LeakyReLU(),
-        layers.Conv2DTranspose(c, 5, strides=2, padding="same", use_bias=False,
-                               activation="tanh", dtype="float32"),
-    ], name="generator")
+        *gan_fixes.upsample(cfg.model, c, 5, use_bias=False, activation="tanh", dtype="float32"),
+    ], name=name)
+
+
+def build_networks(cfg, info: DataInfo):
+    """cfg: anything with .model and .seed (the train Params, or a Config)."""
+    import keras
+    from keras import layers
+
+    h, w, c = info.image_shape
+    generator = build_generator(cfg, info)
+    judge = functools.partial(gan_fixes.judge, cfg.model)
     discriminator = keras.Sequential([
         keras.Input(shape=(h, w, c)),
-        layers.Conv2D(64, 5, strides=2, padding="same"),
+        judge(layers.Conv2D(64, 5, strides=2, padding="same")),
         layers.LeakyReLU(),
         layers.Dropout(cfg.model.dropout, seed=cfg.seed),
-        layers.Conv2D(128, 5, strides=2, padding="same"),
+        judge(layers.Conv2D(128, 5, strides=2, padding="same")),
         layers.LeakyReLU(),
         layers.Dropout(cfg.model.dropout, seed=cfg.seed + 1),
         layers.Flatten(),
-        layers.Dense(1, dtype="float32"),
+        judge(layers.Dense(1, dtype="float32")),
     ], name="discriminator")
     return generator, discriminator
 
@@ -69,8 +90,12 @@ def build(p, info: DataInfo) -> TrainSetup:
     import tensorflow as tf
 
     generator, discriminator = build_networks(p, info)
-    g_opt = optimizer(keras.optimizers.Adam(p.model.g_learning_rate))
-    d_opt = optimizer(keras.optimizers.Adam(p.model.d_learning_rate))
+    g_rate, d_rate = gan_fixes.learning_rates(p.model)
+    g_opt = optimizer(keras.optimizers.Adam(g_rate))
+    d_opt = optimizer(keras.optimizers.Adam(d_rate))
+    # the network that samples, snapshots, is evaluated and exported: G, or its average (ema)
+    ema = gan_fixes.generator_in_use(p.model, generator, lambda name: build_generator(p, info, name), g_opt)
+    sampler = ema.net if ema is not None else generator
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     rng = tf.random.Generator.from_seed(p.seed)
     seed_noise = tf.random.stateless_normal([p.model.num_fixed_samples, p.model.noise_dim],
@@ -86,16 +111,16 @@ def build(p, info: DataInfo) -> TrainSetup:
             d_loss = bce(tf.ones_like(real_out), real_out) + bce(tf.zeros_like(fake_out), fake_out)
         minimize(g_tape, g_loss, generator.trainable_weights, g_opt)
         minimize(d_tape, d_loss, discriminator.trainable_weights, d_opt)
+        if ema is not None:
+            ema.update()
         # The tutorial thresholds logits at 0.5; probability 0.5 is logit 0, which we use.
         return {"g_loss": g_loss, "d_loss": d_loss,
                 "real_accuracy": tf.reduce_mean(tf.cast(real_out > 0.0, tf.float32)),
                 "fake_accuracy": tf.reduce_mean(tf.cast(fake_out < 0.0, tf.float32))}
 
-    return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
-                      optimizers={"generator": g_opt, "discriminator": d_opt},
+    return TrainSetup(**gan_fixes.setup_parts(generator, discriminator, g_opt, d_opt, ema),
                       step=step, metrics=("g_loss", "d_loss", "real_accuracy", "fake_accuracy"), batch=lambda rec: rec["image"],
-                      export={"generator": generator, "discriminator": discriminator},
-                      rngs={"noise": rng}, sample=lambda: generator(seed_noise, training=False))
+                      rngs={"noise": rng}, sample=lambda: sampler(seed_noise, training=False))
 
 
 def real_logit(nets, images):

@@ -1,9 +1,12 @@
 """mnist-gan: the end-to-end GAN of the Keras guide "Writing a training loop from scratch"."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Literal
 
-from pipelines import mnist_classifier
+from pipelines import gan_fixes, mnist_classifier
+from pipelines.gan_fixes import Variant
 from components import measures
 from components.export import Generate, Serving
 from components.pipeline import Pipeline
@@ -17,6 +20,15 @@ class ModelConfig:
     g_learning_rate: float = 4e-4
     label_noise: float = 0.05  # "an important trick" (the guide)
     num_fixed_samples: int = 16
+    # faithful: the guide's recipe | improved: every fix below | resize | ema | spectral | ttur:
+    # one fix each (pipelines/gan_fixes.py); the keys below act only in the variants that name them
+    variant: Variant = "faithful"
+    upsample: Literal["nearest", "bilinear"] = "nearest"   # resize: UpSampling2D's interpolation
+    ema_decay: float = 0.999                               # ema: the generator average's decay
+    ttur_learning_rates: tuple[float, ...] = (1e-4, 4e-4)  # ttur: Adam's (G, D) rates: D the faster
+
+    def check(self) -> None:
+        gan_fixes.check(self)
 
 
 @dataclass(frozen=True)
@@ -27,34 +39,43 @@ class Config(BaseConfig):
     model: ModelConfig = ModelConfig()
 
 
+def build_generator(cfg, info: DataInfo, name: str = "generator"):
+    """cfg: anything with .model (the train Params, or a Config)."""
+    import keras
+    from keras import layers
+
+    h, w, c = info.image_shape
+    s = h // 4
+    return keras.Sequential([
+        keras.Input(shape=(cfg.model.latent_dim,)),
+        layers.Dense(s * s * 128),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.Reshape((s, s, 128)),
+        *gan_fixes.upsample(cfg.model, 128, 4),
+        layers.LeakyReLU(negative_slope=0.2),
+        *gan_fixes.upsample(cfg.model, 128, 4),
+        layers.LeakyReLU(negative_slope=0.2),
+        layers.Conv2D(c, 7, padding="same", activation="sigmoid", dtype="float32"),
+    ], name=name)
+
+
 def build_networks(cfg, info: DataInfo):
     """cfg: anything with .model and .seed (the train Params, or a Config)."""
     import keras
     from keras import layers
 
     h, w, c = info.image_shape
-    s = h // 4
+    judge = functools.partial(gan_fixes.judge, cfg.model)
     discriminator = keras.Sequential([
         keras.Input(shape=(h, w, c)),
-        layers.Conv2D(64, 3, strides=2, padding="same"),
+        judge(layers.Conv2D(64, 3, strides=2, padding="same")),
         layers.LeakyReLU(negative_slope=0.2),
-        layers.Conv2D(128, 3, strides=2, padding="same"),
+        judge(layers.Conv2D(128, 3, strides=2, padding="same")),
         layers.LeakyReLU(negative_slope=0.2),
         layers.GlobalMaxPooling2D(),
-        layers.Dense(1, dtype="float32"),
+        judge(layers.Dense(1, dtype="float32")),
     ], name="discriminator")
-    generator = keras.Sequential([
-        keras.Input(shape=(cfg.model.latent_dim,)),
-        layers.Dense(s * s * 128),
-        layers.LeakyReLU(negative_slope=0.2),
-        layers.Reshape((s, s, 128)),
-        layers.Conv2DTranspose(128, 4, strides=2, padding="same"),
-        layers.LeakyReLU(negative_slope=0.2),
-        layers.Conv2DTranspose(128, 4, strides=2, padding="same"),
-        layers.LeakyReLU(negative_slope=0.2),
-        layers.Conv2D(c, 7, padding="same", activation="sigmoid", dtype="float32"),
-    ], name="generator")
-    return generator, discriminator
+    return build_generator(cfg, info), discriminator
 
 
 def build(p, info: DataInfo) -> TrainSetup:
@@ -63,8 +84,12 @@ def build(p, info: DataInfo) -> TrainSetup:
     import tensorflow as tf
 
     generator, discriminator = build_networks(p, info)
-    d_opt = optimizer(keras.optimizers.Adam(p.model.d_learning_rate))
-    g_opt = optimizer(keras.optimizers.Adam(p.model.g_learning_rate))
+    g_rate, d_rate = gan_fixes.learning_rates(p.model)
+    d_opt = optimizer(keras.optimizers.Adam(d_rate))
+    g_opt = optimizer(keras.optimizers.Adam(g_rate))
+    # the network that samples, snapshots, is evaluated and exported: G, or its average (ema)
+    ema = gan_fixes.generator_in_use(p.model, generator, lambda name: build_generator(p, info, name), g_opt)
+    sampler = ema.net if ema is not None else generator
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     rng = tf.random.Generator.from_seed(p.seed)
     fixed_z = tf.random.stateless_normal([p.model.num_fixed_samples, p.model.latent_dim],
@@ -86,13 +111,13 @@ def build(p, info: DataInfo) -> TrainSetup:
         with tf.GradientTape() as tape:
             g_loss = bce(misleading, discriminator(generator(rng.normal([n, latent]))))
         minimize(tape, g_loss, generator.trainable_weights, g_opt)
+        if ema is not None:
+            ema.update()
         return {"d_loss": d_loss, "g_loss": g_loss}
 
-    return TrainSetup(networks={"generator": generator, "discriminator": discriminator},
-                      optimizers={"generator": g_opt, "discriminator": d_opt},
+    return TrainSetup(**gan_fixes.setup_parts(generator, discriminator, g_opt, d_opt, ema),
                       step=step, metrics=("d_loss", "g_loss"), batch=lambda rec: rec["image"],
-                      export={"generator": generator, "discriminator": discriminator},
-                      rngs={"noise": rng}, sample=lambda: generator(fixed_z, training=False))
+                      rngs={"noise": rng}, sample=lambda: sampler(fixed_z, training=False))
 
 
 def real_logit(nets, images):

@@ -112,3 +112,18 @@ def test_dataclass_defaults_are_inside_their_ranges():
             if limit is not None:
                 assert limit.ok(tuple(value) if isinstance(value, list) else value), (name, key, value)
     assert dataclasses.is_dataclass(get("pix2pix").default_config())
+
+
+@pytest.mark.parametrize("name", ["fashion-dcgan", "mnist-gan"])
+def test_an_unknown_gan_variant_and_a_bad_ttur_pair_are_refused_in_one_line(name):
+    from pipelines.gan_fixes import VARIANTS
+
+    with pytest.raises(UserError) as e:
+        get(name).config(["model.variant=fancy"])
+    assert e.value.line() == ("bad value 'fancy' for model.variant (--set) — use one of "
+                              + ", ".join(VARIANTS))
+    with pytest.raises(UserError, match="model.ttur_learning_rates.*give two rates"):
+        get(name).config(["model.ttur_learning_rates=1e-4"])
+    assert get(name).config([]).model.variant == "faithful"  # the seed's recipe stays the default
+    for variant in VARIANTS:
+        assert get(name).config([f"model.variant={variant}"]).model.variant == variant

@@ -1,0 +1,109 @@
+"""The known GAN fixes the two GAN recipes' variants are made of (`--set model.variant=NAME`):
+which fixes a variant applies, and the layers and the generator average they need."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from components.config import LIMITS, Limit
+from components.sections import require
+
+
+@dataclass(frozen=True)
+class Fixes:
+    """What a variant changes of its seed recipe; all off is the seed itself."""
+    resize: bool = False      # UpSampling2D + Conv2D for each strided Conv2DTranspose: no checkerboard
+    ema: bool = False         # sample, snapshot, evaluate and export an average of G's weights
+    spectral: bool = False    # spectral normalization of every D kernel (keras SpectralNormalization)
+    ttur: bool = False        # two time-scale rates: model.ttur_learning_rates (G, D) for Adam
+
+
+# `improved` is every fix at once; the single-fix names are its ablation
+VARIANTS = {
+    "faithful": Fixes(),
+    "improved": Fixes(resize=True, ema=True, spectral=True, ttur=True),
+    "resize": Fixes(resize=True),
+    "ema": Fixes(ema=True),
+    "spectral": Fixes(spectral=True),
+    "ttur": Fixes(ttur=True),
+}
+Variant = Literal[tuple(VARIANTS)]  # the --set parser refuses any other name in one line
+
+LIMITS.update({"model.ema_decay": Limit(0, 0.999999),
+               "model.ttur_learning_rates": Limit(0, 1e12, lo_open=True, nonempty=True)})
+
+
+def of(model) -> Fixes:
+    """The fixes of a recipe's model section (its .variant)."""
+    return VARIANTS[model.variant]
+
+
+def check(model) -> None:
+    """The model section's own check (config.override calls it): TTUR names two rates."""
+    require(len(model.ttur_learning_rates) == 2, "model.ttur_learning_rates", model.ttur_learning_rates,
+            "give two rates, the generator's then the discriminator's, e.g. 1e-4,4e-4")
+
+
+def learning_rates(model) -> tuple[float, float]:
+    """(G, D) Adam learning rates: the seed's, or the TTUR pair."""
+    if of(model).ttur:
+        return tuple(model.ttur_learning_rates)
+    return model.g_learning_rate, model.d_learning_rate
+
+
+def upsample(model, filters: int, kernel: int, **kwargs) -> list:
+    """Double the side: the seed's strided Conv2DTranspose, or under `resize` an UpSampling2D
+    (model.upsample) then a stride-1 Conv2D, whose kernel overlaps every output pixel alike."""
+    from keras import layers
+
+    if not of(model).resize:
+        return [layers.Conv2DTranspose(filters, kernel, strides=2, padding="same", **kwargs)]
+    return [layers.UpSampling2D(2, interpolation=model.upsample),
+            layers.Conv2D(filters, kernel, padding="same", **kwargs)]
+
+
+def judge(model, layer):
+    """A discriminator layer with a kernel, spectrally normalized under `spectral`."""
+    from keras import layers
+
+    if not of(model).spectral:
+        return layer
+    return layers.SpectralNormalization(layer, dtype=layer.dtype_policy)
+
+
+class Ema:
+    """An exponential moving average of a generator's weights (trainable and BatchNorm statistics)
+    kept in a second network of the same architecture: the checkpoint holds it like any network,
+    so a resume goes on from the same average. The decay warms up as in
+    tf.train.ExponentialMovingAverage(num_updates): min(decay, (1 + t) / (10 + t)) at G's update t,
+    so an average early in training is not mostly the initial weights."""
+
+    def __init__(self, source, average, decay: float, optimizer):
+        average.set_weights(source.get_weights())
+        self.source, self.net, self.decay, self._opt = source, average, decay, optimizer
+
+    def update(self) -> None:
+        """After G's update, inside the train step."""
+        import tensorflow as tf
+
+        t = tf.cast(self._opt.iterations, tf.float32)
+        decay = tf.minimum(self.decay, (1.0 + t) / (10.0 + t))
+        for avg, w in zip(self.net.weights, self.source.weights):
+            avg.assign(decay * avg.value + (1.0 - decay) * w.value)
+
+
+def generator_in_use(model, generator, build_generator, g_opt) -> Ema | None:
+    """The Ema of generator under `ema` (its network built by build_generator(name)), else None."""
+    if not of(model).ema:
+        return None
+    return Ema(generator, build_generator("generator_ema"), model.ema_decay, g_opt)
+
+
+def setup_parts(generator, discriminator, g_opt, d_opt, ema: Ema | None) -> dict:
+    """TrainSetup's networks, optimizers and export: under `ema` the average is checkpointed
+    beside the networks and exported as "generator" (what evaluation and serving load)."""
+    nets = {"generator": generator, "discriminator": discriminator}
+    used = ema.net if ema is not None else generator
+    return {"networks": {**nets, **({"generator_ema": ema.net} if ema is not None else {})},
+            "optimizers": {"generator": g_opt, "discriminator": d_opt},
+            "export": {"generator": used, "discriminator": discriminator}}
