@@ -42,7 +42,7 @@ def _changed(value, tp):
     if origin is Literal:
         return next(a for a in args if a != value)
     if origin is tuple:
-        return tuple(value) + ({int: 7, str: "extra"}[args[0]],)
+        return tuple(value) + ({int: 7, float: 0.5, str: "extra"}[args[0]],)
     if tp is bool:
         return not value
     return {int: lambda v: v + 1, float: lambda v: v + 0.5, str: lambda v: v + "-changed"}[tp](value)
