@@ -17,11 +17,17 @@ class Spec:
     derived from: where each input comes from, what it produces and how it is run."""
     output: str                                   # the artifact type it writes
     inputs: Mapping[str, str] = field(default_factory=dict)  # input name -> upstream stage
-    # input name -> stage of the recipe's feature-model pipeline, given when the recipe has one
+    # input name -> stage of a feature-model pipeline: given once per feature model the recipe
+    # declares, named feature_input(name, space)
     feature_inputs: Mapping[str, str] = field(default_factory=dict)
     source: bool = False       # its one input is the data source its Params name (resolve_source)
     uses_recipe: bool = False  # calls recipe code: the recipe is in its code digest, rt.recipe set
     reuse: bool = True         # False: decides again every run (state outside any fingerprint)
+
+
+def feature_input(name: str, space: str) -> str:
+    """The input name of one of Spec.feature_inputs for the feature space `space`."""
+    return f"{name}.{space}"
 
 
 def key(name: str) -> Any:

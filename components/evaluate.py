@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from artifacts import gfile
 from components import preprocess, records, train
-from components.contract import Spec, StageParams, key
+from components.contract import Spec, StageParams, feature_input, key
 
-# feature inputs: from the recipe's feature model pipeline (the GANs' classifier), when it
-# declares one; uses_recipe: its measure() is recipe code
+# feature inputs: from each feature model's pipeline the recipe declares (the GANs' classifiers),
+# one pair per space; uses_recipe: its measure() is recipe code
 SPEC = Spec(output="ModelEvaluation", inputs={"model": "train", "transformed": "preprocess"},
             feature_inputs={"feature_model": "train", "feature_transform": "preprocess"}, uses_recipe=True)
 
@@ -41,20 +41,21 @@ def _renormalize(x, src: dict, dst: dict):
 
 
 def feature_space(fm, inputs, transformed):
-    """The recipe's FeatureModel loaded from its artifacts, taking images in this pipeline's
-    normalization (the feature model may have been trained in another)."""
+    """One of the recipe's FeatureModels loaded from its artifacts, taking images in this
+    pipeline's normalization (the feature model may have been trained in another)."""
     from components.measures import predict
     from components.recipe import FeatureSpace
 
-    model = load_models(inputs["feature_model"])[fm.network]
+    trained = inputs[feature_input("feature_model", fm.space)]
+    model = load_models(trained)[fm.network]
     feat = fm.features(model)
     src = preprocess.transform(transformed)["normalize"]
-    dst = preprocess.transform(inputs["feature_transform"])["normalize"]
+    dst = preprocess.transform(inputs[feature_input("feature_transform", fm.space)])["normalize"]
 
     def prepare(x):
         return _renormalize(x, src, dst).reshape((len(x),) + tuple(model.input_shape[1:]))
 
-    return FeatureSpace(uri=inputs["feature_model"].uri, embed=lambda x: predict(feat, prepare(x)),
+    return FeatureSpace(uri=trained.uri, embed=lambda x: predict(feat, prepare(x)),
                         logits=lambda x: predict(model, prepare(x)))
 
 
@@ -63,10 +64,10 @@ def run(out, inputs, params: Params, rt) -> None:
 
     ev = rt.recipe.evaluation
     art = inputs["transformed"]
-    space = feature_space(ev.feature_model, inputs, art) if ev.feature_model else None
+    spaces = {fm.space: feature_space(fm, inputs, art) for fm in ev.feature_models}
     result, details = ev.measure(Measuring(nets=load_models(inputs["model"]),
                                            split=lambda s, limit=None: records.arrays(art, s, rt.recipe.layout.features, limit),
-                                           params=params, features=space))
+                                           params=params, spaces=spaces))
     gfile.write_json(out.file("metrics.json"), result)
     if details:
         gfile.write_json(out.file("details.json"), details)

@@ -41,15 +41,22 @@ def generate(nets, z):
     return nets["generator"](z, training=False)
 
 
+PR_NEIGHBOURS = 3  # k of the k-NN manifolds, as Kynkäänniemi et al. 2019 recommend
+
+
 def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], tuple[dict, dict]]:
-    """Fréchet distance and classifier score in the feature model's space, and the
-    discriminator's accuracy. The samples come from generate(); real_logit(nets, images) ->
-    logits that are > 0 where the discriminator judges an image real (each GAN orients its own)."""
+    """In every feature space the recipe declares (keys name the space): the Fréchet distance
+    of generated against real test images, and its floor (real train against real test: what a
+    perfect generator would score) as KEY_floor, which sorts beside it. In the first space, the
+    one the primary metric is taken in, also precision and recall (k-NN manifolds), each beside
+    its value for real train images (KEY_real), and the classifier score. The discriminator's
+    accuracy. The samples come from generate(); real_logit(nets, images) -> logits that are > 0
+    where the discriminator judges an image real (each GAN orients its own)."""
 
     def measure(m: Measuring) -> tuple[dict, dict]:
         import tensorflow as tf
 
-        p, space = m.params, m.features
+        p = m.params
         test = m.split(p.eval_split)["image"]
         train = m.split(p.train_splits[0], limit=len(test))["image"]
         n = min(p.num_samples, len(test))
@@ -57,16 +64,24 @@ def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
         z = tf.random.stateless_normal([n, latent], seed=[p.seed, 7])
         fake = np.concatenate([generate(m.nets, z[i:i + p.batch_size]).numpy()
                                for i in range(0, n, p.batch_size)])
-        f_test, f_fake, f_train = space.embed(test), space.embed(fake), space.embed(train)
+        out, uris = {}, {}
+        for i, (name, space) in enumerate(m.spaces.items()):
+            f_test, f_fake, f_train = space.embed(test), space.embed(fake), space.embed(train)
+            out[f"frechet_distance_{name}"] = metrics.frechet_distance(f_fake, f_test)
+            out[f"frechet_distance_{name}_floor"] = metrics.frechet_distance(f_train, f_test)
+            if i == 0:  # equal sizes: a k-NN radius depends on how many rows its set has
+                k = min(len(f_fake), len(f_train), len(f_test))
+                out[f"precision_{name}"], out[f"recall_{name}"] = metrics.precision_recall(
+                    f_test[:k], f_fake[:k], PR_NEIGHBOURS)
+                out[f"precision_{name}_real"], out[f"recall_{name}_real"] = metrics.precision_recall(
+                    f_test[:k], f_train[:k], PR_NEIGHBOURS)
+                out["classifier_score"] = metrics.classifier_score(space.logits(fake))
+                out["classifier_score_real"] = metrics.classifier_score(space.logits(test))
+            uris[f"feature_model_{name}"] = space.uri
         real = np.concatenate([real_logit(m.nets, test[i:i + 1000]).numpy() for i in range(0, len(test), 1000)])
         faked = np.concatenate([real_logit(m.nets, fake[i:i + 1000]).numpy() for i in range(0, n, 1000)])
-        return {"frechet_distance": metrics.frechet_distance(f_fake, f_test),
-                "frechet_floor_train_vs_test": metrics.frechet_distance(f_train, f_test),
-                "classifier_score": metrics.classifier_score(space.logits(fake)),
-                "classifier_score_real": metrics.classifier_score(space.logits(test)),
-                "disc_real_accuracy": float((real > 0).mean()),
-                "disc_fake_accuracy": float((faked <= 0).mean()),
-                "samples": int(n), "feature_model": space.uri}, {}
+        return {**out, "disc_real_accuracy": float((real > 0).mean()),
+                "disc_fake_accuracy": float((faked <= 0).mean()), "samples": int(n), **uris}, {}
 
     return measure
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics: Fréchet distance, classifier score, PSNR/SSIM helpers, blessing rules."""
+"""Evaluation metrics: Fréchet distance, precision and recall, classifier score, PSNR/SSIM helpers,
+blessing rules."""
 from __future__ import annotations
 
 import warnings
@@ -21,6 +22,39 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
     covmean = covmean.real
     return float(max(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(covmean), 0.0))
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def knn_radii(x: np.ndarray, k: int = 3, batch: int = 1000) -> np.ndarray:
+    """Per row of x, the squared distance to its k-th nearest other row: the radius of the ball
+    that row adds to the set's manifold estimate."""
+    x = np.asarray(x, np.float64)
+    if len(x) <= k:
+        raise ValueError(f"{k}-nearest-neighbour radii need more than {k} rows, got {len(x)}")
+    # column 0 after partitioning is the row itself (distance 0); column k its k-th neighbour
+    return np.concatenate([np.partition(_squared_distances(x[i:i + batch], x), k, axis=1)[:, k]
+                           for i in range(0, len(x), batch)])
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int = 1000) -> tuple[float, float]:
+    """Kynkäänniemi et al. 2019 ("Improved Precision and Recall Metric for Assessing Generative
+    Models"): each set's manifold is the union of balls around its rows, each as wide as the
+    distance to the row's k-th nearest neighbour in the set. Precision: the share of fake rows
+    inside the real manifold (fidelity); recall: the share of real rows inside the fake one
+    (coverage: a collapsed generator has a tiny manifold)."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    r_real, r_fake = knn_radii(real, k, batch), knn_radii(fake, k, batch)
+    inside_real = np.zeros(len(fake), bool)
+    covered = np.zeros(len(real), bool)
+    for i in range(0, len(fake), batch):
+        d = _squared_distances(fake[i:i + batch], real)  # fake rows x real rows
+        inside_real[i:i + batch] = (d <= r_real[None, :]).any(1)
+        covered |= (d <= r_fake[i:i + batch, None]).any(0)
+    return float(inside_real.mean()), float(covered.mean())
 
 
 def classifier_score(logits: np.ndarray) -> float:

@@ -38,11 +38,12 @@ class TrainSetup:
 @dataclass(frozen=True)
 class FeatureModel:
     """Another pipeline's trained model whose feature space evaluation measures in (the GANs:
-    the classifier trained on the same data). Its stages become upstream nodes of the graph."""
+    a classifier trained on the same data). Its stages become upstream nodes of the graph."""
     pipeline: str                         # registry name of the pipeline that trains it
     config: Callable[[Any], Any]          # this pipeline's config -> that pipeline's config
     network: str                          # which of its exported networks
     features: Callable[[Any], Any]        # keras model -> the model of its feature layer
+    space: str                            # the space's name: in metric keys, evaluate's inputs, node labels
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Measuring:
     nets: Mapping[str, Any]               # keras.Model by exported name
     split: Callable[..., dict]            # (split, limit=None) -> {feature: numpy array}
     params: Any                           # evaluate's Params (splits, sample count, batch, seed)
-    features: FeatureSpace | None = None
+    spaces: Mapping[str, FeatureSpace] = field(default_factory=dict)  # by FeatureModel.space, in order
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,13 @@ class Evaluation:
     measure: Callable[[Measuring], tuple[dict, dict]]  # -> (metrics.json, details.json)
     primary: str                          # the metric promote compares
     higher_is_better: bool
-    feature_model: FeatureModel | None = None
+    # the spaces measure() gets; the first is the one its primary metric is taken in
+    feature_models: tuple[FeatureModel, ...] = ()
+
+    def __post_init__(self):
+        names = [fm.space for fm in self.feature_models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature spaces need distinct names, got {names}")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
 from components import train
-from components.contract import Runtime, Spec
+from components.contract import Runtime, Spec, feature_input
 from components.pipeline import Pipeline
 from flows.registry import get
 
@@ -38,10 +38,13 @@ class Node:
     cfg: Any
     stage: str
     inputs: Mapping[str, str]  # input name -> node key
+    # the feature space, for a feature model's node that differs between the recipe's spaces
+    # (mnist-classifier[convnet]/train beside mnist-classifier[mlp]/train)
+    label: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.pipeline.name}/{self.stage}"
+        return f"{self.pipeline.name}[{self.label}]/{self.stage}" if self.label else f"{self.pipeline.name}/{self.stage}"
 
     @property
     def component(self):
@@ -92,24 +95,48 @@ class Node:
 
 
 def nodes(pipeline: Pipeline, cfg: Any) -> list[Node]:
-    """Topological order: the stages of the recipe's feature-model pipeline that the feature
+    """Topological order: the stages of the recipe's feature-model pipelines that the feature
     inputs need first, then the pipeline's own; every edge is a component's Spec."""
-    out: list[Node] = []
-    fm = pipeline.recipe.evaluation.feature_model
-    up = get(fm.pipeline) if fm is not None else None
-    if up is not None:
-        needed = upstream(s for stage in pipeline.stages for s in spec(stage).feature_inputs.values())
-        out += [n for n in nodes(up, fm.config(cfg)) if n.stage in needed]
+    fms = pipeline.recipe.evaluation.feature_models
+    out, feature_keys = _feature_nodes(pipeline, cfg) if fms else ([], {})
     for stage in pipeline.stages:
         declared = spec(stage)
         missing = sorted(set(declared.inputs.values()) - set(pipeline.stages))
         if missing:
             raise ValueError(f"{pipeline.name}/{stage} reads from {missing}, which the pipeline does not run")
         inputs = {name: f"{pipeline.name}/{src}" for name, src in declared.inputs.items()}
-        if up is not None:
-            inputs.update({name: f"{up.name}/{src}" for name, src in declared.feature_inputs.items()})
+        for fm in fms:
+            inputs.update({feature_input(name, fm.space): feature_keys[fm.space][f"{fm.pipeline}/{src}"]
+                           for name, src in declared.feature_inputs.items()})
         out.append(Node(pipeline, cfg, stage, inputs))
     return out
+
+
+def _feature_nodes(pipeline: Pipeline, cfg: Any) -> tuple[list[Node], dict[str, dict[str, str]]]:
+    """The stages every feature model needs, once each: a stage the spaces build alike (same
+    code, Params and inputs: the classifiers' shared data stages) is one node; one that differs
+    (each space's train) is a node per space, labelled with it. Also {space: {its own node key:
+    the key of the node that stands for it}}."""
+    needed = upstream(s for stage in pipeline.stages for s in spec(stage).feature_inputs.values())
+    per_space, variants = [], {}
+    for fm in pipeline.recipe.evaluation.feature_models:
+        own = [n for n in nodes(get(fm.pipeline), fm.config(cfg)) if n.stage in needed]
+        ids: dict[str, tuple] = {}
+        for n in own:  # what a fingerprint covers, less the data: equal ones build one artifact
+            ids[n.key] = (n.key, n.code(), digest(n.params()), tuple(sorted((k, ids[v]) for k, v in n.inputs.items())))
+            variants.setdefault(n.key, set()).add(ids[n.key])
+        per_space.append((fm.space, own, ids))
+    out, keys, seen = [], {}, {}
+    for space, own, ids in per_space:
+        keys[space] = {}
+        for n in own:
+            if ids[n.key] not in seen:
+                node = dataclasses.replace(n, label=space if len(variants[n.key]) > 1 else n.label,
+                                           inputs={k: keys[space][v] for k, v in n.inputs.items()})
+                seen[ids[n.key]] = node.key
+                out.append(node)
+            keys[space][n.key] = seen[ids[n.key]]
+    return out, keys
 
 
 def source_ref(node: Node) -> InputRef:

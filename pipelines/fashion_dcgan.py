@@ -129,8 +129,8 @@ def real_logit(nets, images):
 
 
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(real_logit), primary="frechet_distance",
-    higher_is_better=False, feature_model=mnist_classifier.FEATURES),
+    measure=measures.generation(real_logit), primary="frechet_distance_convnet",
+    higher_is_better=False, feature_models=mnist_classifier.FEATURE_SPACES),
     serving=Serving({"serving_default": Generate("generator")}))
 
 PIPELINE = Pipeline(

@@ -125,10 +125,10 @@ def real_logit(nets, images):
     return -nets["discriminator"](images, training=False)
 
 
-# evaluated in the feature space of the classifier trained on the same data by mnist-classifier
+# evaluated in the feature spaces of the classifiers mnist-classifier trains on the same data (its convnet decides)
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(real_logit), primary="frechet_distance",
-    higher_is_better=False, feature_model=mnist_classifier.FEATURES),
+    measure=measures.generation(real_logit), primary="frechet_distance_convnet",
+    higher_is_better=False, feature_models=mnist_classifier.FEATURE_SPACES),
     serving=Serving({"serving_default": Generate("generator")}))
 
 PIPELINE = Pipeline(

@@ -49,8 +49,8 @@ def test_two_runs_side_by_side(two_runs, tmp_path):
     # each run's metrics as its own evaluate artifact holds them
     for run, label in zip(runs, labels):
         ev = store.load(run["stages"][f"{PIPELINE}/evaluate"]["uri"])
-        fd = evaluate.metrics(ev)["frechet_distance"]
-        assert _row(table, "metric frechet_distance")[label] == f"{fd:.4g}"
+        fd = evaluate.metrics(ev)["frechet_distance_convnet"]
+        assert _row(table, "metric frechet_distance_convnet")[label] == f"{fd:.4g}"
     # each run's newest sample grid, both drawn in the PNG
     grids = [render.pictures(store.load(r["stages"][f"{PIPELINE}/render"]["uri"]))["samples"] for r in runs]
     assert [r.picture for r in got] == grids and grids[0] != grids[1]
@@ -79,7 +79,7 @@ def test_the_comparison_in_prefect(two_runs, tmp_path):
     rows = json.loads(latest[key(PIPELINE)].data)
     assert latest[key(PIPELINE)].type == "table"
     assert _row(rows, "model.g_learning_rate") == _row(table, "model.g_learning_rate")
-    assert _row(rows, "metric frechet_distance") == _row(table, "metric frechet_distance")
+    assert _row(rows, "metric frechet_distance_convnet") == _row(table, "metric frechet_distance_convnet")
     assert "![comparison](data:image/png;base64," in latest[f"{key(PIPELINE)}-png"].data
 
 
@@ -108,10 +108,10 @@ def test_an_artifact_that_does_not_verify_is_not_read(two_runs, tmp_path):
     store = ArtifactStore(copy)
     first = store.resolve(runs[0]["stages"][f"{PIPELINE}/evaluate"]["uri"].replace(root, copy))
     metrics = gfile.read_json(f"{first}/metrics.json")
-    gfile.write_json(f"{first}/metrics.json", {**metrics, "frechet_distance": 0.0})  # a better-looking lie
+    gfile.write_json(f"{first}/metrics.json", {**metrics, "frechet_distance_convnet": 0.0})  # a better-looking lie
     got, table, _ = compare.compare(store, PIPELINE, [r["run_id"] for r in runs], out=str(tmp_path / "c.png"))
     assert got[0].metrics == {} and got[0].problems == ["evaluate: metrics.json altered"]
-    assert _row(table, "metric frechet_distance")[got[0].label] == compare.ABSENT
+    assert _row(table, "metric frechet_distance_convnet")[got[0].label] == compare.ABSENT
     assert _row(table, "not verified")[got[0].label] == "evaluate: metrics.json altered"
     assert got[1].metrics and not got[1].problems
     # still the one differing key: the first run's other stages verified

@@ -42,7 +42,7 @@ def _changed(value, tp):
     if origin is Literal:
         return next(a for a in args if a != value)
     if origin is tuple:
-        return tuple(value) + ({int: 7, str: "extra"}[args[0]],)
+        return tuple(value) + ({int: 7, float: 0.5, str: "extra"}[args[0]],)
     if tp is bool:
         return not value
     return {int: lambda v: v + 1, float: lambda v: v + 0.5, str: lambda v: v + "-changed"}[tp](value)
@@ -145,16 +145,25 @@ def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_con
 
 
 def test_the_graph_is_derived_from_the_components_specs():
-    """Edges come from each SPEC; a GAN's evaluate gets the classifier's train and preprocess,
-    and only the classifier stages those need run upstream."""
+    """Edges come from each SPEC; a GAN's evaluate gets each feature space's classifier train
+    and preprocess, and only the classifier stages those need run upstream: the data stages the
+    two spaces share once, a train per space."""
     assert graph.upstream(["train"]) == {"ingest", "validate", "preprocess", "train"}
     assert graph.upstream(["animate"]) == set(STAGES) - {"promote"}
     ns = graph.nodes(get("mnist-gan"), get("mnist-gan").config())
-    assert [n.key for n in ns[:4]] == [f"mnist-classifier/{s}" for s in ("ingest", "validate", "preprocess", "train")]
+    assert [n.key for n in ns[:5]] == [f"mnist-classifier/{s}" for s in ("ingest", "validate", "preprocess")] + \
+        ["mnist-classifier[convnet]/train", "mnist-classifier[mlp]/train"]
+    assert [n.cfg.model.variant for n in ns[3:5]] == ["convnet", "mlp"]
     evaluate = next(n for n in ns if n.key == "mnist-gan/evaluate")
     assert dict(evaluate.inputs) == {"model": "mnist-gan/train", "transformed": "mnist-gan/preprocess",
-                                     "feature_model": "mnist-classifier/train",
-                                     "feature_transform": "mnist-classifier/preprocess"}
+                                     "feature_model.convnet": "mnist-classifier[convnet]/train",
+                                     "feature_transform.convnet": "mnist-classifier/preprocess",
+                                     "feature_model.mlp": "mnist-classifier[mlp]/train",
+                                     "feature_transform.mlp": "mnist-classifier/preprocess"}
+    # each key one artifact: the two trains differ, nothing else is doubled
+    local = graph.nodes(get("mnist-gan"), get("mnist-gan").config([f"data.source=idx:{MNIST}"]))
+    fps = graph.fingerprints(local)
+    assert len({(n.pipeline.name, fps[n.key][0]) for n in local}) == len(local) == len(ns)
     with pytest.raises(ValueError, match="does not run"):
         graph.nodes(dataclasses.replace(get("mnist-gan"), stages=("ingest", "train")), get("mnist-gan").config())
 

@@ -96,11 +96,19 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     assert len(frames) == len(distinct) >= 2
     assert gfile.glob(champion["exported"] + "/generator.keras")
 
-    if pipeline in ("mnist-gan", "fashion-dcgan"):  # evaluated with the upstream classifier
+    if pipeline in ("mnist-gan", "fashion-dcgan"):  # evaluated with the upstream classifiers
         m = first["metrics"]
-        assert m["feature_model"] == stages["mnist-classifier/train"]["uri"]
-        # the floor compares real train with real test images: other pictures, never 0
-        assert 0 < m["frechet_floor_train_vs_test"] < m["frechet_distance"]
+        for space in ("convnet", "mlp"):
+            assert m[f"feature_model_{space}"] == stages[f"mnist-classifier[{space}]/train"]["uri"]
+            # the floor compares real train with real test images: other pictures, never 0
+            assert 0 < m[f"frechet_distance_{space}_floor"] < m[f"frechet_distance_{space}"]
+        # a generator of a few steps covers little of the real images (its samples may still lie
+        # inside their manifold: a weak classifier's k-NN balls are wide)
+        assert m["recall_convnet"] < m["recall_convnet_real"] and 0 <= m["precision_convnet"] <= 1
+        assert first["why"].startswith("no champion yet; frechet_distance_convnet="), first["why"]  # what promote judged
+        for key in ("frechet_distance_convnet", "frechet_distance_convnet_floor", "precision_convnet", "recall_convnet",
+                    "frechet_distance_mlp", "frechet_distance_mlp_floor"):  # the run's Prefect artifact
+            assert f"| {key} | {m[key]:.4g} |" in ui[f"{pipeline}-run"].data, key
         # the discriminator's accuracies are shares of the images it judged: every test image, every sample
         n_test = json.load(open(stages[f"{pipeline}/preprocess"]["uri"] + "/transform.json"))["splits"]["test"]
         assert m["samples"] == int(TINY[pipeline][-1].split("=")[1]) <= n_test
