@@ -42,6 +42,14 @@ def triggers(d: dict) -> list:
     return [DeploymentEventTrigger.model_validate(t) for t in d.get("triggers") or []]
 
 
+def concurrency(d: dict):
+    """A deployment's concurrency_limit of prefect.yaml (the watch's: one tick at a time), or None."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    c = d.get("concurrency_limit")
+    return ConcurrencyLimitConfig.model_validate(c) if isinstance(c, dict) else c
+
+
 def runner_deployments(root: str, only: list[str] | None = None) -> list:
     from flows.registry import get
 
@@ -53,7 +61,7 @@ def runner_deployments(root: str, only: list[str] | None = None) -> list:
             continue
         schedules = [schedule(s) for s in d.get("schedules") or []]
         out.append(f.to_deployment(name=d["name"], schedules=schedules, tags=d.get("tags"), triggers=triggers(d),
-                                   description=d.get("description"),
+                                   description=d.get("description"), concurrency_limit=concurrency(d),
                                    parameters={**(d.get("parameters") or {}), "root": root}))
     return out
 

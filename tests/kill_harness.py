@@ -5,6 +5,7 @@ Each pipeline runs at its own default batch size, shuffle buffer, checkpoint and
 only the amount of data, the number of epochs and evaluation's sample count are made small."""
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import os
@@ -147,11 +148,15 @@ def root_problems(root: str, summary: dict) -> list[str]:
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     if verify.returncode != 0 or " 0 damaged" not in verify.stdout:
         problems.append("verify: " + verify.stdout.strip().splitlines()[-1] if verify.stdout else verify.stderr[-500:])
+    # a stage folder holds one version per node of the run that builds there (the GANs' two feature
+    # classifiers, mnist-classifier[convnet]/train and [mlp]/train, share mnist-classifier/train)
+    folder = {key: os.path.dirname(v["uri"].rstrip("/")) for key, v in summary["stages"].items()}
+    nodes = collections.Counter(folder.values())
     for key in summary["stages"]:
-        n = len(glob.glob(f"{root}/{key}/*/_COMMITTED"))
+        n = len(glob.glob(f"{folder[key]}/*/_COMMITTED"))
         # promote records a decision per run: one for every run that got that far
-        if n != 1 and not (key.endswith("/promote") and n >= 1):
-            problems.append(f"{key}: {n} committed versions")
+        if n != nodes[folder[key]] and not (key.endswith("/promote") and n >= 1):
+            problems.append(f"{key}: {n} committed versions in {folder[key]} for {nodes[folder[key]]} of the run's nodes")
     pipeline = summary["pipeline"]
     promote = summary["stages"].get(f"{pipeline}/promote")
     if promote is not None:

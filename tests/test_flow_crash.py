@@ -16,7 +16,9 @@ def test_prefect_yaml_deployments_resolve_to_the_pipeline_flows():
         assert dep.flow_name in dep.tags or dep.flow_name == "watch"
         if dep.flow_name == "watch":  # a short interval, no trigger of its own
             assert [s.schedule.interval.total_seconds() for s in dep.schedules] == [120] and not dep.triggers
-            assert set(flow.parameters.properties) == {"pipelines", "overrides", "root", "settle_seconds"}
+            assert set(flow.parameters.properties) == {"pipelines", "overrides", "root", "settle_seconds",
+                                                       "reannounce_seconds"}
+            assert (dep.concurrency_limit, dep.concurrency_options.collision_strategy) == (1, "CANCEL_NEW")
             continue
         assert dep.schedules and all(s.schedule.cron for s in dep.schedules)
         assert set(flow.parameters.properties) == {"overrides", "root", "run_id"}
