@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,10 @@ from components import beam_run, ingest, records
 from components.contract import Spec, StageParams, from_recipe, key
 
 SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
+# One row per example for the cross-split duplicate check: the first 16 bytes of the sha256 of its
+# decoded pixels and its index in the split. 24 bytes an example (a dict of hex digest -> id string
+# took about 250: 146 MiB for 600k examples, and more again as the JSON it was saved in).
+HASHES = np.dtype([("h", "V16"), ("i", "<i8")])
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray
 def _empty() -> dict:
     return {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
             "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
-            "px_hist": np.zeros(256, np.int64), "hashes": {}, "undecodable": []}
+            "px_hist": np.zeros(256, np.int64), "hashes": np.zeros(0, HASHES), "undecodable": []}
 
 
 def shard_stats(item):
@@ -44,6 +49,7 @@ def shard_stats(item):
     exact in any order: any sharding gives the same totals."""
     split, path, max_pixels = item
     s = _empty()
+    digests, indices = bytearray(), []
     for ex in records.iter_examples(path):
         ex_id = ex["id"].decode()
         s["count"] += 1
@@ -57,7 +63,8 @@ def shard_stats(item):
             s["undecodable"].append(ex_id)
             continue
         px = px if px.ndim == 3 else px[..., None]
-        s["hashes"][hashlib.sha256(px.tobytes()).hexdigest()] = ex_id
+        digests += hashlib.sha256(px.tobytes()).digest()[:16]
+        indices.append(ex["index"])
         s["shapes"][str(list(px.shape))] += 1
         s["px_n"] += px.size
         s["px_sum"] += int(px.sum(dtype=np.uint64))
@@ -66,12 +73,16 @@ def shard_stats(item):
         s["px_max"] = max(s["px_max"], int(px.max()))
         s["px_hist"] += np.bincount(px.ravel(), minlength=256)[:256]
     s["px_sum"], s["px_sumsq"] = float(s["px_sum"]), float(s["px_sumsq"])  # as before: JSON floats
+    s["hashes"] = np.empty(len(indices), HASHES)
+    s["hashes"]["h"] = np.frombuffer(bytes(digests), "V16")
+    s["hashes"]["i"] = indices
     return split, s
 
 
 def merge_stats(parts):
-    out = None
+    out, hashes = None, []
     for p in parts:
+        hashes.append(p["hashes"])
         if out is None:
             out = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in p.items()}
             continue
@@ -79,17 +90,19 @@ def merge_stats(parts):
             out[k] += p[k]
         for k in ("shapes", "formats", "labels"):
             out[k].update(p[k])
-        out["hashes"].update(p["hashes"])
         out["undecodable"] += p["undecodable"]
         out["px_min"], out["px_max"] = min(out["px_min"], p["px_min"]), max(out["px_max"], p["px_max"])
+    if out is not None:
+        out["hashes"] = np.concatenate(hashes)  # once: concatenating per part would copy O(parts^2)
     return out
 
 
 def to_json(s: dict) -> dict:
-    """Merged statistics as plain JSON: the work directory lies in a shared root, so what is read
-    back from it must be data that cannot run code (never a pickle)."""
-    return {**s, "shapes": dict(s["shapes"]), "formats": dict(s["formats"]),
-            "labels": {str(k): v for k, v in s["labels"].items()}, "px_hist": [int(c) for c in s["px_hist"]]}
+    """Merged statistics but the hashes as plain JSON: the work directory lies in a shared root, so
+    what is read back from it must be data that cannot run code (never a pickle)."""
+    return {**{k: v for k, v in s.items() if k != "hashes"}, "shapes": dict(s["shapes"]),
+            "formats": dict(s["formats"]), "labels": {str(k): v for k, v in s["labels"].items()},
+            "px_hist": [int(c) for c in s["px_hist"]]}
 
 
 def from_json(s: dict) -> dict:
@@ -104,6 +117,9 @@ class _Save:
 
     def __call__(self, kv):
         split, s = kv
+        buf = io.BytesIO()
+        np.save(buf, s["hashes"], allow_pickle=False)  # a plain array file: 24 bytes an example
+        gfile.write_atomic(gfile.join(self.work, f"{split}-hashes.npy"), buf.getvalue())
         gfile.write_json(gfile.join(self.work, f"{split}.json"), to_json(s))
 
 
@@ -113,8 +129,13 @@ def _load(work: str, split: str) -> dict:
     if not gfile.exists(path):
         return _empty()
     try:
-        return from_json(gfile.read_json(path))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON that is not our statistics
+        s = from_json(gfile.read_json(path))
+        s["hashes"] = np.load(io.BytesIO(gfile.read_bytes(gfile.join(work, f"{split}-hashes.npy"))),
+                              allow_pickle=False)
+        if s["hashes"].dtype != HASHES:
+            raise TypeError(f"hashes of dtype {s['hashes'].dtype}")
+        return s
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # not our statistics
         raise UserError(f"statistics written by this run do not load ({type(e).__name__}); something else "
                         "writes into the work directory", path, "run again; check who can write the root") from None
 
@@ -139,7 +160,8 @@ def _sizes(shapes: Counter) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
+def anomalies(stats: dict[str, dict], p: Params, id_of=lambda split, index: f"{split} example {index}") -> list[dict]:
+    """What is wrong with the data; id_of(split, index) names an example (only for a duplicate)."""
     out = []
 
     def add(severity, kind, split, message):
@@ -158,12 +180,12 @@ def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
     splits = sorted(stats)
     for i, a in enumerate(splits):
         for b in splits[i + 1:]:
-            common = stats[a]["hashes"].keys() & stats[b]["hashes"].keys()
-            if common:
-                h = sorted(common)[0]
+            ha, hb = stats[a]["hashes"], stats[b]["hashes"]
+            common = np.intersect1d(ha["h"], hb["h"])  # distinct images in both, sorted
+            if common.size:
+                ia, ib = (int(x["i"][x["h"] == common[0]].min()) for x in (ha, hb))
                 add(p.duplicates, "duplicate_across_splits", f"{a},{b}",
-                    f"{len(common)} images in both {a} and {b}, e.g. {stats[a]['hashes'][h]} = "
-                    f"{stats[b]['hashes'][h]}")
+                    f"{common.size} images in both {a} and {b}, e.g. {id_of(a, ia)} = {id_of(b, ib)}")
     return out
 
 
@@ -185,7 +207,7 @@ def run(out, inputs, p: Params, rt) -> None:
     beam_run.run(rt, build)
     raw = {s: _load(out.work_dir, s) for s in splits}
     stats = {s: summarize(v) for s, v in raw.items()}
-    found = anomalies(raw, p)
+    found = anomalies(raw, p, lambda split, index: _example_id(examples, split, index))
     errors = [a for a in found if a["severity"] == "error"]
     if errors:
         e = errors[0]
@@ -196,6 +218,15 @@ def run(out, inputs, p: Params, rt) -> None:
     gfile.write_json(out.file("anomalies.json"), found)
     out.metadata.update(counts={s: v["count"] for s, v in stats.items()},
                         warnings=len(found))
+
+
+def _example_id(examples, split: str, index: int) -> str:
+    """The id ingest gave the example at index of a split (read back: only a duplicate asks)."""
+    for path in ingest.shards(examples, split):
+        for ex in records.iter_examples(path):
+            if ex["index"] == index:
+                return ex["id"].decode()
+    return f"{split} example {index}"
 
 
 def statistics(artifact) -> dict:
