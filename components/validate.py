@@ -16,8 +16,9 @@ from components.contract import Spec, StageParams, from_recipe, key
 
 SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
 # One row per example for the cross-split duplicate check: the first 16 bytes of the sha256 of its
-# decoded pixels and its index in the split. 24 bytes an example (a dict of hex digest -> id string
-# took about 250: 146 MiB for 600k examples, and more again as the JSON it was saved in).
+# decoded pixels and its index in the split, 24 bytes an example, written by each shard to its own
+# .npy file in the work directory (a dict of hex digest -> id string carried through Beam took about
+# 250 bytes an example: 146 MiB for 600k examples, and more again as the JSON it was saved in).
 HASHES = np.dtype([("h", "V16"), ("i", "<i8")])
 
 
@@ -40,14 +41,14 @@ def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray
 def _empty() -> dict:
     return {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
             "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
-            "px_hist": np.zeros(256, np.int64), "hashes": np.zeros(0, HASHES), "undecodable": []}
+            "px_hist": np.zeros(256, np.int64), "undecodable": []}
 
 
 def shard_stats(item):
-    """Partial statistics of one shard file: (split, partial). The shard streams: only counts,
-    sums, content hashes and the current decoded example are held. The sums are of whole numbers,
-    exact in any order: any sharding gives the same totals."""
-    split, path, max_pixels = item
+    """Partial statistics of one shard file: (split, partial); its examples' content hashes go to
+    hash_path. The shard streams: only counts, sums, content hashes and the current decoded example
+    are held. The sums are of whole numbers, exact in any order: any sharding gives the same totals."""
+    split, path, max_pixels, hash_path = item
     s = _empty()
     digests, indices = bytearray(), []
     for ex in records.iter_examples(path):
@@ -73,16 +74,17 @@ def shard_stats(item):
         s["px_max"] = max(s["px_max"], int(px.max()))
         s["px_hist"] += np.bincount(px.ravel(), minlength=256)[:256]
     s["px_sum"], s["px_sumsq"] = float(s["px_sum"]), float(s["px_sumsq"])  # as before: JSON floats
-    s["hashes"] = np.empty(len(indices), HASHES)
-    s["hashes"]["h"] = np.frombuffer(bytes(digests), "V16")
-    s["hashes"]["i"] = indices
+    hashes = np.empty(len(indices), HASHES)
+    hashes["h"], hashes["i"] = np.frombuffer(bytes(digests), "V16"), indices
+    buf = io.BytesIO()
+    np.save(buf, hashes, allow_pickle=False)  # a plain array file, never a pickle: the root is shared
+    gfile.write_atomic(hash_path, buf.getvalue())
     return split, s
 
 
 def merge_stats(parts):
-    out, hashes = None, []
+    out = None
     for p in parts:
-        hashes.append(p["hashes"])
         if out is None:
             out = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in p.items()}
             continue
@@ -92,17 +94,14 @@ def merge_stats(parts):
             out[k].update(p[k])
         out["undecodable"] += p["undecodable"]
         out["px_min"], out["px_max"] = min(out["px_min"], p["px_min"]), max(out["px_max"], p["px_max"])
-    if out is not None:
-        out["hashes"] = np.concatenate(hashes)  # once: concatenating per part would copy O(parts^2)
     return out
 
 
 def to_json(s: dict) -> dict:
-    """Merged statistics but the hashes as plain JSON: the work directory lies in a shared root, so
-    what is read back from it must be data that cannot run code (never a pickle)."""
-    return {**{k: v for k, v in s.items() if k != "hashes"}, "shapes": dict(s["shapes"]),
-            "formats": dict(s["formats"]), "labels": {str(k): v for k, v in s["labels"].items()},
-            "px_hist": [int(c) for c in s["px_hist"]]}
+    """Merged statistics as plain JSON: the work directory lies in a shared root, so what is read
+    back from it must be data that cannot run code (never a pickle)."""
+    return {**s, "shapes": dict(s["shapes"]), "formats": dict(s["formats"]),
+            "labels": {str(k): v for k, v in s["labels"].items()}, "px_hist": [int(c) for c in s["px_hist"]]}
 
 
 def from_json(s: dict) -> dict:
@@ -117,9 +116,6 @@ class _Save:
 
     def __call__(self, kv):
         split, s = kv
-        buf = io.BytesIO()
-        np.save(buf, s["hashes"], allow_pickle=False)  # a plain array file: 24 bytes an example
-        gfile.write_atomic(gfile.join(self.work, f"{split}-hashes.npy"), buf.getvalue())
         gfile.write_json(gfile.join(self.work, f"{split}.json"), to_json(s))
 
 
@@ -129,13 +125,8 @@ def _load(work: str, split: str) -> dict:
     if not gfile.exists(path):
         return _empty()
     try:
-        s = from_json(gfile.read_json(path))
-        s["hashes"] = np.load(io.BytesIO(gfile.read_bytes(gfile.join(work, f"{split}-hashes.npy"))),
-                              allow_pickle=False)
-        if s["hashes"].dtype != HASHES:
-            raise TypeError(f"hashes of dtype {s['hashes'].dtype}")
-        return s
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # not our statistics
+        return from_json(gfile.read_json(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON that is not our statistics
         raise UserError(f"statistics written by this run do not load ({type(e).__name__}); something else "
                         "writes into the work directory", path, "run again; check who can write the root") from None
 
@@ -160,8 +151,36 @@ def _sizes(shapes: Counter) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def anomalies(stats: dict[str, dict], p: Params, id_of=lambda split, index: f"{split} example {index}") -> list[dict]:
-    """What is wrong with the data; id_of(split, index) names an example (only for a duplicate)."""
+def _hashes(path: str) -> np.ndarray:
+    """One shard's content hashes, as shard_stats wrote them."""
+    try:
+        h = np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"content hashes written by this run do not load: {e}", path,
+                        "run again; check who can write the root") from None
+    if h.dtype != HASHES:
+        raise UserError(f"content hashes written by this run are {h.dtype}", path,
+                        "run again; check who can write the root")
+    return h
+
+
+def duplicates(files_a: list[str], files_b: list[str]) -> tuple[int, int, int]:
+    """Images (content hashes) in both splits, from their shards' hash files: (how many distinct,
+    the index in a and in b of the first by hash; -1, -1 when none). Holds the hashes of b (give the
+    smaller split as b: 24 bytes an example) and one shard of a at a time, never all of a."""
+    hb = np.concatenate([_hashes(f) for f in files_b]) if files_b else np.zeros(0, HASHES)
+    found = [h[np.isin(h["h"], hb["h"])] for h in map(_hashes, files_a)]
+    ha = np.concatenate(found) if found else np.zeros(0, HASHES)
+    common = np.unique(ha["h"])
+    if not common.size:
+        return 0, -1, -1
+    return (common.size, int(ha["i"][ha["h"] == common[0]].min()), int(hb["i"][hb["h"] == common[0]].min()))
+
+
+def anomalies(stats: dict[str, dict], p: Params, hash_files: dict[str, list[str]],
+              id_of=lambda split, index: f"{split} example {index}") -> list[dict]:
+    """What is wrong with the data; hash_files: each split's shards' content hashes; id_of(split,
+    index) names an example (only a duplicate asks)."""
     out = []
 
     def add(severity, kind, split, message):
@@ -180,12 +199,12 @@ def anomalies(stats: dict[str, dict], p: Params, id_of=lambda split, index: f"{s
     splits = sorted(stats)
     for i, a in enumerate(splits):
         for b in splits[i + 1:]:
-            ha, hb = stats[a]["hashes"], stats[b]["hashes"]
-            common = np.intersect1d(ha["h"], hb["h"])  # distinct images in both, sorted
-            if common.size:
-                ia, ib = (int(x["i"][x["h"] == common[0]].min()) for x in (ha, hb))
+            small, large = sorted((a, b), key=lambda x: stats[x]["count"])
+            n, il, is_ = duplicates(hash_files[large], hash_files[small])
+            if n:
+                ia, ib = (il, is_) if large == a else (is_, il)
                 add(p.duplicates, "duplicate_across_splits", f"{a},{b}",
-                    f"{common.size} images in both {a} and {b}, e.g. {id_of(a, ia)} = {id_of(b, ib)}")
+                    f"{n} images in both {a} and {b}, e.g. {id_of(a, ia)} = {id_of(b, ib)}")
     return out
 
 
@@ -194,9 +213,13 @@ def run(out, inputs, p: Params, rt) -> None:
 
     examples = inputs["examples"]
     splits = ingest.splits(examples)
-    items = [(s, f, p.max_image_pixels) for s in splits for f in ingest.shards(examples, s)]
+    shards = {s: ingest.shards(examples, s) for s in splits}
+    hash_files = {s: [gfile.join(out.work_dir, "hashes", s, f.rsplit("/", 1)[-1] + ".npy") for f in shards[s]]
+                  for s in splits}
+    items = [(s, f, p.max_image_pixels, h) for s in splits for f, h in zip(shards[s], hash_files[s])]
     gfile.rmtree(out.work_dir)  # only this run's Beam output is read back, nothing left before it
-    gfile.makedirs(out.work_dir)
+    for s in splits:
+        gfile.makedirs(gfile.join(out.work_dir, "hashes", s))
 
     def build(pl):
         return (pl | "Shards" >> beam.Create(items)
@@ -207,7 +230,7 @@ def run(out, inputs, p: Params, rt) -> None:
     beam_run.run(rt, build)
     raw = {s: _load(out.work_dir, s) for s in splits}
     stats = {s: summarize(v) for s, v in raw.items()}
-    found = anomalies(raw, p, lambda split, index: _example_id(examples, split, index))
+    found = anomalies(raw, p, hash_files, lambda split, index: _example_id(examples, split, index))
     errors = [a for a in found if a["severity"] == "error"]
     if errors:
         e = errors[0]
