@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,11 @@ from components import beam_run, ingest, records
 from components.contract import Spec, StageParams, from_recipe, key
 
 SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
+# One row per example for the cross-split duplicate check: the first 16 bytes of the sha256 of its
+# decoded pixels and its index in the split, 24 bytes an example, written by each shard to its own
+# .npy file in the work directory (a dict of hex digest -> id string carried through Beam took about
+# 250 bytes an example: 146 MiB for 600k examples, and more again as the JSON it was saved in).
+HASHES = np.dtype([("h", "V16"), ("i", "<i8")])
 
 
 @dataclass(frozen=True)
@@ -35,15 +41,16 @@ def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray
 def _empty() -> dict:
     return {"count": 0, "shapes": Counter(), "formats": Counter(), "labels": Counter(), "unlabeled": 0,
             "px_n": 0, "px_sum": 0.0, "px_sumsq": 0.0, "px_min": 255, "px_max": 0,
-            "px_hist": np.zeros(256, np.int64), "hashes": {}, "undecodable": []}
+            "px_hist": np.zeros(256, np.int64), "undecodable": []}
 
 
 def shard_stats(item):
-    """Partial statistics of one shard file: (split, partial). The shard streams: only counts,
-    sums, content hashes and the current decoded example are held. The sums are of whole numbers,
-    exact in any order: any sharding gives the same totals."""
-    split, path, max_pixels = item
+    """Partial statistics of one shard file: (split, partial); its examples' content hashes go to
+    hash_path. The shard streams: only counts, sums, content hashes and the current decoded example
+    are held. The sums are of whole numbers, exact in any order: any sharding gives the same totals."""
+    split, path, max_pixels, hash_path = item
     s = _empty()
+    digests, indices = bytearray(), []
     for ex in records.iter_examples(path):
         ex_id = ex["id"].decode()
         s["count"] += 1
@@ -57,7 +64,8 @@ def shard_stats(item):
             s["undecodable"].append(ex_id)
             continue
         px = px if px.ndim == 3 else px[..., None]
-        s["hashes"][hashlib.sha256(px.tobytes()).hexdigest()] = ex_id
+        digests += hashlib.sha256(px.tobytes()).digest()[:16]
+        indices.append(ex["index"])
         s["shapes"][str(list(px.shape))] += 1
         s["px_n"] += px.size
         s["px_sum"] += int(px.sum(dtype=np.uint64))
@@ -66,6 +74,11 @@ def shard_stats(item):
         s["px_max"] = max(s["px_max"], int(px.max()))
         s["px_hist"] += np.bincount(px.ravel(), minlength=256)[:256]
     s["px_sum"], s["px_sumsq"] = float(s["px_sum"]), float(s["px_sumsq"])  # as before: JSON floats
+    hashes = np.empty(len(indices), HASHES)
+    hashes["h"], hashes["i"] = np.frombuffer(bytes(digests), "V16"), indices
+    buf = io.BytesIO()
+    np.save(buf, hashes, allow_pickle=False)  # a plain array file, never a pickle: the root is shared
+    gfile.write_atomic(hash_path, buf.getvalue())
     return split, s
 
 
@@ -79,7 +92,6 @@ def merge_stats(parts):
             out[k] += p[k]
         for k in ("shapes", "formats", "labels"):
             out[k].update(p[k])
-        out["hashes"].update(p["hashes"])
         out["undecodable"] += p["undecodable"]
         out["px_min"], out["px_max"] = min(out["px_min"], p["px_min"]), max(out["px_max"], p["px_max"])
     return out
@@ -139,7 +151,36 @@ def _sizes(shapes: Counter) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
+def _hashes(path: str) -> np.ndarray:
+    """One shard's content hashes, as shard_stats wrote them."""
+    try:
+        h = np.load(io.BytesIO(gfile.read_bytes(path)), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"content hashes written by this run do not load: {e}", path,
+                        "run again; check who can write the root") from None
+    if h.dtype != HASHES:
+        raise UserError(f"content hashes written by this run are {h.dtype}", path,
+                        "run again; check who can write the root")
+    return h
+
+
+def duplicates(files_a: list[str], files_b: list[str]) -> tuple[int, int, int]:
+    """Images (content hashes) in both splits, from their shards' hash files: (how many distinct,
+    the index in a and in b of the first by hash; -1, -1 when none). Holds the hashes of b (give the
+    smaller split as b: 24 bytes an example) and one shard of a at a time, never all of a."""
+    hb = np.concatenate([_hashes(f) for f in files_b]) if files_b else np.zeros(0, HASHES)
+    found = [h[np.isin(h["h"], hb["h"])] for h in map(_hashes, files_a)]
+    ha = np.concatenate(found) if found else np.zeros(0, HASHES)
+    common = np.unique(ha["h"])
+    if not common.size:
+        return 0, -1, -1
+    return (common.size, int(ha["i"][ha["h"] == common[0]].min()), int(hb["i"][hb["h"] == common[0]].min()))
+
+
+def anomalies(stats: dict[str, dict], p: Params, hash_files: dict[str, list[str]],
+              id_of=lambda split, index: f"{split} example {index}") -> list[dict]:
+    """What is wrong with the data; hash_files: each split's shards' content hashes; id_of(split,
+    index) names an example (only a duplicate asks)."""
     out = []
 
     def add(severity, kind, split, message):
@@ -158,12 +199,12 @@ def anomalies(stats: dict[str, dict], p: Params) -> list[dict]:
     splits = sorted(stats)
     for i, a in enumerate(splits):
         for b in splits[i + 1:]:
-            common = stats[a]["hashes"].keys() & stats[b]["hashes"].keys()
-            if common:
-                h = sorted(common)[0]
+            small, large = sorted((a, b), key=lambda x: stats[x]["count"])
+            n, il, is_ = duplicates(hash_files[large], hash_files[small])
+            if n:
+                ia, ib = (il, is_) if large == a else (is_, il)
                 add(p.duplicates, "duplicate_across_splits", f"{a},{b}",
-                    f"{len(common)} images in both {a} and {b}, e.g. {stats[a]['hashes'][h]} = "
-                    f"{stats[b]['hashes'][h]}")
+                    f"{n} images in both {a} and {b}, e.g. {id_of(a, ia)} = {id_of(b, ib)}")
     return out
 
 
@@ -172,9 +213,13 @@ def run(out, inputs, p: Params, rt) -> None:
 
     examples = inputs["examples"]
     splits = ingest.splits(examples)
-    items = [(s, f, p.max_image_pixels) for s in splits for f in ingest.shards(examples, s)]
+    shards = {s: ingest.shards(examples, s) for s in splits}
+    hash_files = {s: [gfile.join(out.work_dir, "hashes", s, f.rsplit("/", 1)[-1] + ".npy") for f in shards[s]]
+                  for s in splits}
+    items = [(s, f, p.max_image_pixels, h) for s in splits for f, h in zip(shards[s], hash_files[s])]
     gfile.rmtree(out.work_dir)  # only this run's Beam output is read back, nothing left before it
-    gfile.makedirs(out.work_dir)
+    for s in splits:
+        gfile.makedirs(gfile.join(out.work_dir, "hashes", s))
 
     def build(pl):
         return (pl | "Shards" >> beam.Create(items)
@@ -185,7 +230,7 @@ def run(out, inputs, p: Params, rt) -> None:
     beam_run.run(rt, build)
     raw = {s: _load(out.work_dir, s) for s in splits}
     stats = {s: summarize(v) for s, v in raw.items()}
-    found = anomalies(raw, p)
+    found = anomalies(raw, p, hash_files, lambda split, index: _example_id(examples, split, index))
     errors = [a for a in found if a["severity"] == "error"]
     if errors:
         e = errors[0]
@@ -196,6 +241,15 @@ def run(out, inputs, p: Params, rt) -> None:
     gfile.write_json(out.file("anomalies.json"), found)
     out.metadata.update(counts={s: v["count"] for s, v in stats.items()},
                         warnings=len(found))
+
+
+def _example_id(examples, split: str, index: int) -> str:
+    """The id ingest gave the example at index of a split (read back: only a duplicate asks)."""
+    for path in ingest.shards(examples, split):
+        for ex in records.iter_examples(path):
+            if ex["index"] == index:
+                return ex["id"].decode()
+    return f"{split} example {index}"
 
 
 def statistics(artifact) -> dict:

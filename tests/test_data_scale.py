@@ -86,3 +86,35 @@ def stage_digest(root, pipeline: str) -> str:
 def test_the_examples_written_are_the_ones_written_before_streaming(tmp_path):
     for pipeline, (_, _, golden) in CASES.items():
         assert stage_digest(str(tmp_path / pipeline), pipeline) == golden, pipeline
+
+
+def test_the_duplicate_check_reads_hashes_shard_by_shard(tmp_path):
+    """validate.duplicates on hash files as shards write them: distinct images in both splits are
+    counted once (a repeat inside a split is not another), and the example named is the first index
+    of the smallest common hash in each split, whichever shard holds it."""
+    import io
+
+    import numpy as np
+
+    from components import validate
+
+    rng = np.random.default_rng(7)
+    pool = rng.integers(0, 256, (20, 16), np.uint8)  # 20 distinct 16-byte hashes
+
+    def write(name, rows):
+        h = np.empty(len(rows), validate.HASHES)
+        h["h"] = np.frombuffer(pool[[k for k, _ in rows]].tobytes(), "V16")
+        h["i"] = [i for _, i in rows]
+        buf = io.BytesIO()
+        np.save(buf, h, allow_pickle=False)
+        (tmp_path / name).write_bytes(buf.getvalue())
+        return str(tmp_path / name)
+
+    # train: two shards; hashes 3 and 5 are also in val, 3 twice in train
+    train = [write("t0.npy", [(0, 0), (3, 1), (1, 2)]), write("t1.npy", [(5, 3), (3, 4), (2, 5)])]
+    val = [write("v0.npy", [(9, 0), (5, 1), (3, 2), (3, 3)])]
+    first = min((3, 5), key=lambda k: pool[k].tobytes())
+    want = (2, {3: 1, 5: 3}[first], {3: 2, 5: 1}[first])
+    assert validate.duplicates(train, val) == want
+    assert validate.duplicates(val, train) == (2, want[2], want[1])
+    assert validate.duplicates(train, [write("v1.npy", [(7, 0)])]) == (0, -1, -1)

@@ -110,6 +110,7 @@ def test_a_pair_in_two_splits_is_reported_by_validate(tmp_path):
     with pytest.raises(UserError) as err:
         run_stages(str(tmp_path / "r"), "pix2pix", [f"data.source=paired:{d}"], "validate")
     assert "in both train and val" in err.value.line()
+    assert f"e.g. paired:{d}#train/1.jpg = paired:{d}#val/7.jpg" in err.value.line()  # read back by index
     done, _ = run_stages(str(tmp_path / "r"), "pix2pix", [f"data.source=paired:{d}", "validate.duplicates=warn"],
                          "validate")
     anomalies = gfile.read_json(done["pix2pix/validate"].path("anomalies.json"))
