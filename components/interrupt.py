@@ -57,7 +57,30 @@ def _handler(signum, frame) -> None:
         _state.signum = signum
     if first and (_state.deferring or not (_state.stage or _state.immediate)):
         return  # noted: the stage saves at its next step boundary, or the next stage does not start
+    if _in_finalizer(frame):
+        # Python prints and drops an exception raised in a finalizer ("Exception ignored in
+        # ... __del__", a traceback) and the stage would go on: deliver the signal again in a
+        # moment, once the finalizer has returned (noted now, the handler then raises)
+        _redeliver(signum)
+        return
     raise Interrupted(signum, _state.stage)
+
+
+def _in_finalizer(frame) -> bool:
+    """Whether the signal landed inside an object's __del__ (a garbage collection, e.g. an
+    asyncio transport's) where a raised exception is lost."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(signum: int) -> None:
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.01, signal.pthread_kill, (main, signum))
+    timer.daemon = True
+    timer.start()
 
 
 def requested() -> int | None:
