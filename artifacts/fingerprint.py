@@ -136,7 +136,7 @@ _KNOWN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tapeline_k
 _RACY_NS = 2_000_000_000  # a file changed this close to its hashing may change again within one mtime tick
 
 
-def _stat(path: str) -> tuple[int, int, int] | None:
+def file_times(path: str) -> tuple[int, int, int] | None:
     """(size, mtime, ctime): the ctime too, since a copy that keeps mtimes (`cp -p`, `rsync -a`) can
     put other bytes of the same size under an old mtime; only the ctime then says it changed."""
     try:
@@ -164,7 +164,7 @@ def file_sha(path: str, compute: Callable[[], str]) -> str:
     known = _KNOWN.get()
     if known is None or "://" in path:
         return compute()
-    now = _stat(path)
+    now = file_times(path)
     entry = known.get(path)
     if (now is not None and isinstance(entry, list) and len(entry) == 5 and list(now) == entry[:3]
             and isinstance(entry[3], str) and len(entry[3]) == 64 and isinstance(entry[4], int)

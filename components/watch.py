@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from artifacts import gfile
-from artifacts.fingerprint import digest, known_hashes
+from artifacts.fingerprint import digest, file_times, known_hashes
 from artifacts.store import FINGERPRINT
 from components import ingest
 
@@ -33,14 +33,8 @@ def snapshot(source: str) -> dict[str, list[int]] | None:
     files = _files(source.partition(":")[2])
     if files is None:
         return None
-    out = {}
-    for f in files:
-        try:
-            st = os.stat(f)
-        except OSError:  # gone between the listing and the stat: a source being changed
-            continue
-        out[f] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    return out
+    # (a file gone between the listing and the stat, a source being changed, is left out)
+    return {f: list(t) for f in files if (t := file_times(f)) is not None}
 
 
 def _verified(cache: Any) -> dict:
