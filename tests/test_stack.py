@@ -59,8 +59,8 @@ def _api(stack):
     return stack_prefect.api(stack.env)
 
 
-def trigger(stack, parameters: dict) -> str:
-    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
+def trigger(stack, parameters: dict, deployment: str = "mnist-classifier/retrain") -> str:
+    dep = stack_prefect.deployments(stack.env)[deployment]
     with _api(stack) as c:
         run = c.post(f"deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
         return run.raise_for_status().json()["id"]
@@ -91,12 +91,12 @@ def markdown_artifact(stack, run_id: str) -> dict:
     return art
 
 
-def record(stack, run_id: str) -> dict:
+def record(stack, run_id: str, pipeline: str = "mnist-classifier") -> dict:
     """The run record the flow wrote into the artifact root (the flow run is named PIPELINE-RUN_ID)."""
     with _api(stack) as c:
         name = c.get(f"flow_runs/{run_id}").raise_for_status().json()["name"]
-    assert name.startswith("mnist-classifier-"), name
-    return json.loads(Path(stack.cfg["root"], "runs", name[len("mnist-classifier-"):] + ".json").read_text())
+    assert name.startswith(f"{pipeline}-"), name
+    return json.loads(Path(stack.cfg["root"], "runs", name[len(pipeline) + 1:] + ".json").read_text())
 
 
 def test_secrets_file_is_owner_only_and_outside_git(stack):
@@ -424,15 +424,9 @@ def test_deployment_run_cancelled_during_training_saves_its_step_and_the_next_ru
     assert record(stack, again)["stages"]["mnist-classifier/train"]["reused"] is False
 
 
-def _triggered_since(stack, since: str) -> list[dict]:
-    """The retrain runs of mnist-classifier that an automation created after `since`."""
-    dep = stack_prefect.deployments(stack.env)["mnist-classifier/retrain"]
-    with _api(stack) as c:
-        runs = c.post("flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
-                      ).raise_for_status().json()
-    t = dt.datetime.fromisoformat(since)
-    return [r for r in runs if dt.datetime.fromisoformat(r["created"]) > t
-            and (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+def _triggered_since(stack, since: str, deployment: str = "mnist-classifier/retrain") -> list[dict]:
+    """The runs of a deployment that an automation created after `since`."""
+    return [r for r in _runs_of(stack, deployment, since) if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
 
 
 def _watch(stack, tmp_path) -> dict:
@@ -519,7 +513,7 @@ def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_on
     with _api(stack) as c:
         c.patch(f"deployments/{retrain['id']}", json={"parameters": {"overrides": sets}}).raise_for_status()
     try:
-        warm = wait_final(stack, _create_run(stack, retrain["id"]))  # the baseline the watch compares with
+        warm = wait_final(stack, trigger(stack, {}, "pix2pix/retrain"))  # the baseline the watch compares with
         assert warm["state_type"] == "COMPLETED", warm["state"]
         since = _now()
         with _api(stack) as c:
@@ -543,8 +537,7 @@ def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_on
         deadline, runs = time.time() + 300, []
         while not runs:
             assert time.time() < deadline, "no run triggered in 300 s after the copy"
-            runs = [r for r in _runs_of(stack, "pix2pix/retrain", since)
-                    if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+            runs = _triggered_since(stack, since, "pix2pix/retrain")
             time.sleep(1)
         final = wait_final(stack, runs[0]["id"])
         assert final["state_type"] == "COMPLETED", final["state"]
@@ -571,12 +564,11 @@ def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_on
                       for r in _runs_of(stack, "watch/sources", since)])
     events = _events_since(stack, "tapeline.source.changed", "pix2pix", since)
     assert len(events) == 1, [(e["occurred"], e["payload"]) for e in events]
-    triggered = [r for r in _runs_of(stack, "pix2pix/retrain", since)
-                 if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+    triggered = _triggered_since(stack, since, "pix2pix/retrain")
     assert len(triggered) == 1, [(r["name"], r["created"]) for r in triggered]
+    rec = record(stack, triggered[0]["id"], "pix2pix")
     with _api(stack) as c:
         name = c.get(f"flow_runs/{triggered[0]['id']}").raise_for_status().json()["name"]
-    rec = json.loads(Path(stack.cfg["root"], "runs", name[len("pix2pix-"):] + ".json").read_text())
     ingested = rec["stages"]["pix2pix/ingest"]
     assert not ingested["reused"], ingested
     from artifacts.store import ArtifactStore
@@ -608,7 +600,3 @@ def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_on
         b.wait_text(events[0]["payload"]["new"], events[0]["payload"]["old"])
         b.screenshot(shots / "ui-event.png")
 
-
-def _create_run(stack, deployment_id: str) -> str:
-    with _api(stack) as c:
-        return c.post(f"deployments/{deployment_id}/create_flow_run", json={}).raise_for_status().json()["id"]
