@@ -2,8 +2,9 @@
 which fixes a variant applies, and the layers and the generator average they need."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import functools
+import operator
+from dataclasses import dataclass, fields
 
 from components.config import LIMITS, Limit
 from components.sections import require
@@ -16,6 +17,10 @@ class Fixes:
     ema: bool = False         # sample, snapshot, evaluate and export an average of G's weights
     spectral: bool = False    # spectral normalization of every D kernel (keras SpectralNormalization)
     ttur: bool = False        # two time-scale rates: model.ttur_learning_rates (G, D) for Adam
+    adam: bool = False        # the DCGAN paper's Adam: model.adam_learning_rate, beta_1 model.adam_beta_1
+
+    def __or__(self, other: "Fixes") -> "Fixes":
+        return Fixes(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
 
 
 # `improved`: the fixes that take nothing from the discriminator's balance with the generator. TTUR
@@ -29,29 +34,55 @@ VARIANTS = {
     "ema": Fixes(ema=True),
     "spectral": Fixes(spectral=True),
     "ttur": Fixes(ttur=True),
+    "adam": Fixes(adam=True),
 }
-Variant = Literal[tuple(VARIANTS)]  # the --set parser refuses any other name in one line
+Variant = str  # a name of VARIANTS, or fixes joined by "+" (resize+ema); check() refuses others
 
-LIMITS.update({"model.ema_decay": Limit(0, 0.999999),
-               "model.ttur_learning_rates": Limit(0, 1e12, lo_open=True, nonempty=True)})
+LIMITS.update({"model.variant": Limit(nonempty=True),  # and check() knows every name
+               "model.ema_decay": Limit(0, 0.999999),
+               "model.ttur_learning_rates": Limit(0, 1e12, lo_open=True, nonempty=True),
+               "model.adam_learning_rate": Limit(0, 1e12, lo_open=True),
+               "model.adam_beta_1": Limit(0, 0.999999)})
+
+
+def parse(variant: str) -> Fixes | None:
+    """The fixes a variant name stands for: a name of VARIANTS, or names joined by "+" (each
+    fix it names, e.g. resize+ema+adam); None for anything else."""
+    if variant in VARIANTS:
+        return VARIANTS[variant]
+    names = variant.split("+")
+    if len(names) < 2 or any(n not in VARIANTS or n == "faithful" for n in names):
+        return None
+    return functools.reduce(operator.or_, (VARIANTS[n] for n in names))
 
 
 def of(model) -> Fixes:
     """The fixes of a recipe's model section (its .variant)."""
-    return VARIANTS[model.variant]
+    return parse(model.variant)
 
 
 def check(model) -> None:
-    """The model section's own check (config.override calls it): TTUR names two rates."""
+    """The model section's own check (config.override calls it): a known variant; TTUR names two rates."""
+    require(parse(model.variant) is not None, "model.variant", model.variant,
+            f"use one of {', '.join(VARIANTS)}, or fixes joined by + (e.g. resize+ema)")
     require(len(model.ttur_learning_rates) == 2, "model.ttur_learning_rates", model.ttur_learning_rates,
             "give two rates, the generator's then the discriminator's, e.g. 1e-4,4e-4")
 
 
 def learning_rates(model) -> tuple[float, float]:
-    """(G, D) Adam learning rates: the seed's, or the TTUR pair."""
-    if of(model).ttur:
+    """(G, D) Adam learning rates: the seed's, the TTUR pair, or under `adam` the DCGAN paper's."""
+    fixes = of(model)
+    if fixes.ttur:
         return tuple(model.ttur_learning_rates)
+    if fixes.adam:
+        return model.adam_learning_rate, model.adam_learning_rate
     return model.g_learning_rate, model.d_learning_rate
+
+
+def beta_1(model) -> float:
+    """Adam's first-moment decay: Keras's default (the seeds'), or under `adam` the DCGAN
+    paper's 0.5 (Radford et al. 2016: 0.9 "resulted in training oscillation and instability")."""
+    return model.adam_beta_1 if of(model).adam else 0.9
 
 
 def upsample(model, filters: int, kernel: int, **kwargs) -> list:

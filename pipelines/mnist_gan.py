@@ -20,12 +20,15 @@ class ModelConfig:
     g_learning_rate: float = 4e-4
     label_noise: float = 0.05  # "an important trick" (the guide)
     num_fixed_samples: int = 16
-    # faithful: the guide's recipe | improved: every fix below | resize | ema | spectral | ttur:
-    # one fix each (pipelines/gan_fixes.py); the keys below act only in the variants that name them
+    # faithful: the guide's recipe | improved | resize | ema | spectral | ttur | adam: one fix
+    # each, or fixes joined by + (resize+ema) (pipelines/gan_fixes.py); the keys below act only
+    # in the variants that name them
     variant: Variant = "faithful"
     upsample: Literal["nearest", "bilinear"] = "nearest"   # resize: UpSampling2D's interpolation
     ema_decay: float = 0.999                               # ema: the generator average's decay
     ttur_learning_rates: tuple[float, ...] = (1e-4, 4e-4)  # ttur: Adam's (G, D) rates: D the faster
+    adam_learning_rate: float = 2e-4                       # adam: both networks' rate (the DCGAN paper's)
+    adam_beta_1: float = 0.5                               # adam: Adam's beta_1 (the DCGAN paper's)
 
     def check(self) -> None:
         gan_fixes.check(self)
@@ -85,8 +88,8 @@ def build(p, info: DataInfo) -> TrainSetup:
 
     generator, discriminator = build_networks(p, info)
     g_rate, d_rate = gan_fixes.learning_rates(p.model)
-    d_opt = optimizer(keras.optimizers.Adam(d_rate))
-    g_opt = optimizer(keras.optimizers.Adam(g_rate))
+    d_opt = optimizer(keras.optimizers.Adam(d_rate, beta_1=gan_fixes.beta_1(p.model)))
+    g_opt = optimizer(keras.optimizers.Adam(g_rate, beta_1=gan_fixes.beta_1(p.model)))
     # the network that samples, snapshots, is evaluated and exported: G, or its average (ema)
     ema = gan_fixes.generator_in_use(p.model, generator, lambda name: build_generator(p, info, name), g_opt)
     sampler = ema.net if ema is not None else generator

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from pathlib import Path
 
@@ -121,9 +122,29 @@ def test_an_unknown_gan_variant_and_a_bad_ttur_pair_are_refused_in_one_line(name
     with pytest.raises(UserError) as e:
         get(name).config(["model.variant=fancy"])
     assert e.value.line() == ("bad value 'fancy' for model.variant (--set) — use one of "
-                              + ", ".join(VARIANTS))
+                              + ", ".join(VARIANTS) + ", or fixes joined by + (e.g. resize+ema)")
+    for bad in ("resize+fancy", "faithful+ema", "resize+", "+"):
+        with pytest.raises(UserError, match=f"bad value '{re.escape(bad)}' for model.variant"):
+            get(name).config([f"model.variant={bad}"])
     with pytest.raises(UserError, match="model.ttur_learning_rates.*give two rates"):
         get(name).config(["model.ttur_learning_rates=1e-4"])
     assert get(name).config([]).model.variant == "faithful"  # the seed's recipe stays the default
     for variant in VARIANTS:
         assert get(name).config([f"model.variant={variant}"]).model.variant == variant
+
+
+@pytest.mark.parametrize("name", ["fashion-dcgan", "mnist-gan"])
+def test_fixes_joined_by_plus_apply_each_and_adam_sets_rates_and_beta(name):
+    from pipelines import gan_fixes
+
+    seed = get(name).config([]).model
+    assert gan_fixes.of(seed) == gan_fixes.Fixes()
+    assert (gan_fixes.learning_rates(seed), gan_fixes.beta_1(seed)) == (
+        (seed.g_learning_rate, seed.d_learning_rate), 0.9)  # the seeds' Adam, Keras's default beta_1
+    model = get(name).config(["model.variant=resize+ema+adam"]).model
+    assert gan_fixes.of(model) == gan_fixes.Fixes(resize=True, ema=True, adam=True)
+    assert (gan_fixes.learning_rates(model), gan_fixes.beta_1(model)) == ((2e-4, 2e-4), 0.5)
+    both = get(name).config(["model.variant=ttur+adam", "model.ttur_learning_rates=1e-4,3e-4"]).model
+    assert (gan_fixes.learning_rates(both), gan_fixes.beta_1(both)) == ((1e-4, 3e-4), 0.5)
+    assert gan_fixes.of(get(name).config(["model.variant=improved+ttur"]).model) == gan_fixes.Fixes(
+        resize=True, ema=True, spectral=True, ttur=True)
