@@ -49,7 +49,8 @@ def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
     of generated against real test images, and its floor (real train against real test: what a
     perfect generator would score) as KEY_floor, which sorts beside it. In the first space, the
     one the primary metric is taken in, also precision and recall (k-NN manifolds), each beside
-    its value for real train images (KEY_real), and the classifier score. The discriminator's
+    its value for real train images (KEY_real), and the classifier score. The checkerboard's
+    lattice energy (metrics.lattice_energy) beside real test images'. The discriminator's
     accuracy. The samples come from generate(); real_logit(nets, images) -> logits that are > 0
     where the discriminator judges an image real (each GAN orients its own)."""
 
@@ -78,6 +79,8 @@ def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
                 out["classifier_score"] = metrics.classifier_score(space.logits(fake))
                 out["classifier_score_real"] = metrics.classifier_score(space.logits(test))
             uris[f"feature_model_{name}"] = space.uri
+        # the checkerboard, measured: the share of power on the 2- and 4-pixel lattice, beside real images'
+        out["lattice_energy"], out["lattice_energy_real"] = metrics.lattice_energy(fake), metrics.lattice_energy(test)
         real = np.concatenate([real_logit(m.nets, test[i:i + 1000]).numpy() for i in range(0, len(test), 1000)])
         faked = np.concatenate([real_logit(m.nets, fake[i:i + 1000]).numpy() for i in range(0, n, 1000)])
         return {**out, "disc_real_accuracy": float((real > 0).mean()),

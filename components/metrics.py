@@ -66,6 +66,23 @@ def classifier_score(logits: np.ndarray) -> float:
     return float(np.exp(kl.mean()))
 
 
+def lattice_energy(images: np.ndarray) -> float:
+    """The share of an image's spectral power (its mean removed) at the frequencies of a 2- and
+    4-pixel period, along either axis or both: the regular lattice a stride-2 transposed
+    convolution stamps over what it draws (the checkerboard of Odena et al. 2016, "Deconvolution
+    and Checkerboard Artifacts"). The mean over images; compare it with real images' value."""
+    x = np.asarray(images, np.float64)
+    x = x.mean(-1) if x.ndim == 4 else x  # (n, h, w[, c]) -> (n, h, w)
+    h, w = x.shape[1:]
+    power = np.abs(np.fft.fft2(x - x.mean(axis=(1, 2), keepdims=True))) ** 2
+    rows, cols = ({round(n * k / 4) % n for k in range(4)} for n in (h, w))  # periods 4, 2, 4
+    lattice = np.zeros((h, w), bool)
+    lattice[np.ix_(sorted(rows), sorted(cols))] = True
+    lattice[0, 0] = False
+    total = power.sum(axis=(1, 2))
+    return float(np.mean(power[:, lattice].sum(1) / np.maximum(total, 1e-12)))
+
+
 def image_scores(pred: np.ndarray, target: np.ndarray) -> dict:
     """L1 in the [-1, 1] range the models work in; PSNR and SSIM (tf.image, per image, then the
     mean) after mapping both to [0, 1]."""

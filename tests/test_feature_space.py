@@ -170,3 +170,32 @@ def test_convnet_variant_learns_resumes_bit_exactly_and_exports(convnet, tmp_pat
     assert np.array_equal(out["classes"].numpy(), logits[:64].argmax(1))
     path = train.model_files(model)["classifier"]
     assert keras.saving.load_model(path, safe_mode=True).input_shape == (None, 28, 28, 1)
+
+
+def test_lattice_energy_sees_the_checkerboard_of_a_strided_transposed_convolution_and_not_of_resize():
+    """The evaluate stage's checkerboard measure: real digits score alike in two halves; the same
+    digits halved then doubled by a stride-2 Conv2DTranspose (kernel 3: uneven overlap, the
+    checkerboard's cause) score far above them, and by the `resize` variant's UpSampling2D +
+    Conv2D (either interpolation) near them."""
+    import gzip
+
+    import keras
+
+    from components.metrics import lattice_energy
+
+    with gzip.open(f"{MNIST}/t10k-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28).astype("float32") / 127.5 - 1
+    real = lattice_energy(x[:1000])
+    assert lattice_energy(x[1000:2000]) == pytest.approx(real, rel=0.1)
+    small = x[:1000].reshape(-1, 14, 2, 14, 2).mean((2, 4))[..., None]
+
+    def doubled(*layers):
+        return keras.Sequential([keras.Input((14, 14, 1)), *layers])(small).numpy()
+
+    ones = {"kernel_initializer": "ones", "use_bias": False}
+    transposed = lattice_energy(doubled(keras.layers.Conv2DTranspose(1, 3, strides=2, padding="same", **ones)))
+    assert transposed > 10 * real, (transposed, real)
+    for interpolation in ("nearest", "bilinear"):
+        resized = lattice_energy(doubled(keras.layers.UpSampling2D(2, interpolation=interpolation),
+                                         keras.layers.Conv2D(1, 3, padding="same", **ones)))
+        assert resized < 2 * real, (interpolation, resized, real)
