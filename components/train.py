@@ -162,6 +162,11 @@ def run(out, inputs, p: Params, rt) -> None:
     keras.utils.set_random_seed(p.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if p.mixed_precision else "float32")
     strategy = _strategy(p.strategy, p.workers)
+    if p.xla and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        # XLA compiles the step for one CPU device; the replicas' variables live on two (a
+        # "tfvariable_on_a_different_device" error at the first step, in any recipe)
+        raise UserError("train.xla=true with train.strategy=mirrored on the CPU's two logical devices",
+                        "--set", "use one of the two on a machine without GPUs (XLA compiles for one CPU device)")
     info = _data_info(art, transform, p)
     schedule = Schedule.of(p, info.train_examples)
     try:

@@ -157,3 +157,19 @@ def test_networks_are_built_alike_while_other_threads_draw_from_python_random():
         stop.set()
         thread.join()
     assert len(built[0]) > 4 and all(np.array_equal(a, b) for a, b in zip(*built))
+
+
+def test_xla_with_mirrored_on_logical_cpus_is_refused_in_one_line_before_a_step(tmp_path):
+    """XLA compiles a step for one CPU device while MirroredStrategy's replicas keep their variables
+    on two logical ones: every recipe failed at its first step with a traceback. Now one line, exit
+    2, and no train artifact."""
+    from tests.conftest import tapeline
+
+    proc = tapeline("run", "mnist-classifier", "--root", str(tmp_path), *[a for s in (
+        f"data.source=idx:{MNIST}", "data.max_examples=64", "train.batch_size=16", "train.max_steps=4",
+        "train.strategy=mirrored", "train.xla=true") for a in ("--set", s)])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("tapeline: error: train.xla=true with train.strategy=mirrored on the CPU's two logical"), last
+    assert glob.glob(f"{tmp_path}/mnist-classifier/preprocess/*/_COMMITTED")  # it got as far as training
+    assert not glob.glob(f"{tmp_path}/mnist-classifier/train/*/_COMMITTED")
