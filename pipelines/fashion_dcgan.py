@@ -24,7 +24,7 @@ class ModelConfig:
     # each, or fixes joined by + (resize+ema) (pipelines/gan_fixes.py); the keys below act only
     # in the variants that name them
     variant: Variant = "faithful"
-    upsample: Literal["nearest", "bilinear"] = "nearest"   # resize: UpSampling2D's interpolation
+    upsample: Literal["nearest", "bilinear"] = "bilinear"  # resize: UpSampling2D's interpolation
     ema_decay: float = 0.999                               # ema: the generator average's decay
     ttur_learning_rates: tuple[float, ...] = (1e-4, 4e-4)  # ttur: Adam's (G, D) rates
     adam_learning_rate: float = 2e-4                       # adam: both networks' rate (the DCGAN paper's)
