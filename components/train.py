@@ -162,7 +162,8 @@ def run(out, inputs, p: Params, rt) -> None:
     keras.utils.set_random_seed(p.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if p.mixed_precision else "float32")
     strategy = _strategy(p.strategy, p.workers)
-    if p.xla and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+    cpu_replicas = p.strategy == "mirrored" and not tf.config.list_logical_devices("GPU")
+    if p.xla and cpu_replicas and strategy.num_replicas_in_sync > 1:
         # XLA compiles the step for one CPU device; the replicas' variables live on two (a
         # "tfvariable_on_a_different_device" error at the first step, in any recipe)
         raise UserError("train.xla=true with train.strategy=mirrored on the CPU's two logical devices",

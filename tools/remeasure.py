@@ -28,6 +28,8 @@ def main(argv: list[str]) -> dict:
     ev = spaces.load(evaluate_uri)
     if ev is None:
         raise SystemExit(f"no committed evaluate artifact at {evaluate_uri}")
+    if spaces.check(ev):  # its manifest names the feature models: verified before it is read
+        raise SystemExit(f"{ev.uri} does not verify: {'; '.join(spaces.check(ev))}")
     for key, ref in ev.manifest["inputs"].items():
         if key.startswith("feature_"):
             inputs[key] = spaces.load(spaces.resolve(ref["uri"]) or "")
