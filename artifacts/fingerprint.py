@@ -1,4 +1,4 @@
-"""Fingerprints: stage name + transitive project code + params + input fingerprints."""
+"""Fingerprints: stage name + the project code it can run (normalized) + params + input fingerprints."""
 from __future__ import annotations
 
 import ast
@@ -64,40 +64,60 @@ def _module_file(name: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> Pat
     return None
 
 
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements of a module, inside functions too, less those under `if
+    TYPE_CHECKING:` (what only a type checker reads is not code the module can run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+            continue
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports(name: str, path: Path, packages: tuple[str, ...]) -> set[str]:
-    """Project modules named by the import statements of one module (including submodules)."""
+    """Project modules named by the import statements of one module. `from pkg import sub` names
+    the submodule sub, not pkg (a package's __init__ is code only where a name is taken from it):
+    so a module importing one stage of components/stages/ does not pull in its siblings."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_pkg = path.name == "__init__.py"
     package = name if is_pkg else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                mod = f"{base}.{node.module}" if node.module else base
-            else:
-                mod = node.module or ""
+            continue
+        if node.level:
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1])
+            mod = f"{base}.{node.module}" if node.module else base
+        else:
+            mod = node.module or ""
+        subs = {f"{mod}.{alias.name}" for alias in node.names}
+        modules = {s for s in subs if _module_file(s, packages) is not None}
+        found |= modules
+        if len(modules) < len(subs):  # some name is an attribute of mod itself
             found.add(mod)
-            # `from pkg import sub` may name a submodule rather than an attribute.
-            found.update(f"{mod}.{alias.name}" for alias in node.names)
-    out = set()
-    for mod in found:
-        # importing a.b.c runs a/__init__ and a/b/__init__ too
-        parts = mod.split(".")
-        for i in range(1, len(parts) + 1):
-            out.add(".".join(parts[:i]))
-    return {m for m in out if _module_file(m, packages) is not None}
+    return {m for m in found if _module_file(m, packages) is not None}
 
 
-def module_closure(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> dict[str, Path]:
-    """The module and every project module it imports, transitively: name -> file."""
+def module_closure(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES,
+                   stop: Callable[[str], bool] = lambda name: False) -> dict[str, Path]:
+    """The module and every project module it imports, transitively: name -> file. A module for
+    which stop(name) holds is left out, and not followed."""
     todo, seen = [module], {}
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or (stop(name) and name != module):
             continue
         path = _module_file(name, packages)
         if path is None:
@@ -107,20 +127,39 @@ def module_closure(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES) ->
     return dict(sorted(seen.items()))
 
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
 @lru_cache(maxsize=None)
-def _file_digest(path: str, mtime_ns: int, size: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _source_digest(path: str, mtime_ns: int, size: int) -> str:
+    """A module's code as Python runs it: its syntax tree without docstrings, without line and
+    column numbers, so a comment, a docstring or a reformat never changes it."""
+    tree = _strip_docstrings(ast.parse(Path(path).read_text(encoding="utf-8"), filename=path))
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode("utf-8")).hexdigest()
+
+
+def module_digests(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES,
+                   stop: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
+    """{module: digest of its normalized code} over module_closure(module, packages, stop)."""
+    parts = {}
+    for name, path in module_closure(module, packages, stop).items():
+        st = path.stat()
+        parts[name] = _source_digest(str(path), st.st_mtime_ns, st.st_size)
+    if not parts:
+        raise ValueError(f"{module} is not a project module")
+    return parts
 
 
 def code_digest(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
-    """One digest over the source of module and of the project code it imports."""
-    parts = {}
-    for name, path in module_closure(module, packages).items():
-        st = path.stat()
-        parts[name] = _file_digest(str(path), st.st_mtime_ns, st.st_size)
-    if not parts:
-        raise ValueError(f"{module} is not a project module")
-    return digest(parts)
+    """One digest over the normalized code of module and of the project code it imports."""
+    return digest(module_digests(module, packages))
 
 
 def files_digest(paths: list[str]) -> str:

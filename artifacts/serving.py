@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import TYPE_CHECKING
 
 from artifacts import failpoints, gfile
-from artifacts.store import SERVING, ArtifactStore
+from artifacts.refs import SERVING
+
+if TYPE_CHECKING:
+    from artifacts.store import ArtifactStore
 
 TMP = ".partial-"                 # hidden, and not an integer: TF Serving and listings skip it
 VERSION = re.compile(r"[1-9][0-9]{0,17}")  # what TF Serving reads as a version: a positive int64

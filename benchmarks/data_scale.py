@@ -27,7 +27,6 @@ import sys
 import time
 
 import numpy as np
-
 from common import REPO, scratch_root
 
 STAGES = ("ingest", "validate", "preprocess")
@@ -63,7 +62,8 @@ def child(kind: str, src: str, engine: str) -> dict:
     CPU seconds they took (this process during the stages, plus each worker's whole life): on
     shared cores, wall time follows the load, CPU time much less."""
     from common import run_stages
-    from components import ingest
+
+    from components.stages import ingest
 
     pipeline, sets = ({"pairs": ("pix2pix", [f"data.source=paired:{src}", "data.image_size=32"]),
                        "idx": ("mnist-classifier", [f"data.source=idx:{src}"])}[kind])

@@ -41,7 +41,7 @@ print(steps, secs, time.perf_counter() - t0)
 # Runs `tapeline` in this process with timers wrapped around the functions the breakdown names
 # (module attributes, looked up at call time: the CLI's own code paths are unchanged).
 PROBE = r"""
-import atexit, collections, importlib, importlib.abc, importlib.util, json, sys, time
+import atexit, collections, dataclasses, importlib, importlib.abc, importlib.util, json, sys, time
 launched, out_path = float(sys.argv[1]), sys.argv[2]
 first_line = time.time()
 acc = collections.defaultdict(float)
@@ -54,7 +54,10 @@ def wrap(obj, name, key):
             return orig(*a, **k)
         finally:
             acc[key(*a, **k) if callable(key) else key] += time.perf_counter() - t
-    setattr(obj, name, timed)
+    if dataclasses.is_dataclass(obj) and dataclasses.fields(obj):  # a frozen Stage value
+        object.__setattr__(obj, name, timed)
+    else:
+        setattr(obj, name, timed)
 
 def on_server(m):
     wrap(m.SubprocessASGIServer, "start", "Prefect temporary server start (overlaps the imports)")
@@ -75,7 +78,7 @@ def on_recipe(m):
 
 # Modules are wrapped as the CLI imports them, so the order and overlap of its imports are kept.
 POST = {"prefect.server.api.server": on_server, "flows.pipeline_flow": on_flow, "pipelines.fashion_dcgan": on_recipe,
-        "components.measures": on_measures,
+        "components.evaluations": on_measures,
         "prefect": None, "tensorflow": None, "apache_beam": None}
 
 class Probe(importlib.abc.MetaPathFinder):
@@ -103,13 +106,13 @@ class Probe(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Probe())
 import artifacts.fingerprint, artifacts.gfile, flows.cli
-import components.train, components.evaluate, components.render, components.animate, components.promote
+import components.stages, components.stages.train, components.stages.evaluate
 wrap(artifacts.gfile, "sha256", "sha256 of files (artifacts and source data)")
 wrap(artifacts.fingerprint, "files_digest", "  of which source data digests")
-for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "render", "animate", "promote"):
-    wrap(importlib.import_module(f"components.{stage}"), "run", f"  {stage}: own work (sum over pipelines)")
-wrap(components.train, "_export", "    train: export (models, history, samples)")
-wrap(components.evaluate, "load_models", "    evaluate: load models")
+for stage in components.stages.ALL:
+    wrap(stage, "run", f"  {stage.name}: own work (sum over pipelines)")
+wrap(components.stages.train, "_export", "    train: export (models, history, samples)")
+wrap(components.stages.evaluate, "load_models", "    evaluate: load models")
 main = flows.cli.main
 def timed_main(*a, **k):
     t = time.perf_counter()

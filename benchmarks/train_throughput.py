@@ -17,9 +17,8 @@ import sys
 import time
 
 import numpy as np
-
-from common import FASHION, SHARED, report, run_stages, scratch_root
 import seeds
+from common import FASHION, SHARED, report, run_stages, scratch_root
 
 SYSTEMS = {  # pipeline: (data source, steps, extra --set for the data stages)
     "mnist-classifier": (f"idx:{SHARED}/mnist", 3000, []),
@@ -37,20 +36,20 @@ def ours(root: str, pipeline: str, sets: list[str], steps: int):
 
 
 def seed_loop(pipeline: str, done: dict, steps: int):
-    from components import records
+    from components import tfrecords
     from components.layouts import IMAGE
 
     pre = done["preprocess"]
     if pipeline == "mnist-classifier":
-        tr, va = records.arrays(pre, "train", IMAGE.features), records.arrays(pre, "val", IMAGE.features)
+        tr, va = tfrecords.arrays(pre, "train", IMAGE.features), tfrecords.arrays(pre, "val", IMAGE.features)
         return seeds.classifier(tr["image"].reshape(len(tr["image"]), -1), tr["label"],
                                 va["image"].reshape(len(va["image"]), -1), va["label"], steps=steps)
     if pipeline == "mnist-gan":
-        x = np.concatenate([records.arrays(pre, s, IMAGE.features)["image"] for s in ("train", "test")])
+        x = np.concatenate([tfrecords.arrays(pre, s, IMAGE.features)["image"] for s in ("train", "test")])
         return seeds.mnist_gan(x, steps)
     if pipeline == "fashion-dcgan":
-        return seeds.fashion_dcgan(records.arrays(pre, "train", IMAGE.features)["image"], steps)
-    tr, va = records.arrays(pre, "train", IMAGE.features), records.arrays(pre, "val", IMAGE.features)
+        return seeds.fashion_dcgan(tfrecords.arrays(pre, "train", IMAGE.features)["image"], steps)
+    tr, va = tfrecords.arrays(pre, "train", IMAGE.features), tfrecords.arrays(pre, "val", IMAGE.features)
     return seeds.pix2pix(tr["input"], tr["image"], va["input"][:1], va["image"][:1], steps)
 
 
@@ -89,8 +88,8 @@ def forward_flops(model) -> float:
 def dcgan_step_flops(batch: int = 256) -> float:
     """G forward + backward (3 G), D forward + backward on real and on fake (3 D each), and the
     generator's gradient flowing back through D (1 D): an estimate of one step's FLOPs."""
-    from pipelines import fashion_dcgan as rec
     from components.recipe import DataInfo
+    from pipelines import fashion_dcgan as rec
 
     g, d = rec.build_networks(rec.Config(), DataInfo((28, 28, 1), 10, 60000))
     return batch * (3 * forward_flops(g) + 7 * forward_flops(d))

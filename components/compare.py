@@ -16,7 +16,7 @@ import numpy as np
 from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.store import ArtifactStore, check_run_id
-from components import evaluate, render
+from components.stages import evaluate, render
 
 LAST = 3                  # no run named: the champion's run and the newest LAST runs
 MAX_PIXELS = 16_000_000   # a picture read from the root larger than this is refused, never decoded

@@ -45,14 +45,36 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-# dotted key -> Limit; filled by components.sections (and a pipeline with keys of its own)
-LIMITS: dict[str, Limit] = {}
+def bounded(default: Any, limit: Limit) -> Any:
+    """A config field whose whole range stands beside it (pydantic's Field(ge=..., le=...)):
+    `image_size: int = bounded(28, Limit(8, 4096))`. --set refuses a value outside it."""
+    return dataclasses.field(default=default, metadata={"limit": limit})
 
 
-def check_limit(key: str, value: Any) -> None:
-    limit = LIMITS.get(key)
+# ranges several keys share
+COUNT = Limit(1, 2 ** 31 - 1)          # a positive count or size
+STEPS = Limit(1, 2 ** 62)              # a step count or interval
+RATE = Limit(0, 1e12, lo_open=True)    # a learning rate: a too large one diverges, and stops cleanly
+UNIT = Limit(0, 1)                     # a share or probability
+BELOW_ONE = Limit(0, 0.999999)         # a decay, a dropout rate, Adam's beta_1
+NAME = Limit(nonempty=True)
+ANY = Limit()                          # a free string (extra flags, an address): any value
+
+
+def limit_of(cfg: Any, key: str) -> Limit | None:
+    """The range the field at dotted key declares (bounded()), or None where its type is the
+    whole range (bool, a Literal's choices) or it declares none."""
+    *path, name = key.split(".")
+    for part in path:
+        cfg = getattr(cfg, part)
+    f = {f.name: f for f in dataclasses.fields(cfg)}[name]
+    return f.metadata.get("limit")
+
+
+def _check_limit(cfg: Any, name: str, full: str, value: Any) -> None:
+    limit = limit_of(cfg, name)
     if limit is not None and not limit.ok(value):
-        raise UserError(f"bad value {_show(value)} for {key}", "--set", limit.text())
+        raise UserError(f"bad value {_show(value)} for {full}", "--set", limit.text())
 
 
 def _show(value: Any) -> str:
@@ -120,7 +142,7 @@ def override(cfg: Any, key: str, text: str, _prefix: str = "") -> Any:
     if rest:
         raise UserError(f"unknown config key {_prefix + key!r}", "--set", f"{full} is a value, not a section")
     value = _parse(_hints(type(cfg))[head], text, full)
-    check_limit(full, value)
+    _check_limit(cfg, head, full, value)
     new = dataclasses.replace(cfg, **{head: value})
     check = getattr(new, "check", None)
     if check:

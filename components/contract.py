@@ -25,6 +25,25 @@ class Spec:
     reuse: bool = True         # False: decides again every run (state outside any fingerprint)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage as a value (TFX's component in a Pipeline's list): its name, its declaration,
+    its Params type and its run. A pipeline's graph is its sequence of these; the stage's code,
+    for the fingerprint, is the module its run lives in and what that module calls into."""
+    name: str
+    spec: Spec
+    params: type                            # a StageParams subclass
+    run: Callable[..., None]                # run(writer, inputs, params, runtime)
+    # a source stage (Spec.source): the data source its Params name, as an InputRef
+    resolve_source: Callable[[Any], Any] | None = None
+    # a stage that keeps resumable state: what its work dir says about how far it got, or None
+    progress: Callable[[str], dict | None] | None = None
+
+    @property
+    def module(self) -> str:
+        return self.run.__module__
+
+
 def feature_input(name: str, space: str) -> str:
     """The input name of one of Spec.feature_inputs for the feature space `space`."""
     return f"{name}.{space}"

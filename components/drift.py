@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifacts.errors import UserError
-from components import validate
 from components.contract import StageParams, key
+from components.stages import validate
 
 # feature -> (how it is compared, its statistic); TFDV's comparators: L-infinity for a categorical
 # feature, Jensen-Shannon (base 2, in [0, 1]) for a numeric histogram

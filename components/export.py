@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from components import records
+from components import tfrecords
 
 
 def _to_model(images, norm: dict):
@@ -16,10 +16,10 @@ def _to_model(images, norm: dict):
 
 
 def _to_pixels(y, norm: dict):
-    """Model images -> uint8 pixels: the one inverse records.unnormalize, rounded and clipped."""
+    """Model images -> uint8 pixels: the one inverse tfrecords.unnormalize, rounded and clipped."""
     import tensorflow as tf
 
-    x = records.unnormalize(tf.cast(y, tf.float32), norm)
+    x = tfrecords.unnormalize(tf.cast(y, tf.float32), norm)
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 

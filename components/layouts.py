@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from artifacts.errors import UserError
-from components import records, sources
+from components import sources, tfrecords
 
 
 def resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -98,7 +98,7 @@ class Layout:
 def model_image(data: bytes, fmt: bytes, shape: list, where: str, size: int, channels: int,
                 max_pixels: int) -> np.ndarray:
     """Raw or encoded pixels as a size x size x channels uint8 image (bilinear resize)."""
-    img = records.pixels(data, fmt, shape, where, max_pixels)
+    img = tfrecords.pixels(data, fmt, shape, where, max_pixels)
     if img.shape[2] != channels:
         img = img.mean(axis=2, keepdims=True).astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
     if img.shape[:2] != (size, size):
@@ -118,11 +118,11 @@ IMAGE = Layout()
 def check_pair(path: str, data: bytes, max_pixels: int) -> tuple[int, int]:
     """Decode one side-by-side pair fully (after its header passed the pixel limit); (height,
     width) or a UserError naming the file."""
-    with records.open_image(data, path, max_pixels) as im:
+    with tfrecords.open_image(data, path, max_pixels) as im:
         try:
             im.load()
         except Exception as e:
-            raise UserError(f"undecodable image: {records.image_error(e)}", path,
+            raise UserError(f"undecodable image: {tfrecords.image_error(e)}", path,
                             "replace or remove the file") from None
         w, h = im.size
     # Facades layout: two halves side by side. Halves are resized to the model size later, so a
@@ -175,7 +175,7 @@ class Paired(Layout):
                 if any(not k.endswith(", 3]") for k in s)]
 
     def transform(self, data, fmt, shape, ex_id, split, copy, p) -> dict[str, np.ndarray]:
-        pair = records.decode_rgb(data, ex_id, p.max_image_pixels)
+        pair = tfrecords.decode_rgb(data, ex_id, p.max_image_pixels)
         half = pair.shape[1] // 2
         tar, inp = pair[:, :half], pair[:, half:]
         if split in p.jitter_splits:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from artifacts.errors import UserError
-from components.config import LIMITS, Limit
+from components.config import ANY, COUNT, NAME, STEPS, UNIT, Limit, bounded
 
 
 def require(cond: bool, key: str, value, fix: str) -> None:
@@ -16,19 +16,19 @@ def require(cond: bool, key: str, value, fix: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "tfds:mnist"            # tfds:NAME[?split=a,b] | idx:DIR | a kind the recipe's layout adds
-    max_examples: int | None = None       # per split; None = all
-    image_size: int = 28                  # side of the square images the networks see
-    channels: int = 1
-    train_splits: tuple[str, ...] = ("train",)    # what the trainer reads (mnist-gan: train,test)
-    eval_split: str = "test"
-    val_holdout: int = 0                  # last N train examples become split "val", but at most
-    val_max_share: float = 0.2            # this share of train: a small run (data.max_examples) trains
-    normalize: Literal["unit", "symmetric", "raw"] = "unit"  # [0,1] | [-1,1] | 0..255
-    jitter: bool = False                  # pix2pix random jitter on the train split
-    jitter_resize: int | None = None      # None: image_size * 286 / 256, the tutorial's ratio
-    jitter_copies: int = 1                # K variants; epoch e trains on copy e mod K
-    max_image_pixels: int = 89_478_485    # an encoded image's header is checked before decoding
+    source: str = bounded("tfds:mnist", NAME)  # tfds:NAME[?split=a,b] | idx:DIR | a kind the recipe's layout adds
+    max_examples: int | None = bounded(None, COUNT)                 # per split; None = all
+    image_size: int = bounded(28, Limit(8, 4096))                   # side of the square images the networks see
+    channels: int = bounded(1, Limit(1, 3))
+    train_splits: tuple[str, ...] = bounded(("train",), NAME)  # what the trainer reads (mnist-gan: train,test)
+    eval_split: str = bounded("test", NAME)
+    val_holdout: int = bounded(0, Limit(0, 2 ** 31 - 1))  # last N train examples become split "val", but at most
+    val_max_share: float = bounded(0.2, Limit(0, 1, lo_open=True))  # this share of train: a small run (data.max_examples) trains
+    normalize: Literal["unit", "symmetric", "raw"] = "unit"         # [0,1] | [-1,1] | 0..255
+    jitter: bool = False                                            # pix2pix random jitter on the train split
+    jitter_resize: int | None = bounded(None, Limit(8, 8192))  # None: image_size * 286 / 256, the tutorial's ratio
+    jitter_copies: int = bounded(1, Limit(1, 256))                  # K variants; epoch e trains on copy e mod K
+    max_image_pixels: int = bounded(89_478_485, Limit(1, 2 ** 32))  # an encoded image's header is checked before decoding
 
     def check(self) -> None:
         require(self.max_examples is None or self.max_examples > 0, "data.max_examples",
@@ -46,9 +46,9 @@ class DataConfig:
 class DriftThresholds:
     """Per feature, the distance from the champion's span above which it has drifted (TFDV's
     comparators): label mix by L-infinity, histograms by Jensen-Shannon (base 2, 0..1)."""
-    labels: float = 0.1                   # the largest change of one class's share
-    pixels: float = 0.1                   # pixel-intensity histogram
-    sizes: float = 0.1                    # image-size (HxW) histogram
+    labels: float = bounded(0.1, UNIT)  # the largest change of one class's share
+    pixels: float = bounded(0.1, UNIT)  # pixel-intensity histogram
+    sizes: float = bounded(0.1, UNIT)   # image-size (HxW) histogram
 
 
 @dataclass(frozen=True)
@@ -56,27 +56,27 @@ class ValidateConfig:
     duplicates: Literal["error", "warn"] = "error"  # the same image in two splits leaks the test set
     # compared per run with the champion's span (components/drift.py), never fingerprinted
     drift_threshold: DriftThresholds = DriftThresholds()
-    block_on_drift: bool = False          # true: a drifted feature stops the run before training
+    block_on_drift: bool = False  # true: a drifted feature stops the run before training
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None          # stop earlier than epochs * steps-per-epoch
-    batch_size: int = 32
-    shuffle_buffer: int = 1024
-    checkpoint_every: int = 1000          # steps; a crash loses at most this much work
-    checkpoint_every_epochs: int = 0      # the seeds' epoch schedule (dcgan 5, pix2pix 20); 0 = off
-    keep_checkpoints: int = 2
-    sample_every: int = 0                 # steps between fixed-seed sample snapshots; 0 = epoch ends only
-    summary_every: int = 100              # steps between tf.summary scalars
-    log_every: int = 200                  # steps between plain log lines (no terminal)
-    steps_per_call: int = 50              # steps inside one tf.function call (fewer host syncs)
+    epochs: int = bounded(1, Limit(1, 10 ** 6))
+    max_steps: int | None = bounded(None, STEPS)                  # stop earlier than epochs * steps-per-epoch
+    batch_size: int = bounded(32, Limit(1, 2 ** 20))
+    shuffle_buffer: int = bounded(1024, Limit(1, 2 ** 26))
+    checkpoint_every: int = bounded(1000, STEPS)                  # steps; a crash loses at most this much work
+    checkpoint_every_epochs: int = bounded(0, Limit(0, 10 ** 6))  # the seeds' epoch schedule (dcgan 5, pix2pix 20); 0 = off
+    keep_checkpoints: int = bounded(2, Limit(1, 1000))
+    sample_every: int = bounded(0, Limit(0, 2 ** 62))  # steps between fixed-seed sample snapshots; 0 = epoch ends only
+    summary_every: int = bounded(100, STEPS)                      # steps between tf.summary scalars
+    log_every: int = bounded(200, STEPS)                          # steps between plain log lines (no terminal)
+    steps_per_call: int = bounded(50, Limit(1, 10 ** 6))  # steps inside one tf.function call (fewer host syncs)
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
-    workers: int = 1                      # multi_worker: worker processes (TF_CONFIG must list as many)
+    workers: int = bounded(1, Limit(1, 1024))  # multi_worker: worker processes (TF_CONFIG must list as many)
     mixed_precision: bool = False
     xla: bool = False
-    deterministic: bool = True            # tf op determinism: bit-exact resume
+    deterministic: bool = True                                    # tf op determinism: bit-exact resume
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "shuffle_buffer", "checkpoint_every", "steps_per_call",
@@ -89,32 +89,32 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_samples: int = 10000              # generated samples for Fréchet distance / classifier score
-    tolerance: float = 0.0                # how much worse than the champion still blesses
-    batch_size: int = 500
+    num_samples: int = bounded(10000, Limit(1, 10 ** 8))  # generated samples for Fréchet distance / classifier score
+    tolerance: float = bounded(0.0, Limit(-1e9, 1e9))     # how much worse than the champion still blesses
+    batch_size: int = bounded(500, Limit(1, 2 ** 20))
 
 
 @dataclass(frozen=True)
 class RenderConfig:
-    gif_frame_seconds: float = 0.1
-    max_triptychs: int = 4
+    gif_frame_seconds: float = bounded(0.1, Limit(0, 3600, lo_open=True))
+    max_triptychs: int = bounded(4, Limit(1, 1000))
 
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    keep_versions: int = 4                # pushed SavedModels kept besides the newest (serving/PIPELINE/N)
+    keep_versions: int = bounded(4, Limit(0, 10 ** 6))  # pushed SavedModels kept besides the newest (serving/PIPELINE/N)
 
 
 @dataclass(frozen=True)
 class BeamConfig:
     # direct | dask | portable | a Beam runner name (FlinkRunner, ...); never part of a fingerprint
-    runner: str = "direct"
-    options: str = ""                     # extra Beam flags, e.g. "--direct_running_mode=multi_processing"
-    shards: int = 0                       # TFRecord shards per split (the unit of parallel work); 0 = by size
-    dask_address: str = ""                # dask: a `dask scheduler` (tcp://HOST:8786); empty = local cluster
-    partitions: int = 0                   # dask: bag partitions; 0 = one per shard
-    job_endpoint: str = ""                # portable: a Beam job service, HOST:PORT
-    worker_pool: str = ""                 # portable: an SDK worker pool HOST:PORT (EXTERNAL); empty = LOOPBACK
+    runner: str = bounded("direct", NAME)
+    options: str = bounded("", ANY)  # extra Beam flags, e.g. "--direct_running_mode=multi_processing"
+    shards: int = bounded(0, Limit(0, 10 ** 5))  # TFRecord shards per split (the unit of parallel work); 0 = by size
+    dask_address: str = bounded("", ANY)  # dask: a `dask scheduler` (tcp://HOST:8786); empty = local cluster
+    partitions: int = bounded(0, Limit(0, 10 ** 5))  # dask: bag partitions; 0 = one per shard
+    job_endpoint: str = bounded("", ANY)             # portable: a Beam job service, HOST:PORT
+    worker_pool: str = bounded("", ANY)  # portable: an SDK worker pool HOST:PORT (EXTERNAL); empty = LOOPBACK
 
     def check(self) -> None:
         require(_known_runner(self.runner), "beam.runner", self.runner,
@@ -137,8 +137,8 @@ def _known_runner(name: str) -> bool:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    retries: int = 0                      # Prefect flow-level retries; each retry resumes
-    retry_delay_seconds: int = 10
+    retries: int = bounded(0, Limit(0, 1000))  # Prefect flow-level retries; each retry resumes
+    retry_delay_seconds: int = bounded(10, Limit(0, 7 * 24 * 3600))
 
 
 @dataclass(frozen=True)
@@ -146,48 +146,13 @@ class BaseConfig:
     """The sections every pipeline has, at the seed tutorial's defaults. A recipe's Config
     subclasses it and states only its model section and the values that differ (flax's
     configs/default.py); dataclass fields keep their order, so every Config lists its keys alike."""
-    seed: int = 0
+    seed: int = bounded(0, Limit(0, 2 ** 32 - 1))
     data: DataConfig = DataConfig()
     validate: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig()
-    model: Any = None                     # the recipe's own section (a frozen dataclass)
+    model: Any = None  # the recipe's own section (a frozen dataclass)
     eval: EvalConfig = EvalConfig()
     render: RenderConfig = RenderConfig()
     promote: PromoteConfig = PromoteConfig()
     beam: BeamConfig = BeamConfig()
     flow: FlowConfig = FlowConfig()
-
-
-_COUNT = Limit(1, 2 ** 31 - 1)         # a positive count or size
-_STEPS = Limit(1, 2 ** 62)             # a step count or interval
-_RATE = Limit(0, 1e12, lo_open=True)   # a learning rate: a too large one diverges, and stops cleanly
-_UNIT = Limit(0, 1)                    # a share or probability
-_NAME = Limit(nonempty=True)
-# The whole range of every key the pipelines have; tests/test_config_limits.py checks that each
-# key `tapeline pipelines --keys` lists is here, and gives each its edge values.
-LIMITS.update({
-    "seed": Limit(0, 2 ** 32 - 1),     # numpy's global seed (keras.utils.set_random_seed) takes no more
-    "data.source": _NAME, "data.eval_split": _NAME, "data.train_splits": _NAME,
-    "data.max_examples": _COUNT, "data.image_size": Limit(8, 4096), "data.channels": Limit(1, 3),
-    "data.val_holdout": Limit(0, 2 ** 31 - 1), "data.val_max_share": Limit(0, 1, lo_open=True),
-    "data.jitter_resize": Limit(8, 8192), "data.jitter_copies": Limit(1, 256),
-    "data.max_image_pixels": Limit(1, 2 ** 32),
-    "validate.drift_threshold.labels": _UNIT, "validate.drift_threshold.pixels": _UNIT,
-    "validate.drift_threshold.sizes": _UNIT,
-    "train.epochs": Limit(1, 10 ** 6), "train.max_steps": _STEPS, "train.batch_size": Limit(1, 2 ** 20),
-    "train.shuffle_buffer": Limit(1, 2 ** 26), "train.checkpoint_every": _STEPS,
-    "train.checkpoint_every_epochs": Limit(0, 10 ** 6), "train.keep_checkpoints": Limit(1, 1000),
-    "train.sample_every": Limit(0, 2 ** 62), "train.summary_every": _STEPS, "train.log_every": _STEPS,
-    "train.steps_per_call": Limit(1, 10 ** 6), "train.workers": Limit(1, 1024),
-    "eval.num_samples": Limit(1, 10 ** 8), "eval.tolerance": Limit(-1e9, 1e9), "eval.batch_size": Limit(1, 2 ** 20),
-    "render.gif_frame_seconds": Limit(0, 3600, lo_open=True), "render.max_triptychs": Limit(1, 1000),
-    "promote.keep_versions": Limit(0, 10 ** 6),
-    "beam.shards": Limit(0, 10 ** 5), "beam.partitions": Limit(0, 10 ** 5),
-    "flow.retries": Limit(0, 1000), "flow.retry_delay_seconds": Limit(0, 7 * 24 * 3600),
-    # the pipelines' model sections
-    "model.learning_rate": _RATE, "model.d_learning_rate": _RATE, "model.g_learning_rate": _RATE,
-    "model.beta_1": Limit(0, 0.999999), "model.dropout": Limit(0, 0.999999),
-    "model.activity_regularization": Limit(0, 1e6), "model.l1_lambda": Limit(0, 1e9),
-    "model.label_noise": _UNIT, "model.hidden": Limit(1, 2 ** 20), "model.latent_dim": Limit(1, 2 ** 20),
-    "model.noise_dim": Limit(1, 2 ** 20), "model.num_fixed_samples": Limit(1, 4096),
-})

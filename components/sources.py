@@ -332,7 +332,7 @@ def _listing(kind: ImageFolder, d: str, split: str, _key: str) -> list[str]:
 def _images_digest(files: list[str], max_pixels: int) -> tuple[str, dict[str, int]]:
     """files_digest of the images, read once each (one at a time), with every image's header
     checked against the pixel limit on the way (before anything decodes one); and their sizes."""
-    from components.records import open_image
+    from components.tfrecords import open_image
 
     def sha(f: str) -> str:
         try:

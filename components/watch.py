@@ -8,8 +8,8 @@ from typing import Any
 
 from artifacts import gfile
 from artifacts.fingerprint import digest, file_times, known_hashes
-from artifacts.store import FINGERPRINT
-from components import ingest
+from artifacts.refs import FINGERPRINT
+from components.stages import ingest
 
 CACHE_VERSION = 2  # 2: snapshots and hashes keyed by ctime too
 

@@ -20,7 +20,7 @@ def cmd_pipelines(args) -> int:
     from flows.registry import all_pipelines
 
     for name, p in all_pipelines().items():
-        print(f"{name:18s} {' -> '.join(p.stages)}")
+        print(f"{name:18s} {' -> '.join(s.name for s in p.stages)}")
         print(f"{'':18s} {p.summary}")
         if args.keys:
             for key, value in cfglib.flat(p.default_config()).items():
@@ -96,9 +96,8 @@ def cmd_gc(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from flows.registry import get
-
     from components import beam_run
+    from flows.registry import get
 
     pipeline = get(args.pipeline)
     beam_run.check(pipeline.config(args.set))  # bad keys, values and engine addresses fail here
@@ -154,7 +153,7 @@ def cmd_compare(args) -> int:
     if args.no_prefect:
         return 0
     server = _prefect_api()
-    from flows.compare import key, publish
+    from flows.ui import key, publish
 
     quiet.setup_logging(args.verbose)
     if server is not None:
@@ -224,8 +223,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train_workers(args) -> int:
-    from flows.workers import launch
     from flows.registry import get
+    from flows.workers import launch
 
     pipeline = get(args.pipeline)
     pipeline.config(args.set)  # bad keys and values fail here, before any worker starts

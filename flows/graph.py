@@ -2,33 +2,36 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from artifacts.errors import UserError, storage_error
-from artifacts.fingerprint import PROJECT_PACKAGES, code_digest, digest, stage_fingerprint
+from artifacts.fingerprint import (
+    PROJECT_PACKAGES,
+    digest,
+    module_digests,
+    stage_fingerprint,
+)
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
-from components import train
-from components.contract import Runtime, Spec, feature_input
+from components.contract import Runtime, Spec, Stage, feature_input
 from components.pipeline import Pipeline
 from flows.registry import get
 
 
-def spec(stage: str) -> Spec:
-    """The stage's declaration (its component's SPEC): all the graph is derived from."""
-    return importlib.import_module(f"components.{stage}").SPEC
+def _stage_module(name: str) -> bool:
+    return name == "components.stages" or name.startswith("components.stages.")
 
 
-def upstream(stages: Iterable[str]) -> frozenset[str]:
-    """The stages and every stage they read from, transitively: what must run before them."""
+def upstream(pipeline: Pipeline, stages: Iterable[str]) -> frozenset[str]:
+    """The stages named and every stage of pipeline they read from, transitively: what must run
+    before them."""
     out: set[str] = set()
     todo = list(stages)
     while todo:
         stage = todo.pop()
         if stage not in out:
             out.add(stage)
-            todo += spec(stage).inputs.values()
+            todo += pipeline.stage(stage).spec.inputs.values()
     return frozenset(out)
 
 
@@ -36,7 +39,7 @@ def upstream(stages: Iterable[str]) -> frozenset[str]:
 class Node:
     pipeline: Pipeline
     cfg: Any
-    stage: str
+    component: Stage
     inputs: Mapping[str, str]  # input name -> node key
     # the feature space, for a feature model's node that differs between the recipe's spaces
     # (mnist-classifier[convnet]/train beside mnist-classifier[mlp]/train)
@@ -47,31 +50,38 @@ class Node:
         return f"{self.pipeline.name}[{self.label}]/{self.stage}" if self.label else f"{self.pipeline.name}/{self.stage}"
 
     @property
-    def component(self):
-        return importlib.import_module(f"components.{self.stage}")
+    def stage(self) -> str:
+        return self.component.name
 
     @property
     def spec(self) -> Spec:
-        return spec(self.stage)
+        return self.component.spec
 
     def params_object(self):
         """The component's Params read from this node's config: all the stage may see."""
-        return self.component.Params.from_config(self.cfg, self.pipeline.recipe)
+        return self.component.params.from_config(self.cfg, self.pipeline.recipe)
 
     def params(self) -> dict:
         """The Params as {config key: value}: what the fingerprint covers."""
         return self.params_object().as_dict()
 
-    def code(self) -> str:
-        parts = {"component": code_digest(f"components.{self.stage}")}
+    def code_modules(self) -> dict[str, str]:
+        """{module: digest of its normalized code} for the code this stage can run: its component
+        and what that imports, and where it uses one, the recipe module (its networks and train
+        step) and the recipe's data layout with what they import. A recipe's list of stages is
+        not code the recipe runs: components.stages is not followed from it."""
+        parts = module_digests(self.component.module)
         # a recipe outside the project's packages is followed through its own package too
         packages = tuple(dict.fromkeys(PROJECT_PACKAGES + (self.pipeline.module.split(".")[0],)))
         if self.spec.uses_recipe:
-            parts["recipe"] = code_digest(self.pipeline.module, packages)
-        if any(f.metadata.get("recipe") == "layout" for f in dataclasses.fields(self.component.Params)):
+            parts.update(module_digests(self.pipeline.module, packages, stop=_stage_module))
+        if any(f.metadata.get("recipe") == "layout" for f in dataclasses.fields(self.component.params)):
             # the recipe's data layout: its methods are this stage's code too
-            parts["layout"] = code_digest(type(self.pipeline.recipe.layout).__module__, packages)
-        return digest(parts)
+            parts.update(module_digests(type(self.pipeline.recipe.layout).__module__, packages, stop=_stage_module))
+        return dict(sorted(parts.items()))
+
+    def code(self) -> str:
+        return digest(self.code_modules())
 
     def runtime(self, base: Runtime | None = None) -> Runtime:
         """How this node runs: base (the run's engine, log rate, callbacks; else read from this
@@ -84,11 +94,11 @@ class Node:
         """False for a stage that must decide again every run (promote)."""
         return self.spec.reuse
 
-    def identity(self, inputs: Mapping[str, str]) -> tuple[str, dict, str]:
-        """(fingerprint, params, code digest) given {input name: input fingerprint}: the one
-        place a stage's fingerprint is computed (its name, code, Params and inputs)."""
-        params, code = self.params(), self.code()
-        return stage_fingerprint(self.stage, code, params, inputs), params, code
+    def identity(self, inputs: Mapping[str, str]) -> tuple[str, dict, dict[str, str]]:
+        """(fingerprint, params, {module: code digest}) given {input name: input fingerprint}:
+        the one place a stage's fingerprint is computed (its name, code, Params and inputs)."""
+        params, modules = self.params(), self.code_modules()
+        return stage_fingerprint(self.stage, digest(modules), params, inputs), params, modules
 
     def fingerprint(self, inputs: Mapping[str, str]) -> str:
         return self.identity(inputs)[0]
@@ -99,11 +109,12 @@ def nodes(pipeline: Pipeline, cfg: Any) -> list[Node]:
     inputs need first, then the pipeline's own; every edge is a component's Spec."""
     fms = pipeline.recipe.evaluation.feature_models
     out, feature_keys = _feature_nodes(pipeline, cfg) if fms else ([], {})
+    names = {s.name for s in pipeline.stages}
     for stage in pipeline.stages:
-        declared = spec(stage)
-        missing = sorted(set(declared.inputs.values()) - set(pipeline.stages))
+        declared = stage.spec
+        missing = sorted(set(declared.inputs.values()) - names)
         if missing:
-            raise ValueError(f"{pipeline.name}/{stage} reads from {missing}, which the pipeline does not run")
+            raise ValueError(f"{pipeline.name}/{stage.name} reads from {missing}, which the pipeline does not run")
         inputs = {name: f"{pipeline.name}/{src}" for name, src in declared.inputs.items()}
         for fm in fms:
             inputs.update({feature_input(name, fm.space): feature_keys[fm.space][f"{fm.pipeline}/{src}"]
@@ -117,10 +128,11 @@ def _feature_nodes(pipeline: Pipeline, cfg: Any) -> tuple[list[Node], dict[str, 
     code, Params and inputs: the classifiers' shared data stages) is one node; one that differs
     (each space's train) is a node per space, labelled with it. Also {space: {its own node key:
     the key of the node that stands for it}}."""
-    needed = upstream(s for stage in pipeline.stages for s in spec(stage).feature_inputs.values())
     per_space, variants = [], {}
     for fm in pipeline.recipe.evaluation.feature_models:
-        own = [n for n in nodes(get(fm.pipeline), fm.config(cfg)) if n.stage in needed]
+        feature = get(fm.pipeline)
+        needed = upstream(feature, (s for stage in pipeline.stages for s in stage.spec.feature_inputs.values()))
+        own = [n for n in nodes(feature, fm.config(cfg)) if n.stage in needed]
         ids: dict[str, tuple] = {}
         for n in own:  # what a fingerprint covers, less the data: equal ones build one artifact
             ids[n.key] = (n.key, n.code(), digest(n.params()), tuple(sorted((k, ids[v]) for k, v in n.inputs.items())))
@@ -166,13 +178,14 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
         inputs: dict[str, Artifact | InputRef] = {"source": source_ref(node)}
     else:
         inputs = {name: done[key] for name, key in node.inputs.items()}
-    fp, params, code = node.identity({k: v.fingerprint for k, v in inputs.items()})
+    fp, params, modules = node.identity({k: v.fingerprint for k, v in inputs.items()})
     p = node.params_object()
     rt = node.runtime(runtime)
     try:
         return store.get_or_build(
             node.pipeline.name, node.stage, fp, type=node.spec.output, params=params, inputs=inputs,
-            code=code, build=lambda w: comp.run(w, inputs, p, rt), reuse=node.reuse)
+            code=digest(modules), code_modules=modules, build=lambda w: comp.run(w, inputs, p, rt),
+            reuse=node.reuse)
     except Exception as exc:
         # a full disk is the user's to fix: one line; the store has committed nothing
         user = UserError.find(exc) or storage_error(exc, store.root, node.key)
@@ -194,8 +207,8 @@ def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
         if store.find(n.pipeline.name, n.stage, fp) is not None:
             rows.append({"key": n.key, "action": "reuse", "why": f"committed {fp[:12]}"})
             continue
-        progress = train.progress(store.work_dir(n.pipeline.name, n.stage, fp))
-        if progress is not None:
+        progress = n.component.progress and n.component.progress(store.work_dir(n.pipeline.name, n.stage, fp))
+        if progress:
             step = progress["step"]
             rows.append({"key": n.key, "action": f"resume from step {step}",
                          "why": "checkpoint in work dir"})
@@ -218,10 +231,20 @@ def _why(store: ArtifactStore, n: Node, params: dict, ins: dict) -> str:
     if changed:
         reasons.append("params changed: " + ", ".join(
             f"{k} {last['params'].get(k)!r} -> {params.get(k)!r}" for k in changed))
-    if last.get("code_digest") != n.code():
-        reasons.append("code changed")
+    modules = n.code_modules()
+    if last.get("code_digest") != digest(modules):
+        reasons.append(_code_change(last.get("code_modules"), modules))
     old_ins = {k: v["fingerprint"] for k, v in last.get("inputs", {}).items()}
     changed_in = sorted(k for k in ins if ins[k] != old_ins.get(k))
     if changed_in:
         reasons.append("input data changed: " + ", ".join(changed_in))
     return "; ".join(reasons) or "committed artifact damaged: rebuild"
+
+
+def _code_change(before: Any, now: dict[str, str]) -> str:
+    """Which modules of the stage's code differ from those the last version was built with."""
+    if not isinstance(before, dict) or not before:
+        return "code changed (the last version predates per-module digests)"
+    changed = sorted(m for m in before.keys() | now.keys() if before.get(m) != now.get(m))
+    shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return f"code changed: {shown}"

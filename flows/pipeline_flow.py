@@ -18,8 +18,9 @@ from prefect.states import Cancelled, State
 from artifacts import failpoints
 from artifacts.errors import storage_error
 from artifacts.store import ArtifactStore, open_store
-from components import animate, drift, evaluate, interrupt, promote, render, validate
+from components import drift, interrupt
 from components.contract import Runtime
+from components.stages import animate, evaluate, promote, render, validate
 from flows.graph import Node, nodes, run_node
 from flows.registry import all_pipelines, get
 
@@ -69,7 +70,7 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
     lines += [f"| {k} | {v['reused']} | `{v['uri']}` |" for k, v in summary["stages"].items()]
     pics = summary.get("pictures", {})
     if pics:  # embedded as data: URIs, since a browser on the Prefect UI cannot open the root's paths
-        from flows.pictures import markdown
+        from flows.ui import markdown
 
         lines += ["", "## Pictures", ""] + markdown(pics)
     return "\n".join(lines)
@@ -124,7 +125,7 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
             p = get(pipeline)
             cfg = p.config(overrides)
             if cfg.train.strategy == "mirrored":  # else TensorFlow loads only when a stage needs it
-                from components.train import prepare_devices
+                from components.stages.train import prepare_devices
 
                 prepare_devices(cfg)
             store = open_store(root)

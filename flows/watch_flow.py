@@ -12,8 +12,8 @@ from prefect.events import emit_event
 
 from artifacts.errors import UserError
 from artifacts.store import open_store
-from components import ingest
 from components import watch as watching
+from components.stages import ingest
 from flows.registry import all_pipelines, get
 
 EVENT = "tapeline.source.changed"

@@ -17,6 +17,7 @@ import time
 from artifacts.errors import UserError
 from components.distribute import cluster, is_chief, strategy
 
+
 # -- the program every worker runs -------------------------------------------------------------
 def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> dict:
     """One worker: the pipeline's data stages (reused, or built once under the store's lock),
@@ -35,7 +36,7 @@ def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> di
     strategy(cfg.train.workers)  # first: before the data stages run any TensorFlow op
     store = open_store(root)
     done: dict = {}
-    needed = upstream(["train"])
+    needed = upstream(p, ["train"])
     for node in nodes(p, cfg):
         if node.pipeline.name != p.name or node.stage not in needed:
             continue

@@ -7,12 +7,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components import measures, metrics
+from components import evaluations, scores
+from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
-from components.config import LIMITS, Limit
 from components.layouts import Paired, Snapshot
 from components.pipeline import Pipeline
-from components.recipe import DataInfo, Evaluation, Measuring, Recipe, TrainSetup, gradients, optimizer
+from components.recipe import (
+    DataInfo,
+    Evaluation,
+    Measuring,
+    Recipe,
+    TrainSetup,
+    gradients,
+    optimizer,
+)
 from components.sections import BaseConfig, DataConfig, TrainConfig
 from pipelines import pix2pix
 from pipelines.pix2pix import build_discriminator, build_generator
@@ -20,13 +28,12 @@ from pipelines.pix2pix import build_discriminator, build_generator
 
 @dataclass(frozen=True)
 class ModelConfig:
-    learning_rate: float = 2e-4
-    beta_1: float = 0.5
-    cycle_lambda: float = 10.0          # the tutorial's LAMBDA; identity weighs half of it
-    num_fixed_samples: int = 4          # per domain
+    learning_rate: float = bounded(2e-4, RATE)
+    beta_1: float = bounded(0.5, BELOW_ONE)
+    cycle_lambda: float = bounded(10.0, Limit(0, 1e9))   # the tutorial's LAMBDA; identity weighs half of it
+    num_fixed_samples: int = bounded(4, Limit(1, 4096))  # per domain
 
 
-LIMITS["model.cycle_lambda"] = Limit(0, 1e9)
 
 
 @dataclass(frozen=True)
@@ -156,14 +163,14 @@ def measure(m: Measuring) -> tuple[dict, dict]:
     data = m.split(m.params.eval_split)
     photos, outlines = data["image"], data["input"]
     g, f = m.nets["generator_g"], m.nets["generator_f"]
-    to_outline, to_photo = measures.predict(g, photos, 8), measures.predict(f, outlines, 8)
+    to_outline, to_photo = evaluations.predict(g, photos, 8), evaluations.predict(f, outlines, 8)
     out = {"examples": int(len(photos)),
-           "cycle_l1_photo": float(np.abs(measures.predict(f, to_outline, 8) - photos).mean()),
-           "cycle_l1_outline": float(np.abs(measures.predict(g, to_photo, 8) - outlines).mean())}
+           "cycle_l1_photo": float(np.abs(evaluations.predict(f, to_outline, 8) - photos).mean()),
+           "cycle_l1_outline": float(np.abs(evaluations.predict(g, to_photo, 8) - outlines).mean())}
     for name, (pred, target) in {"photo_to_outline": (to_outline, outlines),
                                  "outline_to_photo": (to_photo, photos),
                                  "identity": (photos, outlines)}.items():
-        out.update({f"{name}_{k}": v for k, v in metrics.image_scores(pred, target).items()})
+        out.update({f"{name}_{k}": v for k, v in scores.image_scores(pred, target).items()})
     return out, {}
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import dataclass, fields
+from typing import Literal
 
-from components.config import LIMITS, Limit
+from components.config import BELOW_ONE, NAME, RATE, Limit, bounded
 from components.sections import require
 
 
@@ -39,11 +40,23 @@ VARIANTS = {
 }
 Variant = str  # a name of VARIANTS, or fixes joined by "+" (resize+ema); check() refuses others
 
-LIMITS.update({"model.variant": Limit(nonempty=True),  # and check() knows every name
-               "model.ema_decay": Limit(0, 0.999999),
-               "model.ttur_learning_rates": Limit(0, 1e12, lo_open=True, nonempty=True),
-               "model.adam_learning_rate": Limit(0, 1e12, lo_open=True),
-               "model.adam_beta_1": Limit(0, 0.999999)})
+
+
+@dataclass(frozen=True)
+class VariantKeys:
+    """The model keys both GAN recipes share: which variant, and what its fixes take. faithful
+    is the seed's recipe; improved, resize, ema, spectral, ttur, adam one fix each, or fixes
+    joined by + (resize+ema); a key below acts only in the variants that name it."""
+    variant: Variant = bounded("faithful", NAME)          # and check() knows every name
+    upsample: Literal["nearest", "bilinear"] = "bilinear"  # resize: UpSampling2D's interpolation
+    ema_decay: float = bounded(0.999, BELOW_ONE)          # ema: the generator average's decay
+    # ttur: Adam's (G, D) rates, D the faster
+    ttur_learning_rates: tuple[float, ...] = bounded((1e-4, 4e-4), Limit(0, 1e12, lo_open=True, nonempty=True))
+    adam_learning_rate: float = bounded(2e-4, RATE)       # adam: both networks' rate (the DCGAN paper's)
+    adam_beta_1: float = bounded(0.5, BELOW_ONE)          # adam: Adam's beta_1 (the DCGAN paper's)
+
+    def check(self) -> None:
+        check(self)
 
 
 def parse(variant: str) -> Fixes | None:

@@ -5,23 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from components import measures
+from components import evaluations, stages
+from components.config import RATE, Limit, bounded
 from components.export import Classify, Serving
 from components.pipeline import Pipeline
-from components.config import LIMITS, Limit
-from components.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
+from components.recipe import (
+    DataInfo,
+    Evaluation,
+    FeatureModel,
+    Recipe,
+    TrainSetup,
+    minimize,
+    optimizer,
+)
 from components.sections import BaseConfig, BeamConfig, DataConfig, TrainConfig
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     # mlp: the guide's 784-64-64-10 (the default); convnet: a small convnet whose penultimate
     # layer is the feature space the GANs are measured in (a 784-unit MLP hardly sees structure)
     variant: Literal["mlp", "convnet"] = "mlp"
-    hidden: tuple[int, ...] = (64, 64)    # mlp: the hidden Dense layers
-    conv_filters: tuple[int, ...] = (32, 64)  # convnet: one block (3x3 conv, relu, 2x2 max-pool) each
-    feature_units: int = 128              # convnet: the Dense layer before the logits (the features)
-    learning_rate: float = 1e-3
-    activity_regularization: float = 0.0  # the guide's layer: 1e-2 adds 1e-2 * sum(inputs) to the loss
+    hidden: tuple[int, ...] = bounded((64, 64), Limit(1, 2 ** 20))              # mlp: the hidden Dense layers
+    # convnet: one block (3x3 conv, relu, 2x2 max-pool) each
+    conv_filters: tuple[int, ...] = bounded((32, 64), Limit(1, 4096, nonempty=True))
+    feature_units: int = bounded(128, Limit(1, 2 ** 16))  # convnet: the Dense layer before the logits (the features)
+    learning_rate: float = bounded(1e-3, RATE)
+    activity_regularization: float = bounded(0.0, Limit(0, 1e6))  # the guide's layer: 1e-2 adds 1e-2 * sum(inputs) to the loss
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,6 @@ class Config(BaseConfig):
     train: TrainConfig = TrainConfig(epochs=2)
     model: ModelConfig = ModelConfig()
 
-
-LIMITS.update({"model.conv_filters": Limit(1, 4096, nonempty=True), "model.feature_units": Limit(1, 2 ** 16)})
 
 
 def build_network(cfg, info: DataInfo):
@@ -130,13 +138,13 @@ def features(model):
 
 
 RECIPE = Recipe(build=build, needs_labels=True, evaluation=Evaluation(
-    measure=measures.classification("classifier"), primary="accuracy", higher_is_better=True),
+    measure=evaluations.classification("classifier"), primary="accuracy", higher_is_better=True),
     serving=Serving({"serving_default": Classify("classifier")}))
 
 PIPELINE = Pipeline(
     name="mnist-classifier", module=__name__, default_config=Config,
     summary="Keras guide MLP 784-64-64-10, Adam 1e-3, batch 32; train/val accuracy",
-    stages=("ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"))
+    stages=stages.without("animate"))
 
 
 def feature_config(data: DataConfig, seed: int, beam: BeamConfig | None = None,

@@ -3,35 +3,31 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
 
-from pipelines import gan_fixes, mnist_classifier
-from pipelines.gan_fixes import Variant
-from components import measures
+from components import evaluations
+from components.config import RATE, UNIT, Limit, bounded
 from components.export import Generate, Serving
 from components.pipeline import Pipeline
-from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
+from components.recipe import (
+    DataInfo,
+    Evaluation,
+    Recipe,
+    TrainSetup,
+    minimize,
+    optimizer,
+)
 from components.sections import BaseConfig, DataConfig, TrainConfig
+from pipelines import gan_fixes, mnist_classifier
+from pipelines.gan_fixes import VariantKeys
+
 
 @dataclass(frozen=True)
-class ModelConfig:
-    latent_dim: int = 128
-    d_learning_rate: float = 3e-4
-    g_learning_rate: float = 4e-4
-    label_noise: float = 0.05  # "an important trick" (the guide)
-    num_fixed_samples: int = 16
-    # faithful: the guide's recipe | improved | resize | ema | spectral | ttur | adam: one fix
-    # each, or fixes joined by + (resize+ema) (pipelines/gan_fixes.py); the keys below act only
-    # in the variants that name them
-    variant: Variant = "faithful"
-    upsample: Literal["nearest", "bilinear"] = "bilinear"  # resize: UpSampling2D's interpolation
-    ema_decay: float = 0.999                               # ema: the generator average's decay
-    ttur_learning_rates: tuple[float, ...] = (1e-4, 4e-4)  # ttur: Adam's (G, D) rates: D the faster
-    adam_learning_rate: float = 2e-4                       # adam: both networks' rate (the DCGAN paper's)
-    adam_beta_1: float = 0.5                               # adam: Adam's beta_1 (the DCGAN paper's)
-
-    def check(self) -> None:
-        gan_fixes.check(self)
+class ModelConfig(VariantKeys):
+    latent_dim: int = bounded(128, Limit(1, 2 ** 20))
+    d_learning_rate: float = bounded(3e-4, RATE)
+    g_learning_rate: float = bounded(4e-4, RATE)
+    label_noise: float = bounded(0.05, UNIT)  # "an important trick" (the guide)
+    num_fixed_samples: int = bounded(16, Limit(1, 4096))
 
 
 @dataclass(frozen=True)
@@ -130,7 +126,7 @@ def real_logit(nets, images):
 
 # evaluated in the feature spaces of the classifiers mnist-classifier trains on the same data (its convnet decides)
 RECIPE = Recipe(build=build, evaluation=Evaluation(
-    measure=measures.generation(real_logit), primary="frechet_distance_convnet",
+    measure=evaluations.generation(real_logit), primary="frechet_distance_convnet",
     higher_is_better=False, feature_models=mnist_classifier.FEATURE_SPACES),
     serving=Serving({"serving_default": Generate("generator")}))
 

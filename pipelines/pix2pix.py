@@ -4,19 +4,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from components import measures
+from components import evaluations
+from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import PAIRED
 from components.pipeline import Pipeline
-from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
+from components.recipe import (
+    DataInfo,
+    Evaluation,
+    Recipe,
+    TrainSetup,
+    minimize,
+    optimizer,
+)
 from components.sections import BaseConfig, DataConfig, TrainConfig
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    learning_rate: float = 2e-4
-    beta_1: float = 0.5
-    l1_lambda: float = 100.0
-    num_fixed_samples: int = 4
+    learning_rate: float = bounded(2e-4, RATE)
+    beta_1: float = bounded(0.5, BELOW_ONE)
+    l1_lambda: float = bounded(100.0, Limit(0, 1e9))
+    num_fixed_samples: int = bounded(4, Limit(1, 4096))
 
 
 @dataclass(frozen=True)
@@ -161,12 +170,11 @@ def translate(nets, inputs):
 
 
 RECIPE = Recipe(build=build, layout=PAIRED, evaluation=Evaluation(
-    measure=measures.translation(translate), primary="l1", higher_is_better=False),
+    measure=evaluations.translation(translate), primary="l1", higher_is_better=False),
     # inference mode (moving statistics, no dropout), unlike the tutorial's samples: a server
     # gives one input one output
     serving=Serving({"serving_default": Translate("generator")}))
 
 PIPELINE = Pipeline(
     name="pix2pix", module=__name__, default_config=Config,
-    summary="pix2pix: random jitter, U-Net (8 down / 7 up), PatchGAN 30x30, BCE + 100 x L1",
-    stages=("ingest", "validate", "preprocess", "train", "evaluate", "render", "animate", "promote"))
+    summary="pix2pix: random jitter, U-Net (8 down / 7 up), PatchGAN 30x30, BCE + 100 x L1")

@@ -34,7 +34,8 @@ def _row(table: list[dict], name: str) -> dict:
 
 
 def test_two_runs_side_by_side(two_runs, tmp_path):
-    from components import compare, evaluate, render
+    from components import compare
+    from components.stages import evaluate, render
 
     root, runs = two_runs
     store = ArtifactStore(root)
@@ -66,7 +67,7 @@ def test_the_comparison_in_prefect(two_runs, tmp_path):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from components import compare
-    from flows.compare import key, publish
+    from flows.ui import key, publish
 
     root, runs = two_runs
     got, table, png = compare.compare(ArtifactStore(root), PIPELINE, [r["run_id"] for r in runs],
@@ -149,7 +150,7 @@ def test_training_writes_hparams_readable_back(two_runs):
     import tensorflow as tf
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
-    from components import train
+    from components.stages import train
 
     root, runs = two_runs
     store = ArtifactStore(root)

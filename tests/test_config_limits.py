@@ -55,8 +55,9 @@ def test_every_key_has_its_whole_range_and_every_edge_value_is_refused_in_one_li
         assert keys == set(cfglib.flat_keys(p.default_config())), name
         for key in sorted(keys):
             tp = _leaf_type(p.default_config(), key)
-            assert _closed(tp) or key in cfglib.LIMITS or key.startswith("beam."), \
-                f"{key} of {name} has no range in components.sections LIMITS"
+            # every key has its range beside its field (config.bounded), or a type that is one
+            assert _closed(tp) != (cfglib.limit_of(p.default_config(), key) is not None), \
+                f"{key} of {name} declares no range (components.config.bounded)"
             for text in EDGES:
                 try:
                     cfg = p.config([f"{key}={text}"])
@@ -70,7 +71,7 @@ def test_every_key_has_its_whole_range_and_every_edge_value_is_refused_in_one_li
                 for v in values:  # what the stages would get: in range, int64, finite
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         assert math.isfinite(v) and -(2 ** 63) <= v < 2 ** 63, (key, text)
-                limit = cfglib.LIMITS.get(key)
+                limit = cfglib.limit_of(p.default_config(), key)
                 assert limit is None or limit.ok(tuple(values) if isinstance(value, list) else value), (key, text)
             np.random.seed(p.config([]).seed)
 
@@ -109,7 +110,7 @@ def test_a_root_whose_path_holds_glob_characters_runs_and_reuses(tmp_path, harne
 def test_dataclass_defaults_are_inside_their_ranges():
     for name, p in all_pipelines().items():
         for key, value in cfglib.flat(p.default_config()).items():
-            limit = cfglib.LIMITS.get(key)
+            limit = cfglib.limit_of(p.default_config(), key)
             if limit is not None:
                 assert limit.ok(tuple(value) if isinstance(value, list) else value), (name, key, value)
     assert dataclasses.is_dataclass(get("pix2pix").default_config())

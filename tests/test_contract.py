@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import types
 import typing
@@ -16,14 +15,23 @@ import pytest
 
 from artifacts import gfile
 from artifacts.store import ArtifactStore, InputRef
+from components import config as cfglib
+from components import drift, stages
 from components.contract import ORCHESTRATOR_KEYS, Runtime, StageParams
-from components import config as cfglib, drift
-from flows import graph
-from components.pipeline import STAGES, Pipeline
+from components.pipeline import Pipeline
 from components.recipe import Evaluation, Recipe
+from components.sections import (
+    BeamConfig,
+    DataConfig,
+    EvalConfig,
+    FlowConfig,
+    PromoteConfig,
+    RenderConfig,
+    TrainConfig,
+    ValidateConfig,
+)
+from flows import graph
 from flows.registry import all_pipelines, get
-from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, PromoteConfig, RenderConfig,
-                                 TrainConfig, ValidateConfig)
 from tests.conftest import MNIST, PEOPLE
 
 PIPELINES = sorted(all_pipelines())
@@ -70,10 +78,10 @@ def fast_fingerprints(monkeypatch):
     """Fingerprints without reading data sources or re-hashing code per config: the source is a
     constant input and code digests do not depend on the config."""
     monkeypatch.setattr(graph, "source_ref", lambda node: InputRef("source", "fixed"))
-    real = graph.Node.code
+    real = graph.Node.code_modules
     code = functools.lru_cache(maxsize=None)(
-        lambda pipeline, stage: real(graph.Node(get(pipeline), None, stage, {})))
-    monkeypatch.setattr(graph.Node, "code", lambda self: code(self.pipeline.name, self.stage))
+        lambda pipeline, stage: real(graph.Node(get(pipeline), None, get(pipeline).stage(stage), {})))
+    monkeypatch.setattr(graph.Node, "code_modules", lambda self: code(self.pipeline.name, self.stage))
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -91,7 +99,7 @@ def test_each_key_changes_exactly_the_stages_whose_params_hold_it_and_their_down
         after = graph.fingerprints(after_nodes)
         expected: dict[str, bool] = {}
         for n, n2 in zip(before_nodes, after_nodes):
-            declared = n.component.Params.keys()
+            declared = n.component.params.keys()
             if n.pipeline.name == pipeline:  # the key is this pipeline's: does the stage hold it?
                 direct = _reads(declared, key)
             else:  # the feature model's stages: their config is derived from this one
@@ -106,7 +114,7 @@ def test_each_key_changes_exactly_the_stages_whose_params_hold_it_and_their_down
 def test_every_config_key_is_read_by_a_stage_or_the_runtime():
     """A new key must be placed: in some stage's Params (fingerprinted) or in the Runtime /
     orchestrator (never fingerprinted). Nothing is read from the config outside those."""
-    stage_keys = {k for s in STAGES for k in importlib.import_module(f"components.{s}").Params.keys()}
+    stage_keys = {k for s in stages.ALL for k in s.params.keys()}
     runtime = set(Runtime.keys())
     per_run = set(drift.Params.keys())  # judged every run against the champion: never fingerprinted
     assert not runtime & stage_keys and not per_run & (stage_keys | runtime)
@@ -115,20 +123,20 @@ def test_every_config_key_is_read_by_a_stage_or_the_runtime():
             assert _reads(stage_keys | runtime | per_run | set(ORCHESTRATOR_KEYS), key), (name, key)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", stages.ALL, ids=lambda s: s.name)
 def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_config(stage):
-    comp = importlib.import_module(f"components.{stage}")
-    names = list(inspect.signature(comp.run).parameters)  # (out, inputs, params, runtime)
+    names = list(inspect.signature(stage.run).parameters)  # (out, inputs, params, runtime)
     assert len(names) == 4 and names[:2] == ["out", "inputs"] and not {"cfg", "config", "pipeline"} & set(names)
-    assert issubclass(comp.Params, StageParams) and comp.Params.__dataclass_params__.frozen
-    assert set(comp.SPEC.inputs.values()) | set(comp.SPEC.feature_inputs.values()) <= set(STAGES) - {stage}
+    assert issubclass(stage.params, StageParams) and stage.params.__dataclass_params__.frozen
+    every = {s.name for s in stages.ALL}
+    assert set(stage.spec.inputs.values()) | set(stage.spec.feature_inputs.values()) <= every - {stage.name}
     runtime_fields = {f.name for f in dataclasses.fields(Runtime)}
     assert runtime_fields == {"beam", "log_every", "pipeline", "recipe", "on_progress"}
     assert "beam.shards" not in Runtime.keys()  # it decides ingest's files: ingest's Params
     for name in PIPELINES:
         p = get(name)
         cfg = p.config()
-        params = comp.Params.from_config(cfg, p.recipe)
+        params = stage.params.from_config(cfg, p.recipe)
         with pytest.raises(dataclasses.FrozenInstanceError):
             params.seed = 1
         # every value is a declared key's value (the model section is the recipe's own keys)
@@ -139,17 +147,18 @@ def test_a_stage_gets_its_params_its_declared_inputs_and_a_runtime_never_the_con
             value = getattr(params, f.name)
             assert not hasattr(value, "data") and not hasattr(value, "train"), (name, stage, f.name)
         # every other key changed at once: the stage's Params do not change
-        others = [k for k in flat if not _reads(comp.Params.keys(), k)]
+        others = [k for k in flat if not _reads(stage.params.keys(), k)]
         cfg2 = functools.reduce(_set, others, cfg)
-        assert comp.Params.from_config(cfg2, p.recipe) == params
+        assert stage.params.from_config(cfg2, p.recipe) == params
 
 
 def test_the_graph_is_derived_from_the_components_specs():
     """Edges come from each SPEC; a GAN's evaluate gets each feature space's classifier train
     and preprocess, and only the classifier stages those need run upstream: the data stages the
     two spaces share once, a train per space."""
-    assert graph.upstream(["train"]) == {"ingest", "validate", "preprocess", "train"}
-    assert graph.upstream(["animate"]) == set(STAGES) - {"promote"}
+    gan = get("mnist-gan")
+    assert graph.upstream(gan, ["train"]) == {"ingest", "validate", "preprocess", "train"}
+    assert graph.upstream(gan, ["animate"]) == {s.name for s in stages.ALL} - {"promote"}
     ns = graph.nodes(get("mnist-gan"), get("mnist-gan").config())
     assert [n.key for n in ns[:5]] == [f"mnist-classifier/{s}" for s in ("ingest", "validate", "preprocess")] + \
         ["mnist-classifier[convnet]/train", "mnist-classifier[mlp]/train"]
@@ -165,7 +174,7 @@ def test_the_graph_is_derived_from_the_components_specs():
     fps = graph.fingerprints(local)
     assert len({(n.pipeline.name, fps[n.key][0]) for n in local}) == len(local) == len(ns)
     with pytest.raises(ValueError, match="does not run"):
-        graph.nodes(dataclasses.replace(get("mnist-gan"), stages=("ingest", "train")), get("mnist-gan").config())
+        graph.nodes(dataclasses.replace(gan, stages=(stages.ingest.STAGE, stages.train.STAGE)), gan.config())
 
 
 def test_changed_train_splits_rebuild_preprocess(tmp_path):
@@ -204,7 +213,7 @@ def test_promote_judges_every_run_with_its_tolerance_and_the_champion_of_that_mo
     # these models are bytes, not networks: the SavedModel is a stand-in (tests/test_serving.py pushes real ones)
     monkeypatch.setattr(export, "save", lambda spec, nets, transform, path: (
         gfile.makedirs(path), gfile.write_bytes(f"{path}/saved_model.pb", b"pb")))
-    monkeypatch.setattr("components.evaluate.load_models", lambda art: {})
+    monkeypatch.setattr("components.stages.evaluate.load_models", lambda art: {})
     p = get("mnist-classifier")
 
     def promote(*sets):
@@ -299,14 +308,13 @@ RECIPE = Recipe(build=tiny_build, evaluation=Evaluation(measure=tiny_measure, pr
                                                       higher_is_better=False))
 TINY = Pipeline(name="tiny-autoencoder", summary="a test's autoencoder", module=__name__,
                 default_config=TinyConfig,
-                stages=("ingest", "validate", "preprocess", "train", "evaluate", "promote"))
+                stages=stages.without("render", "animate"))
 
 
 def test_a_fifth_pipeline_registered_here_runs_end_to_end_through_its_flow(harness, tmp_path):
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows import pipeline_flow
-    from flows import registry
+    from flows import pipeline_flow, registry
     from tests.conftest import REPO
 
     registry.register(TINY)
@@ -329,9 +337,9 @@ def test_a_fifth_pipeline_registered_here_runs_end_to_end_through_its_flow(harne
     # the mse is the trained autoencoder's on the test split: the exported model gives it again
     import keras
 
-    from components import records
+    from components import tfrecords
 
-    test = records.arrays(ArtifactStore(str(tmp_path / "root")).load(summary["stages"]["tiny-autoencoder/preprocess"]["uri"]),
+    test = tfrecords.arrays(ArtifactStore(str(tmp_path / "root")).load(summary["stages"]["tiny-autoencoder/preprocess"]["uri"]),
                           TinyConfig().data.eval_split, ("image",))["image"]
     x = test.reshape(len(test), -1)
     net = keras.saving.load_model(champion["exported"] + "/autoencoder.keras", compile=False)

@@ -20,15 +20,16 @@ def _index(rows: np.ndarray, x: np.ndarray) -> int:
 def test_each_domain_is_shuffled_on_its_own_and_the_stream_resumes_exactly(tmp_path):
     import tensorflow as tf
 
-    from components import preprocess, records
+    from components import tfrecords
+    from components.stages import preprocess
     from pipelines.cyclegan import UNPAIRED
 
     done, _ = run_stages(str(tmp_path / "root"), "cyclegan", [
         f"data.source=paired:{PEOPLE}", f"data.max_examples={N}", "data.image_size=32", "data.jitter_copies=2"],
         "preprocess")
     art = done["cyclegan/preprocess"]
-    parse = records.parse_fn(preprocess.transform(art), UNPAIRED.features, batched=True)
-    copies = [records.split_files(art, "train", k) for k in range(2)]
+    parse = tfrecords.parse_fn(preprocess.transform(art), UNPAIRED.features, batched=True)
+    copies = [tfrecords.split_files(art, "train", k) for k in range(2)]
 
     def stream():
         return UNPAIRED.stream(copies, 1, 1000, 0, parse, lambda b: b)
@@ -36,7 +37,7 @@ def test_each_domain_is_shuffled_on_its_own_and_the_stream_resumes_exactly(tmp_p
     s = stream()
     orders = []
     for epoch in range(2):
-        ordered = list(records.dataset(art, "train", UNPAIRED.features, copy=epoch).as_numpy_iterator())
+        ordered = list(tfrecords.dataset(art, "train", UNPAIRED.features, copy=epoch).as_numpy_iterator())
         photos = np.stack([e["image"] for e in ordered])
         outlines = np.stack([e["input"] for e in ordered])
         s.start(epoch)

@@ -96,7 +96,7 @@ def test_the_duplicate_check_reads_hashes_shard_by_shard(tmp_path):
 
     import numpy as np
 
-    from components import validate
+    from components.stages import validate
 
     rng = np.random.default_rng(7)
     pool = rng.integers(0, 256, (20, 16), np.uint8)  # 20 distinct 16-byte hashes

@@ -8,7 +8,7 @@ import pytest
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components import records
+from components import tfrecords
 from tests.conftest import MNIST, PEOPLE, tapeline
 from tests.helpers import bad_mnist_dirs, paired_dir, run_stages
 
@@ -58,7 +58,7 @@ def test_preprocess_is_byte_identical_for_a_seed_and_differs_for_another(tmp_pat
 
 def test_jitter_keeps_input_and_target_aligned(tmp_path):
     from components.layouts import PAIRED, example_rng, jitter_pair
-    from components.preprocess import Params
+    from components.stages.preprocess import Params
 
     p = Params(seed=0, layout=PAIRED, size=64, channels=3, normalize="symmetric", train_splits=("train",),
                eval_split="val", jitter=True, jitter_size=72, jitter_copies=2, val_holdout=0,
@@ -70,7 +70,7 @@ def test_jitter_keeps_input_and_target_aligned(tmp_path):
         inp, tar = jitter_pair(half, half.copy(), p, rng)
         assert inp.shape == (64, 64, 3) and np.array_equal(inp, tar)
     art, _ = _preprocess(str(tmp_path / "r"), 0, copies=1)
-    ex = next(records.dataset(art, "train", PAIRED.features).as_numpy_iterator())
+    ex = next(tfrecords.dataset(art, "train", PAIRED.features).as_numpy_iterator())
     assert ex["input"].shape == ex["image"].shape == (64, 64, 3)
     assert -1.0 <= ex["image"].min() and ex["image"].max() <= 1.0
 

@@ -9,7 +9,8 @@ import pytest
 
 from artifacts.errors import UserError
 from artifacts.store import ArtifactStore
-from components import drift, validate
+from components import drift
+from components.stages import validate
 from flows.registry import get
 from tests.conftest import MNIST, tapeline
 from tests.helpers import run_stages, write_idx

@@ -108,7 +108,7 @@ def test_dask_cluster_writes_the_direct_runners_bytes(engines, direct, tmp_path)
     done, _ = run_stages(str(tmp_path), "fashion-dcgan", sets, "preprocess")
     assert _payloads(done) == direct
     with Client(engines["dask"], timeout=30) as c:  # both worker processes ran ingest shards
-        ran = c.run(lambda: "components.ingest" in sys.modules)
+        ran = c.run(lambda: "components.stages.ingest" in sys.modules)
     assert len(ran) == 2 and all(ran.values()), ran
 
 

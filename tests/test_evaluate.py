@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from components import metrics
+from components import scores
 from tests.conftest import MNIST
 
 
@@ -24,18 +24,18 @@ def test_frechet_distance_zero_for_identical_sets_and_matches_scipy_free_formula
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2000, 16))
     b = rng.normal(loc=0.3, scale=1.5, size=(1500, 16)) @ rng.normal(size=(16, 16)) * 0.3
-    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
-    assert metrics.frechet_distance(a, b) == pytest.approx(frechet_by_eigenvalues(a, b), rel=1e-6)
+    assert scores.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert scores.frechet_distance(a, b) == pytest.approx(frechet_by_eigenvalues(a, b), rel=1e-6)
     # one-dimensional closed form: (mu1-mu2)^2 + (s1 - s2)^2
     x, y = rng.normal(1.0, 2.0, size=(50000, 1)), rng.normal(-1.0, 0.5, size=(50000, 1))
     closed = (x.mean() - y.mean()) ** 2 + (x.std(ddof=1) - y.std(ddof=1)) ** 2
-    assert metrics.frechet_distance(x, y) == pytest.approx(closed, rel=1e-6)
+    assert scores.frechet_distance(x, y) == pytest.approx(closed, rel=1e-6)
 
 
 def test_classifier_score_bounds():
     confident = np.eye(10)[np.arange(1000) % 10] * 50.0  # each class, certain: score = 10
-    assert metrics.classifier_score(confident) == pytest.approx(10.0, rel=1e-3)
-    assert metrics.classifier_score(np.zeros((1000, 10))) == pytest.approx(1.0)  # uniform: 1
+    assert scores.classifier_score(confident) == pytest.approx(10.0, rel=1e-3)
+    assert scores.classifier_score(np.zeros((1000, 10))) == pytest.approx(1.0)  # uniform: 1
 
 
 def ssim_numpy(a, b, max_val=1.0, size=11, sigma=1.5, k1=0.01, k2=0.03):
@@ -65,24 +65,24 @@ def test_psnr_ssim_match_independent_computations_on_known_pairs():
     rng = np.random.default_rng(1)
     target = rng.uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
     pred = np.clip(target + 0.1, -1, 1)
-    s = metrics.image_scores(pred, target)
+    s = scores.image_scores(pred, target)
     diff01 = (pred - target) / 2  # the same pair in [0, 1]
     assert s["l1"] == pytest.approx(np.abs(pred - target).mean(), rel=1e-6)
     psnr = np.mean([10 * np.log10(1.0 / np.mean(d ** 2)) for d in diff01])
     assert s["psnr"] == pytest.approx(psnr, rel=1e-4)
     assert s["ssim"] == pytest.approx(ssim_numpy((pred + 1) / 2, (target + 1) / 2), rel=1e-4)
     blurred = (target + np.roll(target, 1, axis=1) + np.roll(target, 1, axis=2)) / 3  # structure changed
-    assert metrics.image_scores(blurred, target)["ssim"] == pytest.approx(
+    assert scores.image_scores(blurred, target)["ssim"] == pytest.approx(
         ssim_numpy((blurred + 1) / 2, (target + 1) / 2), rel=1e-4)
-    same = metrics.image_scores(target, target)
+    same = scores.image_scores(target, target)
     assert same["l1"] == 0 and same["ssim"] == pytest.approx(1.0) and np.isinf(same["psnr"])
-    noise = metrics.image_scores(rng.uniform(-1, 1, size=target.shape).astype(np.float32), target)
+    noise = scores.image_scores(rng.uniform(-1, 1, size=target.shape).astype(np.float32), target)
     assert noise["ssim"] < 0.1 < s["ssim"] and noise["psnr"] < s["psnr"]
 
 
 def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tmp_path):
-    from components import records
-    from components.evaluate import load_models
+    from components import tfrecords
+    from components.stages.evaluate import load_models
     from pipelines.mnist_classifier import features
     from tests.helpers import run_stages
 
@@ -92,14 +92,14 @@ def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tm
     pre = done["mnist-classifier/preprocess"]
 
     def images(split):
-        x = records.arrays(pre, split, ("image",))["image"]
+        x = tfrecords.arrays(pre, split, ("image",))["image"]
         return x.reshape(len(x), -1)
 
     train, test = images("train"), images("test")
     noise = np.random.default_rng(0).uniform(0, 1, size=test.shape).astype(np.float32)
     f = lambda x: feat(x, training=False).numpy()  # noqa: E731
-    real = metrics.frechet_distance(f(train), f(test))
-    fake = metrics.frechet_distance(f(noise), f(test))
+    real = scores.frechet_distance(f(train), f(test))
+    fake = scores.frechet_distance(f(noise), f(test))
     assert real * 10 < fake, (real, fake)
 
 
@@ -138,8 +138,8 @@ def test_gif_frames_follow_the_sqrt_schedule_in_order(tmp_path):
     import imageio.v2 as imageio
 
     from artifacts.store import ArtifactStore
-    from components import animate
-    from components.render import _png
+    from components.stages import animate
+    from components.stages.render import _png
     from flows.registry import get
 
     store = ArtifactStore(str(tmp_path / "root"))

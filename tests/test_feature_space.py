@@ -29,7 +29,7 @@ def brute_precision_recall(real, fake, k):
 
 
 def test_precision_recall_match_the_definition_and_tell_collapse_from_coverage():
-    from components.metrics import precision_recall
+    from components.scores import precision_recall
 
     rng = np.random.default_rng(0)
     real = rng.normal(size=(120, 5))
@@ -73,9 +73,10 @@ def measure(convnet, images):
     evaluate loads it) and a generator that replays `images`."""
     import tensorflow as tf
 
-    from components import evaluate, measures, records
+    from components import evaluations, tfrecords
     from components.contract import feature_input
     from components.recipe import Measuring
+    from components.stages import evaluate
     from pipelines.mnist_classifier import CONVNET_FEATURES
 
     model, pre = convnet
@@ -83,15 +84,15 @@ def measure(convnet, images):
     space = evaluate.feature_space(CONVNET_FEATURES, inputs, pre)
     params = evaluate.Params(seed=0, eval_split="test", train_splits=("train",), num_samples=SAMPLES, batch_size=100)
     m = Measuring(nets={"generator": Replay(images)}, params=params, spaces={"convnet": space},
-                  split=lambda s, limit=None: records.arrays(pre, s, ("image",), limit))
-    result, _ = measures.generation(lambda nets, x: tf.ones([len(x), 1]))(m)
+                  split=lambda s, limit=None: tfrecords.arrays(pre, s, ("image",), limit))
+    result, _ = evaluations.generation(lambda nets, x: tf.ones([len(x), 1]))(m)
     return result
 
 
 def val_images(convnet):
-    from components import records
+    from components import tfrecords
 
-    return records.arrays(convnet[1], "val", ("image",))["image"]
+    return tfrecords.arrays(convnet[1], "val", ("image",))["image"]
 
 
 def test_convnet_space_fd_of_real_images_is_near_its_floor_and_of_shuffled_pixels_far(convnet):
@@ -108,9 +109,9 @@ def test_convnet_space_fd_of_real_images_is_near_its_floor_and_of_shuffled_pixel
 
 
 def test_precision_recall_of_one_training_image_and_of_real_images(convnet):
-    from components import records
+    from components import tfrecords
 
-    one = records.arrays(convnet[1], "train", ("image",), limit=1)["image"]
+    one = tfrecords.arrays(convnet[1], "train", ("image",), limit=1)["image"]
     collapsed = measure(convnet, np.repeat(one, SAMPLES, axis=0))
     real = measure(convnet, val_images(convnet))
     # one image is a real-looking one (precision) and covers nothing else (recall)
@@ -125,8 +126,9 @@ def test_convnet_variant_learns_resumes_bit_exactly_and_exports(convnet, tmp_pat
     import keras
     import tensorflow as tf
 
-    from components import evaluate, export, preprocess, records, train
+    from components import export, tfrecords
     from components.contract import Runtime
+    from components.stages import evaluate, preprocess, train
     from flows.registry import get
     from pipelines.mnist_classifier import RECIPE
     from tests.helpers import run_stages, weights
@@ -135,7 +137,7 @@ def test_convnet_variant_learns_resumes_bit_exactly_and_exports(convnet, tmp_pat
     # it learns: 200 steps on 500 digits classify most of the 1000 test digits
     net = evaluate.load_models(model)["classifier"]
     assert [layer.name for layer in net.layers][-2:] == ["features", "predictions"]
-    test = records.arrays(pre, "test", ("image",))  # and its labels
+    test = tfrecords.arrays(pre, "test", ("image",))  # and its labels
     logits = net(test["image"], training=False).numpy()
     assert (logits.argmax(1) == test["label"]).mean() > 0.8
 
@@ -165,7 +167,7 @@ def test_convnet_variant_learns_resumes_bit_exactly_and_exports(convnet, tmp_pat
     nets = evaluate.load_models(model)
     export.save(RECIPE.serving, nets, preprocess.transform(pre), str(tmp_path / "saved"))
     served = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
-    pixels = np.round(records.unnormalize(test["image"][:64], preprocess.transform(pre)["normalize"])).astype(np.uint8)
+    pixels = np.round(tfrecords.unnormalize(test["image"][:64], preprocess.transform(pre)["normalize"])).astype(np.uint8)
     out = served(images=tf.constant(pixels))
     assert np.array_equal(out["classes"].numpy(), logits[:64].argmax(1))
     path = train.model_files(model)["classifier"]
@@ -181,7 +183,7 @@ def test_lattice_energy_sees_the_checkerboard_of_a_strided_transposed_convolutio
 
     import keras
 
-    from components.metrics import lattice_energy
+    from components.scores import lattice_energy
 
     with gzip.open(f"{MNIST}/t10k-images-idx3-ubyte.gz") as f:
         x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28).astype("float32") / 127.5 - 1

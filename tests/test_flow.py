@@ -11,6 +11,7 @@ from artifacts.store import ArtifactStore
 from tests.conftest import MNIST, tapeline
 from tests.helpers import TINY, TINY_IMAGE_SIZE
 
+
 def prefect_artifacts(pipeline: str) -> dict:
     """The latest Prefect artifact of each key of a pipeline, read back from the API."""
     from prefect.client.orchestration import get_client
@@ -70,7 +71,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
         with Image.open(png) as im:
             im.verify()
     grids = json.load(open(f"{render}/frames.json"))
-    from components.render import GAP
+    from components.stages.render import GAP
 
     assert len(gfile.glob(f"{render}/grids/*.png")) == len(grids)
     with Image.open(f"{render}/grids/{grids[0]}") as im:
@@ -88,7 +89,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
 
     frames = imageio.mimread(gif)
     kept = json.load(open(stages[f"{pipeline}/animate"]["uri"] + "/frames.json"))
-    from components.animate import sqrt_schedule
+    from components.stages.animate import sqrt_schedule
 
     assert kept == [grids[i] for i in sqrt_schedule(len(grids))] and kept[-1] == grids[-1]
     # Pillow merges a repeated final frame into one held twice as long
@@ -130,7 +131,7 @@ def test_plan_reports_reuse_and_what_changed(tmp_path):
 
 
 def test_sqrt_frame_schedule_matches_the_tutorial():
-    from components.animate import sqrt_schedule
+    from components.stages.animate import sqrt_schedule
 
     # the tutorial's loop over 10 files: keeps 0,1,2,4,6,8 (round(2*sqrt(i)) grows), then the last
     assert sqrt_schedule(10) == [0, 1, 2, 4, 6, 8, 9]
@@ -164,7 +165,7 @@ def test_changed_data_retrains_a_challenger_judged_against_the_champion(harness,
 
 
 def test_flow_retry_reuses_what_the_failed_attempt_committed(harness, tmp_path, monkeypatch):
-    from components import render
+    from components.stages import render
     from flows.pipeline_flow import run_pipeline
 
     real, calls = render.run, []

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from flows import pictures
+from flows import ui
 
 
 def _decode(uri: str) -> tuple[str, bytes]:
@@ -26,22 +26,22 @@ def test_large_png_and_gif_shrink_under_the_budget_and_stay_pictures(tmp_path):
     Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "grid.png")
 
     for name, mime in (("big.png", "image/png"), ("big.gif", "image/gif")):
-        assert (tmp_path / name).stat().st_size > pictures.MAX_BYTES
-        head, data = _decode(pictures.data_uri(str(tmp_path / name)))
-        assert head == f"data:{mime};base64" and len(data) <= pictures.MAX_BYTES, (name, len(data))
+        assert (tmp_path / name).stat().st_size > ui.MAX_BYTES
+        head, data = _decode(ui.data_uri(str(tmp_path / name)))
+        assert head == f"data:{mime};base64" and len(data) <= ui.MAX_BYTES, (name, len(data))
         img = Image.open(io.BytesIO(data))
         assert img.width >= 64
         if mime == "image/gif":
             assert img.n_frames >= 4  # still an animation
     # a PNG that fits goes as it is; a tiny sample grid is enlarged without blurring
-    assert _decode(pictures.data_uri(str(tmp_path / "fits.png")))[1] == (tmp_path / "fits.png").read_bytes()
-    grid = np.asarray(Image.open(io.BytesIO(_decode(pictures.data_uri(str(tmp_path / "grid.png")))[1])))
-    assert grid.shape[0] >= pictures.MIN_WIDTH and set(np.unique(grid)) == {0, 255}
+    assert _decode(ui.data_uri(str(tmp_path / "fits.png")))[1] == (tmp_path / "fits.png").read_bytes()
+    grid = np.asarray(Image.open(io.BytesIO(_decode(ui.data_uri(str(tmp_path / "grid.png")))[1])))
+    assert grid.shape[0] >= ui.MIN_WIDTH and set(np.unique(grid)) == {0, 255}
 
 
 def test_markdown_embeds_each_picture_and_names_one_it_cannot_read(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "bad.png").write_bytes(b"not a picture")
-    lines = "\n".join(pictures.markdown({"grid": str(tmp_path / "a.png"), "gif": str(tmp_path / "bad.png")}))
+    lines = "\n".join(ui.markdown({"grid": str(tmp_path / "a.png"), "gif": str(tmp_path / "bad.png")}))
     assert "![grid](data:image/png;base64," in lines
     assert f"`{tmp_path / 'bad.png'}` (not embedded" in lines

@@ -12,12 +12,12 @@ MAX_SIDE = 32    # larger default images (pix2pix's 256) are shrunk to this: sec
 
 
 def tiny_setup(pipeline):
-    """The recipe built the way components.train.run() builds it, on a DataInfo of a tiny dataset
+    """The recipe built the way components.stages.train.run() builds it, on a DataInfo of a tiny dataset
     whose shapes come from the pipeline's own (shrunk) config."""
     import keras
 
-    from components import preprocess, train
     from components.recipe import DataInfo
+    from components.stages import preprocess, train
 
     cfg = pipeline.config()
     if cfg.data.image_size > MAX_SIDE:

@@ -96,7 +96,8 @@ def _expected(arts: dict, pipeline: str, rng) -> dict:
     """{pipeline|signature|input: array} and {pipeline|signature|output: what Keras gives}."""
     import tensorflow as tf
 
-    from components import evaluate, preprocess, records
+    from components import tfrecords
+    from components.stages import evaluate, preprocess
     from flows.registry import get
 
     nets = evaluate.load_models(arts["train"])
@@ -105,7 +106,7 @@ def _expected(arts: dict, pipeline: str, rng) -> dict:
     inputs, outputs = {}, {}
 
     def pixels(y):
-        return np.clip(np.round(records.unnormalize(np.asarray(y, np.float32), norm)), 0, 255).astype(np.uint8)
+        return np.clip(np.round(tfrecords.unnormalize(np.asarray(y, np.float32), norm)), 0, 255).astype(np.uint8)
 
     for sig, spec in get(pipeline).recipe.serving.signatures.items():
         net = nets[spec.network]
@@ -127,7 +128,7 @@ def _expected(arts: dict, pipeline: str, rng) -> dict:
 
 def test_each_pushed_savedmodel_answers_like_its_keras_model_in_plain_tensorflow(pushed, tmp_path):
     from artifacts import serving
-    from components import promote
+    from components.stages import promote
 
     root, store, arts, poller = pushed
     rng = np.random.default_rng(0)
@@ -169,7 +170,7 @@ def test_saved_model_cli_lists_the_signatures(pushed):
 def test_a_version_appears_whole_and_old_ones_beyond_keep_versions_go(pushed, tmp_path, monkeypatch):
     from artifacts import failpoints, serving
     from artifacts.maintenance import gc
-    from components import promote
+    from components.stages import promote
 
     root, store, arts, _ = pushed
     src = promote.saved_model(arts["mnist-classifier"]["promote"])

@@ -572,7 +572,7 @@ def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_on
     ingested = rec["stages"]["pix2pix/ingest"]
     assert not ingested["reused"], ingested
     from artifacts.store import ArtifactStore
-    from components import ingest
+    from components.stages import ingest
 
     store = ArtifactStore(stack.cfg["root"])
     art = store.load(store.resolve(ingested["uri"]))

@@ -85,7 +85,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 DEVICES_SCRIPT = r"""
 import json, sys
-from components.train import prepare_devices
+from components.stages.train import prepare_devices
 from flows.registry import get
 from tests.helpers import run_stages
 prepare_devices(get(sys.argv[2]).config(["train.strategy=mirrored"]))  # as the flow does first
@@ -133,8 +133,8 @@ def test_networks_are_built_alike_while_other_threads_draw_from_python_random():
 
     import keras
 
-    from components.train import Params, own_keras_seeds
     from components.recipe import DataInfo
+    from components.stages.train import Params, own_keras_seeds
     from flows.registry import get
 
     p = get("fashion-dcgan")

@@ -51,7 +51,7 @@ def test_a_model_with_code_in_it_is_refused_not_run(tmp_path):
     import keras
 
     from artifacts.store import Artifact
-    from components.evaluate import load_models
+    from components.stages.evaluate import load_models
 
     marker = str(tmp_path / "MARKER")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: (open(marker, "w"), x)[1])])

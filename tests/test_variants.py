@@ -79,7 +79,8 @@ def test_each_variant_trains_resumes_bit_exactly_and_exports(roots, name, varian
     import keras
     import tensorflow as tf
 
-    from components import evaluate, export, records, train
+    from components import export, tfrecords
+    from components.stages import evaluate, train
 
     straight, resumed, transformed, w_straight, w_resumed = _straight_and_resumed(roots, name, variant)
     assert straight.manifest["metadata"]["steps"] == resumed.manifest["metadata"]["steps"] == 4
@@ -108,10 +109,10 @@ def test_each_variant_trains_resumes_bit_exactly_and_exports(roots, name, varian
 
     # the serving SavedModel generates with that same network
     folder = f"{resumed.uri}-saved"
-    export.save(get(name).recipe.serving, nets, records.load_transform(transformed), folder)
+    export.save(get(name).recipe.serving, nets, tfrecords.load_transform(transformed), folder)
     served = tf.saved_model.load(folder).signatures["serving_default"](noise=noise)["images"].numpy()
-    norm = records.load_transform(transformed)["normalize"]
-    expect = np.clip(np.round(records.unnormalize(last, norm)), 0, 255)
+    norm = tfrecords.load_transform(transformed)["normalize"]
+    expect = np.clip(np.round(tfrecords.unnormalize(last, norm)), 0, 255)
     assert served.dtype == np.uint8 and np.abs(served.astype(int) - expect).max() <= 1
     keras.backend.clear_session()
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from artifacts import gfile
-from components import ingest, watch
+from components import watch
+from components.stages import ingest
 from flows.registry import get
 from tests.conftest import MNIST
 from tests.helpers import run_stages, write_idx

@@ -17,7 +17,7 @@ import tempfile
 import types
 
 from artifacts.store import open_store
-from components import evaluate
+from components.stages import evaluate
 from flows.registry import get
 
 

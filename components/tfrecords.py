@@ -11,7 +11,6 @@ import numpy as np
 from artifacts import gfile
 from artifacts.errors import UserError
 
-
 NO_LABEL = -1  # what iter_examples gives for an example without a label
 
 

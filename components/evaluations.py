@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from components import metrics
+from components import scores
 from components.recipe import Measuring
 
 
@@ -50,7 +50,7 @@ def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
     perfect generator would score) as KEY_floor, which sorts beside it. In the first space, the
     one the primary metric is taken in, also precision and recall (k-NN manifolds), each beside
     its value for real train images (KEY_real), and the classifier score. The checkerboard's
-    lattice energy (metrics.lattice_energy) beside real test images'. The discriminator's
+    lattice energy (scores.lattice_energy) beside real test images'. The discriminator's
     accuracy. The samples come from generate(); real_logit(nets, images) -> logits that are > 0
     where the discriminator judges an image real (each GAN orients its own)."""
 
@@ -68,19 +68,19 @@ def generation(real_logit: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
         out, uris = {}, {}
         for i, (name, space) in enumerate(m.spaces.items()):
             f_test, f_fake, f_train = space.embed(test), space.embed(fake), space.embed(train)
-            out[f"frechet_distance_{name}"] = metrics.frechet_distance(f_fake, f_test)
-            out[f"frechet_distance_{name}_floor"] = metrics.frechet_distance(f_train, f_test)
+            out[f"frechet_distance_{name}"] = scores.frechet_distance(f_fake, f_test)
+            out[f"frechet_distance_{name}_floor"] = scores.frechet_distance(f_train, f_test)
             if i == 0:  # equal sizes: a k-NN radius depends on how many rows its set has
                 k = min(len(f_fake), len(f_train), len(f_test))
-                out[f"precision_{name}"], out[f"recall_{name}"] = metrics.precision_recall(
+                out[f"precision_{name}"], out[f"recall_{name}"] = scores.precision_recall(
                     f_test[:k], f_fake[:k], PR_NEIGHBOURS)
-                out[f"precision_{name}_real"], out[f"recall_{name}_real"] = metrics.precision_recall(
+                out[f"precision_{name}_real"], out[f"recall_{name}_real"] = scores.precision_recall(
                     f_test[:k], f_train[:k], PR_NEIGHBOURS)
-                out["classifier_score"] = metrics.classifier_score(space.logits(fake))
-                out["classifier_score_real"] = metrics.classifier_score(space.logits(test))
+                out["classifier_score"] = scores.classifier_score(space.logits(fake))
+                out["classifier_score_real"] = scores.classifier_score(space.logits(test))
             uris[f"feature_model_{name}"] = space.uri
         # the checkerboard, measured: the share of power on the 2- and 4-pixel lattice, beside real images'
-        out["lattice_energy"], out["lattice_energy_real"] = metrics.lattice_energy(fake), metrics.lattice_energy(test)
+        out["lattice_energy"], out["lattice_energy_real"] = scores.lattice_energy(fake), scores.lattice_energy(test)
         real = np.concatenate([real_logit(m.nets, test[i:i + 1000]).numpy() for i in range(0, len(test), 1000)])
         faked = np.concatenate([real_logit(m.nets, fake[i:i + 1000]).numpy() for i in range(0, n, 1000)])
         return {**out, "disc_real_accuracy": float((real > 0).mean()),
@@ -97,7 +97,7 @@ def translation(translate: Callable[[Any, Any], Any]) -> Callable[[Measuring], t
         data = m.split(m.params.eval_split)
         inp, tar = data["input"], data["image"]
         pred = np.concatenate([translate(m.nets, inp[i:i + 8]).numpy() for i in range(0, len(inp), 8)])
-        model, base = metrics.image_scores(pred, tar), metrics.image_scores(inp, tar)
+        model, base = scores.image_scores(pred, tar), scores.image_scores(inp, tar)
         return {**model, **{f"baseline_{k}": v for k, v in base.items()}, "examples": int(len(inp))}, {}
 
     return measure

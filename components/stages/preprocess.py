@@ -8,8 +8,9 @@ from typing import Any
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components import beam_run, ingest, records, validate
-from components.contract import Spec, StageParams, from_recipe, key
+from components import beam_run, tfrecords
+from components.contract import Spec, Stage, StageParams, from_recipe, key
+from components.stages import ingest, validate
 
 SPEC = Spec(output="TransformedExamples", inputs={"examples": "ingest", "statistics": "validate"})
 NORMALIZE = {"unit": (1 / 255.0, 0.0), "symmetric": (1 / 127.5, -1.0), "raw": (1.0, 0.0)}
@@ -68,8 +69,8 @@ class _TransformShard:
             for dest in ({split, "val"} if held else {split}):  # every dest gets its shard, maybe empty
                 d = gfile.join(self.out, dest, f"copy-{copy}")
                 gfile.makedirs(d)
-                writers[dest] = stack.enter_context(records.shard_writer(gfile.join(d, records.shard_name(shard, nshards))))
-            for ex in records.iter_examples(path):
+                writers[dest] = stack.enter_context(tfrecords.shard_writer(gfile.join(d, tfrecords.shard_name(shard, nshards))))
+            for ex in tfrecords.iter_examples(path):
                 dest = "val" if held and ex["index"] >= self.holdout_from else split
                 writers[dest].write(self.transformed(ex, split, copy))
         yield split
@@ -77,12 +78,12 @@ class _TransformShard:
     def transformed(self, ex: dict, split: str, copy: int) -> bytes:
         ex_id = ex["id"].decode()
         new = {"id": ex_id, "index": ex["index"]}
-        if ex["label"] != records.NO_LABEL:
+        if ex["label"] != tfrecords.NO_LABEL:
             new["label"] = ex["label"]
         for name, img in self.p.layout.transform(ex["image"], ex["format"], ex["shape"], ex_id, split, copy,
                                                  self.p).items():
             new[name] = img.tobytes()
-        return records.encode(new)
+        return tfrecords.encode(new)
 
 
 def run(out, inputs, p: Params, rt) -> None:
@@ -135,4 +136,7 @@ def run(out, inputs, p: Params, rt) -> None:
 def transform(artifact) -> dict:
     """What preprocess did (layout, shape, normalization, jitter, splits, labels): the record
     every reader of its examples decodes by."""
-    return records.load_transform(artifact)
+    return tfrecords.load_transform(artifact)
+
+
+STAGE = Stage("preprocess", SPEC, Params, run)

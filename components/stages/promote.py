@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from artifacts import gfile, serving
-from components import evaluate, export, metrics, preprocess, train
-from components.contract import Spec, StageParams, from_recipe, key
+from components import export
+from components.contract import Spec, Stage, StageParams, from_recipe, key
+from components.stages import evaluate, preprocess, train
 
 # reuse=False: a new artifact (this run's decision) every run; uses_recipe: its serving signatures
 SPEC = Spec(output="PushedModel", inputs={"model": "train", "evaluation": "evaluate", "transformed": "preprocess"},
@@ -32,7 +35,7 @@ def run(out, inputs, params: Params, rt) -> None:
     if champion is not None and champion.get("artifacts", {}).get("model") == model.uri:
         blessed, pushed, why = True, False, "already the champion"
     else:
-        blessed, why = metrics.bless(params.primary, params.higher_is_better, result, champion,
+        blessed, why = bless(params.primary, params.higher_is_better, result, champion,
                                      params.tolerance)
         pushed = blessed
     record = {"blessed": blessed, "pushed": pushed, "why": why, "tolerance": params.tolerance,
@@ -58,7 +61,7 @@ def run(out, inputs, params: Params, rt) -> None:
     out.on_commit = (lambda art: store.replace_champion(rt.pipeline, {
         "version": art.version, "uri": art.uri, "metrics": result, "why": why,
         "artifacts": {"promote": art.uri, "model": model.uri, "evaluation": evaluation.uri},
-        "exported": art.path("exported")}, lambda now: metrics.bless(
+        "exported": art.path("exported")}, lambda now: bless(
             params.primary, params.higher_is_better, result, now, params.tolerance)[0],
         lambda: take(art))) if pushed else None
 
@@ -72,3 +75,23 @@ def saved_model(artifact) -> str | None:
     """The SavedModel folder a pushed decision holds, None when it holds none."""
     path = artifact.path(SAVED_MODEL)
     return path if gfile.isdir(path) else None
+
+
+def bless(key: str, higher: bool, metrics: dict, champion: dict | None,
+          tolerance: float) -> tuple[bool, str]:
+    """Whether metrics[key] is no worse than the champion's (within tolerance), and why."""
+    value = metrics[key]
+    if not np.isfinite(value):
+        return False, f"{key} is not finite"
+    if champion is None:
+        return True, f"no champion yet; {key}={value:.4g}"
+    best = champion["metrics"].get(key)
+    if best is None:
+        return True, f"champion has no {key}"
+    ok = value >= best - tolerance if higher else value <= best + tolerance
+    word = "not lower" if higher else "not higher"
+    return ok, (f"{key}={value:.4g} vs champion {best:.4g} (tolerance {tolerance}): "
+                + (f"{word}, blessed" if ok else "worse, not blessed"))
+
+
+STAGE = Stage("promote", SPEC, Params, run)

@@ -6,9 +6,9 @@ from typing import Any
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from artifacts.store import InputRef
-from components import beam_run, records, sources
-from components.contract import Spec, StageParams, from_recipe, key
+from artifacts.refs import InputRef
+from components import beam_run, sources, tfrecords
+from components.contract import Spec, Stage, StageParams, from_recipe, key
 
 # its input: the data source URI (tfds:, idx:, or a kind the recipe's layout brings) with a digest of its content
 SPEC = Spec(output="Examples", source=True)
@@ -19,7 +19,7 @@ class Params(StageParams):
     source: str = key("data.source")
     max_examples: int | None = key("data.max_examples")
     layout: Any = from_recipe("layout")     # which source kinds hold its examples, how to check one
-    shards: int = key("beam.shards")        # 0: follows each split's size (records.auto_shards)
+    shards: int = key("beam.shards")        # 0: follows each split's size (tfrecords.auto_shards)
     max_image_pixels: int = key("data.max_image_pixels")
 
 
@@ -42,8 +42,8 @@ class _WriteShard:
     @beam_run.user_errors
     def __call__(self, unit):
         split, shard, nshards, start, end = unit
-        path = gfile.join(self.out, split, records.shard_name(shard, nshards))
-        if records.write_shard(path, self.encoded(split, start, end)) != end - start:
+        path = gfile.join(self.out, split, tfrecords.shard_name(shard, nshards))
+        if tfrecords.write_shard(path, self.encoded(split, start, end)) != end - start:
             raise RuntimeError(f"shard {path} is short")
         yield path
 
@@ -54,7 +54,7 @@ class _WriteShard:
                 shape = self.layout.check_encoded(f"{self.r.location}/{ex_id}", fields["image"], self.max_pixels)
                 if shape is not None:
                     ex["shape"] = shape
-            yield records.encode(ex)
+            yield tfrecords.encode(ex)
 
 
 def run(out, inputs, p: Params, rt) -> None:
@@ -68,7 +68,7 @@ def run(out, inputs, p: Params, rt) -> None:
         if n == 0:
             raise UserError(f"split {s.name!r} is empty", r.uri, "give a source with examples in every split")
         counts[s.name] = n
-        ranges = records.shard_ranges(n, p.shards or records.auto_shards(s.nbytes * n // s.count, n))
+        ranges = tfrecords.shard_ranges(n, p.shards or tfrecords.auto_shards(s.nbytes * n // s.count, n))
         gfile.makedirs(out.file(s.name))
         units += [(s.name, i, len(ranges), a, b) for i, (a, b) in enumerate(ranges)]
 
@@ -77,7 +77,7 @@ def run(out, inputs, p: Params, rt) -> None:
                 | "Write" >> beam.FlatMap(_WriteShard(r, out.path, p.layout, p.max_image_pixels)))
 
     beam_run.run(rt, build)
-    missing = [u for u in units if not gfile.exists(out.file(u[0], records.shard_name(u[1], u[2])))]
+    missing = [u for u in units if not gfile.exists(out.file(u[0], tfrecords.shard_name(u[1], u[2])))]
     if missing:  # a runner that dropped work must not commit a partial artifact
         raise RuntimeError(f"ingest shards missing after the Beam run: {missing}")
     gfile.write_json(out.file("splits.json"), {"source": r.uri, "kind": r.kind.scheme, "splits": counts})
@@ -92,3 +92,6 @@ def splits(artifact) -> dict[str, int]:
 def shards(artifact, split: str) -> list[str]:
     """The TFRecord shard files of one split."""
     return gfile.glob(artifact.path(split, "data-*.tfrecord"))
+
+
+STAGE = Stage("ingest", SPEC, Params, run, resolve_source=resolve_source)

@@ -8,13 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-
 from artifacts import failpoints, gfile
 from artifacts.errors import UserError
-from components import checkpoints, distribute, interrupt, records
-from components.contract import Spec, StageParams, from_recipe, key
-from components.recorder import PROGRESS, Progress, Recorder
+from components import checkpoints, distribute, interrupt, tfrecords
+from components.contract import Spec, Stage, StageParams, from_recipe, key
 from components.schedule import Schedule
+from components.train_log import PROGRESS, Progress, Recorder
 
 # uses_recipe: the recipe's networks and step
 SPEC = Spec(output="Model", inputs={"transformed": "preprocess"}, uses_recipe=True)
@@ -96,7 +95,9 @@ def own_keras_seeds(seed: int):
     other initial weights than the same run a moment earlier: not resumable, not reproducible."""
     import random
 
-    from keras.src.random import seed_generator  # Keras 3's make_default_seed draws from its python_random
+    from keras.src.random import (
+        seed_generator,  # Keras 3's make_default_seed draws from its python_random
+    )
 
     shared = seed_generator.python_random
     seed_generator.python_random = random.Random(seed)
@@ -121,9 +122,9 @@ def _stream(art, transform, p: Params, setup):
     """The layout's epoch stream over the train splits: epoch e reads jitter copy e mod K."""
     layout = p.layout
     n_copies = min(transform["copies"][s] for s in p.train_splits)
-    copies = [[f for s in p.train_splits for f in records.split_files(art, s, k)] for k in range(n_copies)]
+    copies = [[f for s in p.train_splits for f in tfrecords.split_files(art, s, k)] for k in range(n_copies)]
     return layout.stream(copies, p.batch_size, p.shuffle_buffer, p.seed,
-                         records.parse_fn(transform, layout.features, batched=True), setup.batch)
+                         tfrecords.parse_fn(transform, layout.features, batched=True), setup.batch)
 
 
 def _epoch_of(stream, steps_per_epoch: int):
@@ -142,7 +143,7 @@ def _epoch_of(stream, steps_per_epoch: int):
 def _fixed_inputs(art, transform, p: Params, n):
     """The layout's fixed snapshot inputs from the first n eval-split examples (None: the
     recipe's snapshots come from fixed noise)."""
-    examples = list(records.dataset(art, p.eval_split, p.layout.features).take(n).as_numpy_iterator())
+    examples = list(tfrecords.dataset(art, p.eval_split, p.layout.features).take(n).as_numpy_iterator())
     return p.layout.fixed_inputs(examples)
 
 
@@ -154,7 +155,7 @@ def run(out, inputs, p: Params, rt) -> None:
     from components.step_runner import StepRunner
 
     art = inputs["transformed"]
-    transform = records.load_transform(art)
+    transform = tfrecords.load_transform(art)
     work = out.work_dir
     _claim(work, p, art)
     if p.deterministic:
@@ -279,7 +280,7 @@ def _validator(setup, art, features: tuple[str, ...]):
 
     def validate() -> dict:
         totals: dict[str, float] = {}
-        for b in records.dataset(art, setup.val_split, features).batch(1000).map(setup.batch):
+        for b in tfrecords.dataset(art, setup.val_split, features).batch(1000).map(setup.batch):
             for k, v in val_fn(b).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         return setup.val_metrics(totals)
@@ -335,3 +336,6 @@ def progress(work: str) -> dict | None:
     where an interrupted train resumes."""
     path = _progress_path(work)
     return gfile.read_json(path) if gfile.exists(path) else None
+
+
+STAGE = Stage("train", SPEC, Params, run, progress=progress)

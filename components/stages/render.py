@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from artifacts import gfile
-from components import evaluate, preprocess, records, train
-from components.contract import Spec, StageParams, from_recipe, key
+from components import tfrecords
+from components.contract import Spec, Stage, StageParams, from_recipe, key
+from components.stages import evaluate, preprocess, train
 
 # transformed: the recorded normalization, and the eval-split inputs of pix2pix triptychs
 SPEC = Spec(output="Rendering", inputs={"model": "train", "evaluation": "evaluate", "transformed": "preprocess"})
@@ -33,7 +34,7 @@ def _plt():
 
 
 def _to_uint8(x: np.ndarray, normalize: dict) -> np.ndarray:
-    return np.clip(np.rint(records.unnormalize(x, normalize)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(tfrecords.unnormalize(x, normalize)), 0, 255).astype(np.uint8)
 
 
 # The seed's generate_and_save_images draws 16 samples in a 4x4-inch figure (400 pixels at
@@ -165,7 +166,7 @@ def run(out, inputs, params: Params, rt) -> None:
     if samples:
         n = np.load(io.BytesIO(gfile.read_bytes(next(iter(samples.values())))), allow_pickle=False).shape[0]
         examples = [{f: _to_uint8(e[f], norm) for f in features} for e in
-                    records.dataset(transform_art, params.eval_split, features).take(n).as_numpy_iterator()]
+                    tfrecords.dataset(transform_art, params.eval_split, features).take(n).as_numpy_iterator()]
     frames = []
     snap = None
     for step, path in samples.items():
@@ -205,3 +206,6 @@ def pictures(artifact) -> dict[str, str]:
     if gfile.exists(artifact.path("confusion.png")):
         out["confusion"] = artifact.path("confusion.png")
     return out
+
+
+STAGE = Stage("render", SPEC, Params, run)

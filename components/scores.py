@@ -1,5 +1,4 @@
-"""Evaluation metrics: Fréchet distance, precision and recall, classifier score, PSNR/SSIM helpers,
-blessing rules."""
+"""Evaluation metrics: Fréchet distance, precision and recall, classifier score, PSNR/SSIM helpers."""
 from __future__ import annotations
 
 import warnings
@@ -92,20 +91,3 @@ def image_scores(pred: np.ndarray, target: np.ndarray) -> dict:
     return {"l1": float(np.abs(np.asarray(pred, np.float64) - target).mean()),
             "psnr": float(tf.reduce_mean(tf.image.psnr(a, b, max_val=1.0))),
             "ssim": float(tf.reduce_mean(tf.image.ssim(a, b, max_val=1.0)))}
-
-
-def bless(key: str, higher: bool, metrics: dict, champion: dict | None,
-          tolerance: float) -> tuple[bool, str]:
-    """Whether metrics[key] is no worse than the champion's (within tolerance), and why."""
-    value = metrics[key]
-    if not np.isfinite(value):
-        return False, f"{key} is not finite"
-    if champion is None:
-        return True, f"no champion yet; {key}={value:.4g}"
-    best = champion["metrics"].get(key)
-    if best is None:
-        return True, f"champion has no {key}"
-    ok = value >= best - tolerance if higher else value <= best + tolerance
-    word = "not lower" if higher else "not higher"
-    return ok, (f"{key}={value:.4g} vs champion {best:.4g} (tolerance {tolerance}): "
-                + (f"{word}, blessed" if ok else "worse, not blessed"))

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import io
 import math
-
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components import render
-from components.contract import Spec, StageParams, key
+from components.contract import Spec, Stage, StageParams, key
+from components.stages import render
 
 SPEC = Spec(output="Animation", inputs={"rendering": "render"})
 
@@ -49,3 +48,6 @@ def run(out, inputs, params: Params, rt) -> None:
 def gif(artifact) -> str:
     """The animation's path."""
     return artifact.path("training.gif")
+
+
+STAGE = Stage("animate", SPEC, Params, run)

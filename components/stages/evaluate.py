@@ -5,8 +5,9 @@ import tempfile
 from dataclasses import dataclass
 
 from artifacts import gfile
-from components import preprocess, records, train
-from components.contract import Spec, StageParams, feature_input, key
+from components import tfrecords
+from components.contract import Spec, Stage, StageParams, feature_input, key
+from components.stages import preprocess, train
 
 # feature inputs: from each feature model's pipeline the recipe declares (the GANs' classifiers),
 # one pair per space; uses_recipe: its measure() is recipe code
@@ -37,13 +38,13 @@ def load_models(model_art) -> dict:
 
 def _renormalize(x, src: dict, dst: dict):
     """Map images from one recorded normalization to another (through 0..255)."""
-    return records.unnormalize(x, src) * dst["scale"] + dst["offset"]
+    return tfrecords.unnormalize(x, src) * dst["scale"] + dst["offset"]
 
 
 def feature_space(fm, inputs, transformed):
     """One of the recipe's FeatureModels loaded from its artifacts, taking images in this
     pipeline's normalization (the feature model may have been trained in another)."""
-    from components.measures import predict
+    from components.evaluations import predict
     from components.recipe import FeatureSpace
 
     trained = inputs[feature_input("feature_model", fm.space)]
@@ -66,7 +67,7 @@ def run(out, inputs, params: Params, rt) -> None:
     art = inputs["transformed"]
     spaces = {fm.space: feature_space(fm, inputs, art) for fm in ev.feature_models}
     result, details = ev.measure(Measuring(nets=load_models(inputs["model"]),
-                                           split=lambda s, limit=None: records.arrays(art, s, rt.recipe.layout.features, limit),
+                                           split=lambda s, limit=None: tfrecords.arrays(art, s, rt.recipe.layout.features, limit),
                                            params=params, spaces=spaces))
     gfile.write_json(out.file("metrics.json"), result)
     if details:
@@ -83,3 +84,6 @@ def details(artifact) -> dict | None:
     """What a measure keeps beside its metrics (the classifier's confusion matrix), if any."""
     path = artifact.path("details.json")
     return gfile.read_json(path) if gfile.exists(path) else None
+
+
+STAGE = Stage("evaluate", SPEC, Params, run)

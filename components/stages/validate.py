@@ -11,8 +11,9 @@ import numpy as np
 
 from artifacts import gfile
 from artifacts.errors import UserError
-from components import beam_run, ingest, records
-from components.contract import Spec, StageParams, from_recipe, key
+from components import beam_run, tfrecords
+from components.contract import Spec, Stage, StageParams, from_recipe, key
+from components.stages import ingest
 
 SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
 # One row per example for the cross-split duplicate check: the first 16 bytes of the sha256 of its
@@ -33,7 +34,7 @@ class Params(StageParams):
 def _pixels(data: bytes, fmt: bytes, shape: list, max_pixels: int) -> np.ndarray | None:
     """Decoded pixels of one example, or None when they cannot be decoded."""
     try:
-        return records.pixels(data, fmt, shape, "", max_pixels)
+        return tfrecords.pixels(data, fmt, shape, "", max_pixels)
     except UserError:
         return None
 
@@ -51,11 +52,11 @@ def shard_stats(item):
     split, path, max_pixels, hash_path = item
     s = _empty()
     digests, indices = bytearray(), []
-    for ex in records.iter_examples(path):
+    for ex in tfrecords.iter_examples(path):
         ex_id = ex["id"].decode()
         s["count"] += 1
         s["formats"][ex["format"].decode()] += 1
-        if ex["label"] == records.NO_LABEL:
+        if ex["label"] == tfrecords.NO_LABEL:
             s["unlabeled"] += 1
         else:
             s["labels"][ex["label"]] += 1
@@ -246,7 +247,7 @@ def run(out, inputs, p: Params, rt) -> None:
 def _example_id(examples, split: str, index: int) -> str:
     """The id ingest gave the example at index of a split (read back: only a duplicate asks)."""
     for path in ingest.shards(examples, split):
-        for ex in records.iter_examples(path):
+        for ex in tfrecords.iter_examples(path):
             if ex["index"] == index:
                 return ex["id"].decode()
     return f"{split} example {index}"
@@ -256,3 +257,6 @@ def statistics(artifact) -> dict:
     """Per split: count, shapes, formats, pixel summary and histogram, image-size histogram and
     label counts (summarize's output; an artifact built before the histograms lacks them)."""
     return gfile.read_json(artifact.path("statistics.json"))
+
+
+STAGE = Stage("validate", SPEC, Params, run)

@@ -1,8 +1,13 @@
-"""A run's pictures as small data: URIs, so the markdown artifact shows them in any browser on the Prefect UI."""
+"""What tapeline shows in the Prefect UI: a run's pictures as small data: URIs (a browser on the UI
+cannot open the root's paths), and `tapeline compare` as a table artifact with its PNG."""
 from __future__ import annotations
 
 import base64
 import io
+import re
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from artifacts import gfile
 
@@ -77,3 +82,29 @@ def markdown(pictures: dict[str, str]) -> list[str]:
         except (OSError, ValueError) as e:
             lines += [f"**{name}**: `{path}` (not embedded: {type(e).__name__})", ""]
     return lines
+
+
+# ---- tapeline compare
+# the PNG embedded in the markdown artifact: a few runs' grids and the table stay readable
+MAX_PNG_BYTES = 400_000
+
+
+def key(pipeline: str) -> str:
+    """The artifacts' key: Prefect takes lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{pipeline}-compare".lower())
+
+
+@flow(name="compare", flow_run_name="compare-{pipeline}", validate_parameters=False)
+def publish(pipeline: str, table: list[dict], png: str) -> None:
+    """A flow run that holds the comparison: its table artifact (rows: created, the config keys
+    that differ, the metrics, the pictures) and a markdown artifact showing the PNG, both under
+    the pipeline's compare key (Prefect deprecates artifacts made outside a run)."""
+    runs = [c for c in table[0] if c]
+    create_table_artifact(table, key=key(pipeline),
+                          description=f"tapeline compare {pipeline}: {', '.join(runs)} (PNG: {png})")
+    try:
+        picture = f"![comparison]({data_uri(png, MAX_PNG_BYTES)})"
+    except (OSError, ValueError) as e:
+        picture = f"`{png}` (not embedded: {type(e).__name__})"
+    create_markdown_artifact(f"# {pipeline}: runs side by side\n\n{picture}\n\n`{png}`\n",
+                             key=f"{key(pipeline)}-png", description=f"tapeline compare {pipeline}: the PNG")
