@@ -127,7 +127,14 @@ def module_closure(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES,
     return dict(sorted(seen.items()))
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
+# Top-level names that declare a recipe to the orchestrator (its name, summary, list of stages,
+# the test suite's sizes) and that no stage runs: left out of a recipe module's digest.
+DECLARATIONS = ("PIPELINE",)
+
+
+def _strip_docstrings(tree: ast.Module) -> ast.Module:
+    tree.body = [s for s in tree.body if not (isinstance(s, ast.Assign) and len(s.targets) == 1 and
+                                              isinstance(s.targets[0], ast.Name) and s.targets[0].id in DECLARATIONS)]
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body

@@ -29,17 +29,14 @@ def run_stages(root: str, pipeline: str, sets: list[str], stages: tuple[str, ...
     """Build the named stages of a pipeline (its own nodes, in order) directly with the store;
     returns {stage: (seconds, artifact)}."""
     from artifacts.store import ArtifactStore
-    from flows.graph import nodes, run_node
+    from flows.graph import build, nodes
     from flows.registry import get
 
     p = get(pipeline)
-    store, done, out = ArtifactStore(root), {}, {}
-    for n in nodes(p, p.config(sets)):
-        if n.pipeline.name != pipeline or n.stage not in stages:
-            continue
+    out, t = {}, time.perf_counter()
+    for n, run in build(ArtifactStore(root), nodes(p, p.config(sets)), [f"{pipeline}/{s}" for s in stages]):
+        out[n.stage] = (time.perf_counter() - t, run.artifact)
         t = time.perf_counter()
-        done[n.key] = run_node(store, n, done).artifact
-        out[n.stage] = (time.perf_counter() - t, done[n.key])
     return out
 
 

@@ -80,7 +80,7 @@ def run_case(pipeline: str, sets: list[str], root: str) -> tuple[str, str]:
     """(outcome, detail) of the data stages on one input, judged as the CLI would."""
     from artifacts.errors import UserError
     from artifacts.store import ArtifactStore
-    from flows.graph import nodes, run_node
+    from flows.graph import build, nodes
     from flows.registry import get
 
     store, arts, done = ArtifactStore(root), {}, set()
@@ -88,10 +88,9 @@ def run_case(pipeline: str, sets: list[str], root: str) -> tuple[str, str]:
     signal.alarm(CASE_SECONDS)
     try:
         p = get(pipeline)
-        for n in nodes(p, p.config(sets)):
-            if n.pipeline.name == pipeline and n.stage in ("ingest", "validate", "preprocess"):
-                arts[n.key] = run_node(store, n, arts).artifact
-                done.add(n.stage)
+        for n, run in build(store, nodes(p, p.config(sets)), [f"{pipeline}/preprocess"]):
+            arts[n.key] = run.artifact
+            done.add(n.stage)
         outcome, detail = "completed", ""
     except _Hang:
         return "anything else", f"hang: over {CASE_SECONDS} s"

@@ -10,6 +10,7 @@ written). A second signal always raises at once. The orchestrator installs the h
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 from typing import Iterator
@@ -31,13 +32,30 @@ class Interrupted(BaseException):
         return 128 + self.signum  # what a shell reports for a process the signal ended: 130, 143
 
     def line(self) -> str:
+        """The one line a stopped run ends with (after `tapeline: `); parse() reads it back."""
         where = f" during {self.stage}" if self.stage else ""
         if self.step is not None:
             where += f" at step {self.step}/{self.total}"
             where += " (checkpoint saved)" if self.saved else " (last checkpoint kept)"
         elif self.stage:
             where += " (nothing committed)"
-        return f"interrupted{where} — run the same command again to resume"
+        return f"interrupted{where}{_RESUME}"
+
+    @classmethod
+    def parse(cls, text: str, signum: int = signal.SIGINT) -> "Interrupted | None":
+        """The Interrupted whose line() text is (with or without `tapeline: ` and a prefix such as
+        a worker's `[worker 1] `), or None: how the launcher learns the step its workers stopped at."""
+        m = _LINE.search(text or "")
+        if m is None:
+            return None
+        step = None if m["step"] is None else int(m["step"])
+        return cls(signum, m["stage"] or "", step, None if m["total"] is None else int(m["total"]),
+                   m["saved"] == "checkpoint saved")
+
+
+_RESUME = " — run the same command again to resume"
+_LINE = re.compile(r"interrupted(?: during (?P<stage>\S+))?(?: at step (?P<step>\d+)/(?P<total>\d+) "
+                   r"\((?P<saved>checkpoint saved|last checkpoint kept)\)| \(nothing committed\))?" + re.escape(_RESUME) + "$")
 
 
 class _State:

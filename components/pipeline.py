@@ -13,12 +13,26 @@ from components.contract import Stage
 
 
 @dataclass(frozen=True)
+class TestRuns:
+    """How the test suite runs this recipe small, declared beside it, so every per-pipeline test
+    (a flow and its reuse, a small run, kills, Ctrl-C, SIGTERM) covers a new pipeline unedited:
+    the public data set it reads (by name: the suite knows where it lies) and three sizes."""
+    data: str                             # mnist | fashion-mnist | pix2pix-people
+    tiny: tuple[str, ...]                 # --set strings: the fastest run through every stage
+    # little data at the recipe's own batch size, buffer and checkpoint intervals (kills, resume)
+    small: tuple[str, ...]
+    longer: tuple[str, ...] = ()          # on top of small: training long enough for a signal to land in
+    image_size: int | None = None         # for every size above, where the default is too slow on CPUs
+
+
+@dataclass(frozen=True)
 class Pipeline:
     name: str
     summary: str
     module: str                                 # the recipe module: config, networks, its RECIPE
     default_config: Callable[[], Any]
     stages: tuple[Stage, ...] = stages.ALL      # in graph order
+    tests: TestRuns | None = None
 
     def config(self, overrides: tuple[str, ...] | list[str] = ()) -> Any:
         return cfglib.apply(self.default_config(), overrides)

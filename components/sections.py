@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from artifacts.errors import UserError
 from components.config import ANY, COUNT, NAME, STEPS, UNIT, Limit, bounded
+from components.sources import DEFAULT_MAX_IMAGE_PIXELS
 
 
 def require(cond: bool, key: str, value, fix: str) -> None:
@@ -28,7 +29,7 @@ class DataConfig:
     jitter: bool = False                                            # pix2pix random jitter on the train split
     jitter_resize: int | None = bounded(None, Limit(8, 8192))  # None: image_size * 286 / 256, the tutorial's ratio
     jitter_copies: int = bounded(1, Limit(1, 256))                  # K variants; epoch e trains on copy e mod K
-    max_image_pixels: int = bounded(89_478_485, Limit(1, 2 ** 32))  # an encoded image's header is checked before decoding
+    max_image_pixels: int = bounded(DEFAULT_MAX_IMAGE_PIXELS, Limit(1, 2 ** 32))  # an encoded image's header is checked before decoding
 
     def check(self) -> None:
         require(self.max_examples is None or self.max_examples > 0, "data.max_examples",

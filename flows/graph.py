@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from artifacts.errors import UserError, storage_error
 from artifacts.fingerprint import (
@@ -167,6 +167,33 @@ def fingerprints(nodes_: list[Node]) -> dict[str, tuple[str, dict]]:
             ins = {name: out[key][0] for name, key in n.inputs.items()}
         out[n.key] = (n.fingerprint(ins), ins)
     return out
+
+
+def needed(nodes_: list[Node], targets: Iterable[str] | None = None) -> list[Node]:
+    """The nodes that the node keys in targets read from, transitively, and those nodes, in
+    graph order (every node when targets is None): what a walk over the graph visits."""
+    if targets is None:
+        return list(nodes_)
+    keep, todo = set(), list(targets)
+    by_key = {n.key: n for n in nodes_}
+    while todo:
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo += by_key[key].inputs.values()
+    return [n for n in nodes_ if n.key in keep]
+
+
+def build(store: ArtifactStore, nodes_: list[Node], targets: Iterable[str] | None = None,
+          runtime: Runtime | None = None) -> Iterator[tuple[Node, StageRun]]:
+    """Reuse or build, in order, each node that targets need (all when None), yielding each with
+    its run as it finishes: the walk the orchestrator's flow makes with a Prefect task per node,
+    here without Prefect (tests, benchmarks, notebooks)."""
+    done: dict[str, Artifact] = {}
+    for n in needed(nodes_, targets):
+        run = run_node(store, n, done, runtime)
+        done[n.key] = run.artifact
+        yield n, run
 
 
 def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],

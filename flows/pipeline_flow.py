@@ -2,11 +2,12 @@
 
 `tapeline run` calls run_pipeline; deployments (prefect.yaml, `tapeline serve`) point at the
 per-pipeline flow objects, module attributes named after the registry's pipelines
-(`flows/pipeline_flow.py:fashion_dcgan` etc.)."""
+(`flows/pipeline_flow.py:fashion_dcgan` etc.), each made when first asked for."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import time
 import uuid
 
@@ -224,23 +225,19 @@ def attribute(pipeline: str) -> str:
     return pipeline.replace("-", "_")
 
 
-FLOWS: dict[str, Flow] = {}
+@functools.cache
+def _flow(pipeline: str) -> Flow:
+    return _make_flow(pipeline)
 
 
 def flow_of(pipeline: str) -> Flow:
-    """The flow of a registered pipeline, made once."""
-    name = get(pipeline).name
-    if name not in FLOWS:
-        FLOWS[name] = _make_flow(name)
-    return FLOWS[name]
-
-
-# entrypoints for deployments, one per registered pipeline: flows/pipeline_flow.py:<attribute>
-globals().update({attribute(name): flow_of(name) for name in all_pipelines()})
+    """The flow of a registered pipeline, made the first time it is asked for (never at import)."""
+    return _flow(get(pipeline).name)
 
 
 def __getattr__(attr: str) -> Flow:
-    """A pipeline registered after this module was imported still has its entrypoint."""
+    """A deployment's entrypoint, flows/pipeline_flow.py:<attribute> (PEP 562): the flow of the
+    registered pipeline it names, made when Prefect asks for it."""
     for name in all_pipelines():
         if attribute(name) == attr:
             return flow_of(name)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from artifacts.errors import UserError
+from artifacts.store import default_root
 from flows import stack_postgres, stack_prefect, stack_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ class Stack:
         saved = json.loads(self._file("stack.json").read_text()) if self._file("stack.json").exists() else {}
         given = {k: v for k, v in options.items() if v is not None}
         self.cfg = {"host": "127.0.0.1", "port": 4200, "pg_cluster": "tapeline", "pg_port": None,
-                    "pool": "tapeline", "root": os.environ.get("TAPELINE_ROOT") or str(REPO / "tapeline-artifacts"),
+                    "pool": "tapeline", "root": default_root(),
                     "started": [], **saved, **given}
 
     def _file(self, name: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> di
     import shutil
 
     from artifacts.store import Writer, open_store
-    from flows.graph import nodes, run_node, upstream
+    from flows.graph import needed, nodes, run_node
     from flows.registry import get
 
     p = get(pipeline_name)
@@ -36,10 +35,7 @@ def run_worker(pipeline_name: str, overrides: list[str], root: str | None) -> di
     strategy(cfg.train.workers)  # first: before the data stages run any TensorFlow op
     store = open_store(root)
     done: dict = {}
-    needed = upstream(p, ["train"])
-    for node in nodes(p, cfg):
-        if node.pipeline.name != p.name or node.stage not in needed:
-            continue
+    for node in needed(nodes(p, cfg), [f"{p.name}/train"]):
         if node.stage != "train" or is_chief():
             done[node.key] = run_node(store, node, done).artifact
             continue
@@ -94,7 +90,6 @@ def _stop(procs, grace: float = 10.0) -> None:
 # a worker's exit status when a signal stopped it: its own line and 128+N, or the signal itself
 _STOPPED = {128 + signal.SIGINT: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM,
             -signal.SIGINT: signal.SIGINT, -signal.SIGTERM: signal.SIGTERM}
-_LINE = re.compile(r"interrupted during (\S+) at step (\d+)/(\d+) \((checkpoint saved|last checkpoint kept)\)")
 
 
 def launch(pipeline: str, overrides: list[str], root: str, workers: int, env: dict | None = None,
@@ -166,7 +161,7 @@ def _interrupted(signum: int, said: list):
     from components.interrupt import Interrupted
 
     for line in said:
-        m = _LINE.match(line or "")
-        if m:
-            return Interrupted(signum, m[1], int(m[2]), int(m[3]), m[4] == "checkpoint saved")
+        stop = Interrupted.parse(line, signum)
+        if stop is not None and stop.step is not None:
+            return stop
     return Interrupted(signum)

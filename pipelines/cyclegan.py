@@ -11,7 +11,7 @@ from components import evaluations, scores
 from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import Paired, Snapshot
-from components.pipeline import Pipeline
+from components.pipeline import Pipeline, TestRuns
 from components.recipe import (
     DataInfo,
     Evaluation,
@@ -181,4 +181,10 @@ RECIPE = Recipe(build=build, layout=UNPAIRED, evaluation=Evaluation(
 
 PIPELINE = Pipeline(
     name="cyclegan", module=__name__, default_config=Config,
-    summary="CycleGAN: unpaired photos <-> outlines, instance-norm U-Nets, PatchGANs, cycle + identity L1")
+    summary="CycleGAN: unpaired photos <-> outlines, instance-norm U-Nets, PatchGANs, cycle + identity L1",
+    tests=TestRuns(
+        data="pix2pix-people", image_size=32,
+        tiny=("data.max_examples=8", "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2",
+              "train.steps_per_call=2"),
+        # the same 6 pairs as two unpaired domains: a checkpoint every 5 epochs (30 steps)
+        small=("data.max_examples=6", "train.epochs=6"), longer=("train.epochs=8",)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from components import evaluations
 from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Generate, Serving
-from components.pipeline import Pipeline
+from components.pipeline import Pipeline, TestRuns
 from components.recipe import (
     DataInfo,
     Evaluation,
@@ -134,4 +134,9 @@ RECIPE = Recipe(build=build, evaluation=Evaluation(
 
 PIPELINE = Pipeline(
     name="fashion-dcgan", module=__name__, default_config=Config,
-    summary="TF DCGAN on Fashion-MNIST: BN generator, dropout discriminator, 16 fixed seeds, GIF")
+    summary="TF DCGAN on Fashion-MNIST: BN generator, dropout discriminator, 16 fixed seeds, GIF",
+    tests=TestRuns(
+        data="fashion-mnist", tiny=("data.max_examples=300", "train.batch_size=32", "train.max_steps=8",
+                                    "train.sample_every=2", "train.shuffle_buffer=300", "eval.num_samples=200"),
+        # 600 images at batch 256 (buffer 60000): 3 steps an epoch, a checkpoint every 5 epochs
+        small=("data.max_examples=600", "train.epochs=6", "eval.num_samples=256"), longer=("train.epochs=10",)))

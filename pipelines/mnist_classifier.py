@@ -8,7 +8,7 @@ from typing import Literal
 from components import evaluations, stages
 from components.config import RATE, Limit, bounded
 from components.export import Classify, Serving
-from components.pipeline import Pipeline
+from components.pipeline import Pipeline, TestRuns
 from components.recipe import (
     DataInfo,
     Evaluation,
@@ -144,7 +144,11 @@ RECIPE = Recipe(build=build, needs_labels=True, evaluation=Evaluation(
 PIPELINE = Pipeline(
     name="mnist-classifier", module=__name__, default_config=Config,
     summary="Keras guide MLP 784-64-64-10, Adam 1e-3, batch 32; train/val accuracy",
-    stages=stages.without("animate"))
+    stages=stages.without("animate"),
+    tests=TestRuns(
+        data="mnist", tiny=("data.max_examples=300", "data.val_holdout=50", "train.max_steps=20"),
+        # 250 train + 50 val: 8 steps an epoch, 2 epochs (the default), a checkpoint at the end only
+        small=("data.max_examples=300", "data.val_holdout=50"), longer=("train.epochs=40",)))
 
 
 def feature_config(data: DataConfig, seed: int, beam: BeamConfig | None = None,

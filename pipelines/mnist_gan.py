@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from components import evaluations
 from components.config import RATE, UNIT, Limit, bounded
 from components.export import Generate, Serving
-from components.pipeline import Pipeline
+from components.pipeline import Pipeline, TestRuns
 from components.recipe import (
     DataInfo,
     Evaluation,
@@ -132,5 +132,10 @@ RECIPE = Recipe(build=build, evaluation=Evaluation(
 
 PIPELINE = Pipeline(
     name="mnist-gan", module=__name__, default_config=Config,
-    summary="Keras guide GAN: conv D with GlobalMaxPooling, G 7x7x128 + 2 Conv2DTranspose, latent 128")
+    summary="Keras guide GAN: conv D with GlobalMaxPooling, G 7x7x128 + 2 Conv2DTranspose, latent 128",
+    tests=TestRuns(
+        data="mnist", tiny=("data.max_examples=200", "train.batch_size=16", "train.max_steps=6",
+                            "train.sample_every=2", "eval.num_samples=100"),
+        # train+test 256 digits at batch 64: 4 steps an epoch, samples at epoch ends
+        small=("data.max_examples=128", "train.epochs=3", "eval.num_samples=256"), longer=("train.epochs=8",)))
 

@@ -8,7 +8,7 @@ from components import evaluations
 from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import PAIRED
-from components.pipeline import Pipeline
+from components.pipeline import Pipeline, TestRuns
 from components.recipe import (
     DataInfo,
     Evaluation,
@@ -177,4 +177,10 @@ RECIPE = Recipe(build=build, layout=PAIRED, evaluation=Evaluation(
 
 PIPELINE = Pipeline(
     name="pix2pix", module=__name__, default_config=Config,
-    summary="pix2pix: random jitter, U-Net (8 down / 7 up), PatchGAN 30x30, BCE + 100 x L1")
+    summary="pix2pix: random jitter, U-Net (8 down / 7 up), PatchGAN 30x30, BCE + 100 x L1",
+    tests=TestRuns(
+        data="pix2pix-people", image_size=32,
+        tiny=("data.max_examples=8", "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2",
+              "train.steps_per_call=2"),
+        # 6 pairs at batch 1, 10 jitter copies, a checkpoint every 20 epochs (120 steps)
+        small=("data.max_examples=6", "train.epochs=25"), longer=("train.epochs=12",)))

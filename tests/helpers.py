@@ -31,18 +31,13 @@ TINY = {
 def run_stages(root, pipeline, sets, upto, runtime=None):
     """Run a pipeline's stages in graph order up to `upto` without Prefect: ({key: artifact}, store)."""
     from artifacts.store import ArtifactStore
-    from flows.graph import nodes, run_node
+    from flows.graph import build, nodes
     from flows.registry import get
 
     p = get(pipeline)
-    cfg = p.config(sets)
-    store, done = ArtifactStore(root), {}
-    for n in nodes(p, cfg):
-        if n.pipeline.name != pipeline:
-            continue
-        done[n.key] = run_node(store, n, done, runtime).artifact
-        if n.stage == upto:
-            return done, store
+    store = ArtifactStore(root)
+    done = {n.key: run.artifact for n, run in build(store, nodes(p, p.config(sets)), [f"{pipeline}/{upto}"], runtime)}
+    return done, store
 
 
 def weights(uri):

@@ -303,3 +303,16 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_stage_in_one_line(mo
     assert stopped.value.exit_code == 143 and "during demo/ingest (nothing committed)" in stopped.value.line()
     assert not lost, [str(u.exc_value) for u in lost]
     assert signal.getsignal(signal.SIGTERM) is not interrupt._handler  # the handlers came back off
+
+
+def test_the_interrupted_line_reads_back_as_what_it_says():
+    from components.interrupt import Interrupted
+
+    for stop in (Interrupted(15, "pix2pix/train", 7, 40, True), Interrupted(2, "mnist-gan/train", 3, 9, False),
+                 Interrupted(15, "cyclegan/evaluate"), Interrupted(2)):
+        line = f"tapeline: {stop.line()}"
+        assert LINE.match(line) or not stop.stage  # the format the user sees, as the other tests read it
+        back = Interrupted.parse(f"[worker 1] {line}", stop.signum)
+        assert (back.stage, back.step, back.total, back.saved, back.line()) == \
+            (stop.stage, stop.step, stop.total, stop.saved, stop.line())
+    assert Interrupted.parse("tapeline: error: something else") is None

@@ -21,7 +21,6 @@ from tests.helpers import TINY
 SETS = {**TINY, "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=200"], "cyclegan": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", "data.image_size=32",
                              "data.jitter_copies=2", "train.max_steps=3", "train.steps_per_call=3"]}
 PIPELINES = sorted(SETS)
-SKIP = ("render", "animate")  # nothing promote reads
 
 # Run with `python -I -S`: no repository, no .pth (the editable install's finder), only site-packages.
 LOADER = r"""
@@ -73,7 +72,7 @@ def pushed(tmp_path_factory):
     """Every pipeline run to promote in one root, a poller watching serving/ all along:
     (root, store, {pipeline: {stage: artifact}}, poller)."""
     from artifacts.store import ArtifactStore
-    from flows.graph import nodes, run_node
+    from flows.graph import build, nodes
     from flows.registry import get
 
     root = str(tmp_path_factory.mktemp("serving") / "root")
@@ -82,10 +81,8 @@ def pushed(tmp_path_factory):
     poller.start()
     arts = {}
     for pipeline in PIPELINES:
-        done = {}
-        for n in nodes(get(pipeline), get(pipeline).config(SETS[pipeline])):
-            if n.stage not in SKIP:
-                done[n.key] = run_node(store, n, done, None).artifact
+        done = {n.key: run.artifact for n, run in
+                build(store, nodes(get(pipeline), get(pipeline).config(SETS[pipeline])), [f"{pipeline}/promote"])}
         arts[pipeline] = {k.split("/", 1)[1]: a for k, a in done.items() if k.startswith(pipeline + "/")}
     poller.stop.set()
     poller.join()
