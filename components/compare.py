@@ -22,7 +22,7 @@ LAST = 3                  # no run named: the champion's run and the newest LAST
 MAX_PIXELS = 16_000_000   # a picture read from the root larger than this is refused, never decoded
 ABSENT = "—"              # a key a run's (verified) config does not have
 # ROOT/_comparisons/PIPELINE/*.png: a name the store's listings skip (not a pipeline, nothing gc
-# or verify looks at), kept out of artifacts/store.py, whose digest is in every data stage's
+# or verify looks at)
 COMPARISONS = "_comparisons"
 
 

@@ -24,11 +24,9 @@ class Fixes:
         return Fixes(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
 
 
-# `improved`: the fixes that measured best together, on fashion-dcgan at 10 epochs (docs/RESULTS.md):
-# resize-then-convolve upsampling (bilinear) and the DCGAN paper's Adam; convnet-space FD 28.2
-# against the faithful recipe's 78.7, and no checkerboard. The generator average (`ema`, decay 0.999)
-# raised it to 35.8 over so short a run (the same training); under spectral normalization and TTUR
-# the discriminator won outright (docs/variants.md). Each stays a fix of its own.
+# `improved` joins the fixes that did best together (docs/variants.md has the measurements): resize
+# removes the transposed convolution's checkerboard, adam is the DCGAN paper's optimizer. The others
+# stay fixes of their own: each did worse joined to these.
 VARIANTS = {
     "faithful": Fixes(),
     "improved": Fixes(resize=True, adam=True),

@@ -165,8 +165,8 @@ def feature_config(data: DataConfig, seed: int, beam: BeamConfig | None = None,
         image_size=data.image_size, channels=data.channels))
 
 
-# The convnet space: 4 epochs reach 0.915 test accuracy on Fashion-MNIST (the MLP's 2: 0.860),
-# in about 80 s of training on two busy CPU cores.
+# The convnet space: a few epochs give it the accuracy a feature space needs (docs/RESULTS.md),
+# at a cost small beside a GAN's training.
 CONVNET = ModelConfig(variant="convnet")
 CONVNET_TRAIN = TrainConfig(epochs=4)
 

@@ -18,8 +18,8 @@ from components.stages import ingest
 SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
 # One row per example for the cross-split duplicate check: the first 16 bytes of the sha256 of its
 # decoded pixels and its index in the split, 24 bytes an example, written by each shard to its own
-# .npy file in the work directory (a dict of hex digest -> id string carried through Beam took about
-# 250 bytes an example: 146 MiB for 600k examples, and more again as the JSON it was saved in).
+# .npy file in the work directory: kept out of Beam, whose hex-string rows cost ten times the memory
+# (docs/scaling-out.md).
 HASHES = np.dtype([("h", "V16"), ("i", "<i8")])
 
 
