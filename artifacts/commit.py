@@ -11,15 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from artifacts import failpoints, gfile, lock
 from artifacts.errors import UserError
-from artifacts.refs import (
-    COMMITTED,
-    MANIFEST,
-    PENDING,
-    Artifact,
-    InputRef,
-    StageRun,
-    _reason,
-)
+from artifacts.refs import COMMITTED, MANIFEST, PENDING, Artifact, InputRef, StageRun, _reason
 
 if TYPE_CHECKING:
     from artifacts.store import ArtifactStore

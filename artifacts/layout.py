@@ -8,22 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.lease import LEASES
-from artifacts.refs import (
-    COMMITTED,
-    FINGERPRINT,
-    LOCKS,
-    MANIFEST,
-    NAME,
-    RESERVED,
-    RUNS,
-    SERVING,
-    WORK,
-    Artifact,
-    _legacy,
-    _manifest_problem,
-    _reason,
-    canonical_root,
-)
+from artifacts.refs import (COMMITTED, FINGERPRINT, LOCKS, MANIFEST, NAME, RESERVED, RUNS, SERVING, WORK,
+                            Artifact, _legacy, _manifest_problem, _reason, canonical_root)
 
 if TYPE_CHECKING:
     from artifacts.lease import Lease

@@ -6,12 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 from artifacts.errors import UserError, storage_error
-from artifacts.fingerprint import (
-    PROJECT_PACKAGES,
-    digest,
-    module_digests,
-    stage_fingerprint,
-)
+from artifacts.fingerprint import PROJECT_PACKAGES, digest, module_digests, stage_fingerprint
 from artifacts.store import Artifact, ArtifactStore, InputRef, StageRun
 from components.contract import Runtime, Spec, Stage, feature_input
 from components.pipeline import Pipeline

@@ -12,15 +12,7 @@ from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import Paired, Snapshot
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import (
-    DataInfo,
-    Evaluation,
-    Measuring,
-    Recipe,
-    TrainSetup,
-    gradients,
-    optimizer,
-)
+from components.recipe import DataInfo, Evaluation, Measuring, Recipe, TrainSetup, gradients, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
 from pipelines import pix2pix
 from pipelines.pix2pix import build_discriminator, build_generator

@@ -8,14 +8,7 @@ from components import evaluations
 from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Generate, Serving
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import (
-    DataInfo,
-    Evaluation,
-    Recipe,
-    TrainSetup,
-    minimize,
-    optimizer,
-)
+from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
 from pipelines import gan_fixes, mnist_classifier
 from pipelines.gan_fixes import VariantKeys

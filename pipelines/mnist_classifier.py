@@ -9,15 +9,7 @@ from components import evaluations, stages
 from components.config import RATE, Limit, bounded
 from components.export import Classify, Serving
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import (
-    DataInfo,
-    Evaluation,
-    FeatureModel,
-    Recipe,
-    TrainSetup,
-    minimize,
-    optimizer,
-)
+from components.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, BeamConfig, DataConfig, TrainConfig
 
 

@@ -9,14 +9,7 @@ from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import PAIRED
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import (
-    DataInfo,
-    Evaluation,
-    Recipe,
-    TrainSetup,
-    minimize,
-    optimizer,
-)
+from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
 
 

@@ -20,16 +20,8 @@ from components import drift, stages
 from components.contract import ORCHESTRATOR_KEYS, Runtime, StageParams
 from components.pipeline import Pipeline
 from components.recipe import Evaluation, Recipe
-from components.sections import (
-    BeamConfig,
-    DataConfig,
-    EvalConfig,
-    FlowConfig,
-    PromoteConfig,
-    RenderConfig,
-    TrainConfig,
-    ValidateConfig,
-)
+from components.sections import (BeamConfig, DataConfig, EvalConfig, FlowConfig, PromoteConfig, RenderConfig,
+                                 TrainConfig, ValidateConfig)
 from flows import graph
 from flows.registry import all_pipelines, get
 from tests.conftest import MNIST, PEOPLE

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import os
 
-from artifacts.fingerprint import (
-    code_digest,
-    files_digest,
-    module_closure,
-    stage_fingerprint,
-)
+from artifacts.fingerprint import code_digest, files_digest, module_closure, stage_fingerprint
 
 
 def test_real_component_closure_follows_imports():

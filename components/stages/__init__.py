@@ -2,16 +2,7 @@
 graph order, the sequence a pipeline runs unless its recipe names fewer."""
 from __future__ import annotations
 
-from components.stages import (
-    animate,
-    evaluate,
-    ingest,
-    preprocess,
-    promote,
-    render,
-    train,
-    validate,
-)
+from components.stages import animate, evaluate, ingest, preprocess, promote, render, train, validate
 
 ALL = (ingest.STAGE, validate.STAGE, preprocess.STAGE, train.STAGE, evaluate.STAGE, render.STAGE,
        animate.STAGE, promote.STAGE)
