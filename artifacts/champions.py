@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from artifacts import gfile
 from artifacts.lease import Lease, live_leases
-from artifacts.refs import CHAMPION, RUNS, Artifact, _reason, check_run_id
+from artifacts.refs import CHAMPION, RUNS, Artifact, reason, check_run_id
 
 
 class Records:
@@ -26,7 +26,7 @@ class Records:
             if not isinstance(rec, dict):
                 raise ValueError("not a champion record")
         except (OSError, ValueError) as e:
-            self.unreadable[path] = f"unreadable, {_reason(e)}"
+            self.unreadable[path] = f"unreadable, {reason(e)}"
             return None
         arts = rec.get("artifacts") if isinstance(rec.get("artifacts"), dict) else {}
         rec["artifacts"] = {k: u for k, u in ((k, self.resolve(v)) for k, v in arts.items()) if u}
@@ -81,7 +81,7 @@ class Records:
             try:
                 out.append(parse(gfile.read_json(path)))
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-                self.unreadable[path] = f"unreadable, {_reason(e)}"
+                self.unreadable[path] = f"unreadable, {reason(e)}"
         return out
 
     def runs(self) -> list[dict]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from artifacts import failpoints, gfile, lock
 from artifacts.errors import UserError
-from artifacts.refs import COMMITTED, MANIFEST, PENDING, Artifact, InputRef, StageRun, _reason
+from artifacts.refs import COMMITTED, MANIFEST, PENDING, Artifact, InputRef, StageRun, reason
 
 if TYPE_CHECKING:
     from artifacts.store import ArtifactStore
@@ -64,11 +64,11 @@ class Commits:
         try:
             manifest_sha, _ = gfile.sha256(art.path(MANIFEST))
         except (OSError, ValueError) as e:
-            return [f"{MANIFEST} missing or unreadable: {_reason(e)}"]
+            return [f"{MANIFEST} missing or unreadable: {reason(e)}"]
         try:
             committed = gfile.read_bytes(art.path(COMMITTED), 1024).decode("ascii").strip()
         except (OSError, ValueError) as e:
-            return [f"{COMMITTED} unreadable: {_reason(e)}"]
+            return [f"{COMMITTED} unreadable: {reason(e)}"]
         if committed != manifest_sha:
             return [f"{MANIFEST} altered after commit"]
         if "_damaged" in art.manifest:
@@ -83,7 +83,7 @@ class Commits:
             try:
                 sha, size = gfile.sha256(art.path(rel))
             except OSError as e:
-                problems.append(f"{rel} refused: {_reason(e)}")
+                problems.append(f"{rel} refused: {reason(e)}")
                 continue
             if size != meta["size"] or sha != meta["sha256"]:
                 problems.append(f"{rel} altered")

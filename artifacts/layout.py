@@ -9,7 +9,7 @@ from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.lease import LEASES
 from artifacts.refs import (COMMITTED, FINGERPRINT, LOCKS, MANIFEST, NAME, RESERVED, RUNS, SERVING, WORK,
-                            Artifact, _legacy, _manifest_problem, _reason, canonical_root)
+                            Artifact, legacy_ref, manifest_problem, reason, canonical_root)
 
 if TYPE_CHECKING:
     from artifacts.lease import Lease
@@ -108,7 +108,7 @@ class RootLayout:
         if r.startswith(self.root + "/"):
             r = r[len(self.root) + 1:]
         elif self._local and r.startswith("/"):
-            r = _legacy(self.root, r)
+            r = legacy_ref(self.root, r)
             if r is None:
                 return None
         elif "://" in r or r.startswith("/") or ":" in r.split("/", 1)[0]:
@@ -127,9 +127,9 @@ class RootLayout:
             return None
         try:
             manifest = gfile.read_json(gfile.join(uri, MANIFEST))
-            problem = _manifest_problem(manifest)
+            problem = manifest_problem(manifest)
         except (OSError, ValueError) as e:  # unreadable, undecodable, a FIFO, a symlink: damage
-            manifest, problem = {}, f"{MANIFEST} unreadable: {_reason(e)}"
+            manifest, problem = {}, f"{MANIFEST} unreadable: {reason(e)}"
         if problem:  # check() reports it; nothing reuses or follows it
             manifest = {"fingerprint": "", "version": uri.rsplit("/", 1)[-1], "type": "?", "params": {},
                         "files": {}, "inputs": {}, "_damaged": problem}

@@ -63,14 +63,14 @@ class StageRun:
     reused: bool
 
 
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     if isinstance(e, UnicodeDecodeError):
         return "not UTF-8 text"
     return str(e).split("\n")[0][:200] or type(e).__name__
 
-def _legacy(root: str, ref: str) -> str | None:
+def legacy_ref(root: str, ref: str) -> str | None:
     """An absolute local reference written by an older tapeline (or under another spelling of
     this root, one that still resolves to it), relative to root; None if it is not under it."""
     norm = posixpath.normpath(re.sub("/+", "/", ref))
@@ -107,7 +107,7 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def _manifest_problem(m: Any) -> str | None:
+def manifest_problem(m: Any) -> str | None:
     """What makes a decoded manifest unusable, checked before anything trusts a field of it."""
     def strs(d: Any, inner: Callable[[Any], bool]) -> bool:
         return isinstance(d, dict) and all(isinstance(k, str) and inner(v) for k, v in d.items())
