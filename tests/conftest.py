@@ -23,6 +23,12 @@ SHARED = REPO.parent / "shared" / "data"
 MNIST = SHARED / "mnist"
 PEOPLE = SHARED / "pix2pix-people"
 CORRUPT = SHARED / "corrupt" / "truncated-train-images-idx3-ubyte.gz"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+# the data sets a recipe's TestRuns name, as sources on this machine
+DATASETS = {"mnist": f"idx:{MNIST}", "fashion-mnist": f"idx:{FASHION}", "pix2pix-people": f"paired:{PEOPLE}"}
+# what a test's subprocess imports from: the repo, and what this session was given (a recipe of a
+# test's own, found through $TAPELINE_PIPELINES)
+PYTHONPATH = os.pathsep.join([str(REPO), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
 
 
 @pytest.fixture(params=["local", "ram"])
@@ -50,7 +56,7 @@ def local_root(tmp_path) -> str:
 def run_py(code: str, *args: str, timeout: float = 600, env: dict | None = None,
            **kw) -> subprocess.CompletedProcess:
     """Run python code in a fresh process with the repo importable."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, **kw)
 

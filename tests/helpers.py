@@ -9,23 +9,34 @@ import re
 import shutil
 import struct
 
-from tests.conftest import CORRUPT, MNIST, PEOPLE
+from tests.conftest import CORRUPT, DATASETS, MNIST
 
 # ---- tiny configs and stage runs
 
-TINY_IMAGE_SIZE = 32
+def test_sets(pipeline: str, size: str) -> list[str]:
+    """The --set strings of one of a pipeline's own test sizes (its recipe's TestRuns), on this
+    machine's copy of its data: tiny (a whole flow, fast), small (its own batch size and intervals
+    on little data), longer (small, trained long enough to stop inside), small-run (every default
+    but the data size and a few steps)."""
+    from flows.registry import get
+
+    t = get(pipeline).tests
+    out = [f"data.source={DATASETS[t.data]}"] + ([f"data.image_size={t.image_size}"] if t.image_size else [])
+    return out + list({"tiny": t.tiny, "small": t.small, "longer": t.small + t.longer,
+                       "small-run": ("data.max_examples=300", "train.max_steps=3")}[size])
+
+
+def tested_pipelines() -> list[str]:
+    """Every registered pipeline whose recipe declares its test sizes: the five built in, and any
+    $TAPELINE_PIPELINES adds (a new pipeline is covered by every per-pipeline test unedited)."""
+    from flows.registry import all_pipelines
+
+    return sorted(name for name, p in all_pipelines().items() if p.tests is not None)
+
+
 # each pipeline's smallest flow that still exercises every stage
-TINY = {
-    "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50",
-                         "train.max_steps=20"],
-    "mnist-gan": [f"data.source=idx:{MNIST}", "data.max_examples=200", "train.batch_size=16",
-                  "train.max_steps=6", "train.sample_every=2", "eval.num_samples=100"],
-    "fashion-dcgan": ["data.source=idx:/usr/share/datasets/fashion-mnist", "data.max_examples=300",
-                      "train.batch_size=32", "train.max_steps=8", "train.sample_every=2",
-                      "train.shuffle_buffer=300", "eval.num_samples=200"],
-    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=8", f"data.image_size={TINY_IMAGE_SIZE}",
-                "data.jitter_copies=2", "train.max_steps=6", "train.sample_every=2", "train.steps_per_call=2"],
-}
+TINY = {name: test_sets(name, "tiny") for name in tested_pipelines()}
+TINY_IMAGE_SIZE = 32
 
 
 def run_stages(root, pipeline, sets, upto, runtime=None):

@@ -18,22 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tests.conftest import MNIST, PEOPLE, REPO
+from tests.conftest import PYTHONPATH
+from tests.helpers import test_sets, tested_pipelines
 
 FASHION = "/usr/share/datasets/fashion-mnist"
-CONFIGS = {
-    # 250 train + 50 val: 8 steps an epoch, 2 epochs (the default), checkpoint at the end only
-    "mnist-classifier": [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50"],
-    # train+test 256 digits at batch 64: 4 steps an epoch, samples at epoch ends
-    "mnist-gan": [f"data.source=idx:{MNIST}", "data.max_examples=128", "train.epochs=3", "eval.num_samples=256"],
-    # 600 images at batch 256 (buffer 60000): 3 steps an epoch, a checkpoint every 5 epochs
-    "fashion-dcgan": [f"data.source=idx:{FASHION}", "data.max_examples=600", "train.epochs=6",
-                      "eval.num_samples=256"],
-    # 6 pairs at batch 1, 10 jitter copies, a checkpoint every 20 epochs (120 steps)
-    "pix2pix": [f"data.source=paired:{PEOPLE}", "data.max_examples=6", "data.image_size=32", "train.epochs=25"],
-    # the same 6 pairs as two unpaired domains: a checkpoint every 5 epochs (30 steps)
-    "cyclegan": [f"data.source=paired:{PEOPLE}", "data.max_examples=6", "data.image_size=32", "train.epochs=6"],
-}
+# every pipeline at its own batch size, buffer and checkpoint intervals, on little data (TestRuns.small)
+CONFIGS = {name: test_sets(name, "small") for name in tested_pipelines()}
 
 
 @dataclass
@@ -58,7 +48,7 @@ def run(pipeline: str, root: str, sets: list[str], failpoints: str = "", kill_af
     """`tapeline run --json` in its own process group; stopped at a failpoint, after kill_after
     seconds (SIGKILL of the group from outside), or let finish."""
     with tempfile.NamedTemporaryFile("r", suffix=".trace") as trace:
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "INFO",
+        full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, "PREFECT_LOGGING_LEVEL": "INFO",
                     "TAPELINE_FAILPOINTS": failpoints, "TAPELINE_FAILPOINTS_TRACE": trace.name, **(env or {})}
         args = [x for s in sets for x in ("--set", s)]
         proc = subprocess.Popen(
@@ -145,7 +135,7 @@ def root_problems(root: str, summary: dict) -> list[str]:
     problems = []
     verify = subprocess.run([sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
                              "verify", "--root", root], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=300)
     if verify.returncode != 0 or " 0 damaged" not in verify.stdout:
         problems.append("verify: " + verify.stdout.strip().splitlines()[-1] if verify.stdout else verify.stderr[-500:])
     # a stage folder holds one version per node of the run that builds there (the GANs' two feature

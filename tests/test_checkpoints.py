@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO
+from tests.conftest import PYTHONPATH
 from tests.helpers import PickleBomb
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -100,7 +100,7 @@ def test_damaged_newest_checkpoint_is_skipped_and_the_run_ends_identical(tmp_pat
     kinds = ["truncate", "bitflip", "pickle", "all"]  # all: the newest shard missing, the older bit-flipped
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(SETS), str(STOP_AT), marker,
                            json.dumps(kinds), _pickled_npz(marker).hex()],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])

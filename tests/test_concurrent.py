@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from benchmarks.fuzz import no_traceback
-from tests.conftest import MNIST, REPO, tapeline
+from tests.conftest import MNIST, PYTHONPATH, tapeline
 
 BASE = [f"data.source=idx:{MNIST}", "data.max_examples=200", "data.val_holdout=40", "train.max_steps=4",
         "eval.batch_size=100"]
@@ -27,7 +27,7 @@ def test_six_runs_at_once_on_one_root_make_one_artifact_set(harness, tmp_path):
                                "run", "mnist-classifier", "--json", "--root", root,
                                *[x for s in sets for x in ("--set", s)]],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO), **api}) for sets in CONFIGS]
+                              env={**os.environ, "PYTHONPATH": PYTHONPATH, **api}) for sets in CONFIGS]
     outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [e[-2000:] for _, e in outs]
     assert all(no_traceback(e) for _, e in outs)

@@ -14,7 +14,7 @@ import pytest
 from artifacts import gfile
 from artifacts.errors import UserError
 from flows.workers import free_ports
-from tests.conftest import REPO, tapeline
+from tests.conftest import PYTHONPATH, tapeline
 from tests.helpers import run_stages
 
 BIN = os.path.dirname(sys.executable)
@@ -37,7 +37,7 @@ def _wait_port(port: int, proc, timeout: float = 90) -> None:
 def _start(args, log):
     """A server the way a user starts it, in its own process group, with this repo importable
     and this virtualenv's python first on PATH (the worker pool starts `python` from PATH)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "PATH": f"{BIN}:{os.environ['PATH']}"}
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 

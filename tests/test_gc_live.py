@@ -8,7 +8,7 @@ import sys
 import time
 
 from flows.registry import get
-from tests.conftest import REPO, tapeline
+from tests.conftest import PYTHONPATH, tapeline
 from tests.helpers import TINY
 
 CLI = "import sys; from flows.cli import main; sys.exit(main())"
@@ -21,7 +21,7 @@ def test_gc_keep_0_during_a_live_run_of_every_stage_kind(tmp_path, harness):
     pauses.mkdir()
     stages = get("mnist-classifier").stages
     moments = [f"store.{m}.mnist-classifier/{s}" for s in stages for m in ("build", "committed")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(),
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "PREFECT_API_URL": PREFECT_API_URL.value(),
            "TAPELINE_FAILPOINTS": ",".join(f"{m}@1:pause" for m in moments),
            "TAPELINE_FAILPOINTS_PAUSE_DIR": str(pauses)}
     sets = [a for s in TINY["mnist-classifier"] + ["train.max_steps=3"] for a in ("--set", s)]

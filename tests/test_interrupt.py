@@ -25,21 +25,18 @@ from dataclasses import dataclass
 import pytest
 
 from tests import kill_harness as kh
-from tests.conftest import REPO
-from tests.helpers import CPP_LOG, alive, descendants
+from tests.conftest import PYTHONPATH, REPO
+from tests.helpers import CPP_LOG, alive, descendants, test_sets
 
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
-# training long enough to land in: more epochs than kill_harness.CONFIGS, nothing else changed
-LONGER = {"mnist-classifier": ["train.epochs=40"], "mnist-gan": ["train.epochs=8"],
-          "fashion-dcgan": ["train.epochs=10"], "pix2pix": ["train.epochs=12"],
-          "cyclegan": ["train.epochs=8"]}
 LINE = re.compile(r"^tapeline: interrupted during (\S+)(?: at step (\d+)/(\d+) \((checkpoint saved|last "
                   r"checkpoint kept)\)| \(nothing committed\)) — run the same command again to resume$")
 CLI = [sys.executable, "-m", "flows.cli"]  # what the `tapeline` script runs
 
 
 def sets(pipeline: str) -> list[str]:
-    return kh.CONFIGS[pipeline] + LONGER[pipeline]
+    """Training long enough to land in: kill_harness.CONFIGS with more epochs, nothing else changed."""
+    return test_sets(pipeline, "longer")
 
 
 class Terminal:
@@ -116,7 +113,7 @@ def _env(extra: dict | None = None) -> dict:
     """A user's environment: no Prefect API (the temporary server), no log settings of ours."""
     drop = ("PREFECT_API_URL", "TF_CPP_MIN_LOG_LEVEL", "PREFECT_LOGGING_LEVEL")
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    return {**env, "PYTHONPATH": str(REPO), "TERM": "xterm", "COLUMNS": "160", **(extra or {})}
+    return {**env, "PYTHONPATH": PYTHONPATH, "TERM": "xterm", "COLUMNS": "160", **(extra or {})}
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +231,7 @@ def test_ctrl_c_in_a_terminal_during_training(pipeline, tmp_path, api, reference
     ("fashion-dcgan", "train", "group"),        # systemd stop, `timeout`, a container runtime
     ("mnist-classifier", "beam", "group"),      # during ingest / validate / preprocess
     ("mnist-gan", "evaluate", "process"),
-])
+] + [(p, "train", "process") for p in kh.CONFIGS if p not in ("mnist-gan", "fashion-dcgan")])
 def test_sigterm_stops_cleanly_and_resumes(pipeline, stage, how, tmp_path, api, reference):
     sets_ = sets(pipeline)
     if stage == "beam":  # data stages long enough to land in; training kept short

@@ -87,7 +87,8 @@ def test_killed_again_and_again_then_rerun_is_identical(api, references, tmp_pat
 KILL_SEED = int(os.environ.get("TAPELINE_KILL_SEED", "11"))
 
 
-@pytest.mark.parametrize("pipeline", ["mnist-classifier", "mnist-gan"])
+# every pipeline the registry has without a chain of its own above, and two that have one
+@pytest.mark.parametrize("pipeline", sorted({p for p in kh.CONFIGS if p not in CHAINS} | {"mnist-classifier", "mnist-gan"}))
 def test_killed_at_moments_drawn_at_random_then_rerun_is_identical(api, traced, tmp_path, pipeline):
     """Kill points the test does not choose: 1-3 kills, each at the k-th passing of a moment drawn
     from every moment the uninterrupted run passed, or at a random wall-clock time."""

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import REPO, tapeline
+from tests.conftest import PYTHONPATH, tapeline
 from tests.helpers import weights
 
 # 6 steps per epoch, a checkpoint every 4: the kill lands mid-epoch and the rerun crosses epochs
@@ -33,7 +33,7 @@ def _launch(root: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "flows.cli", "train-workers", "fashion-dcgan", "--workers", "2", "--root", root]
     return subprocess.Popen(args + [a for s in SETS for a in ("--set", s)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH})
 
 
 def _result(proc: subprocess.Popen) -> tuple[dict, str]:

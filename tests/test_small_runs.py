@@ -3,23 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import MNIST, PEOPLE
-
-SOURCES = {"mnist-classifier": f"idx:{MNIST}", "mnist-gan": f"idx:{MNIST}",
-           "fashion-dcgan": "idx:/usr/share/datasets/fashion-mnist", "pix2pix": f"paired:{PEOPLE}",
-           "cyclegan": f"paired:{PEOPLE}"}
-# pix2pix (and cyclegan) at the default 256 px take minutes on two CPU cores for a few steps (preprocess's
-# jitter, the U-Net's first trace, evaluating 55 val pairs): a smaller image_size keeps it fast.
-EXTRA = {"pix2pix": ["data.image_size=32"], "cyclegan": ["data.image_size=32"]}
+from tests.helpers import test_sets, tested_pipelines
 
 
-@pytest.mark.parametrize("pipeline", sorted(SOURCES))
+@pytest.mark.parametrize("pipeline", tested_pipelines())
 def test_small_run_with_defaults_trains(harness, tmp_path, pipeline):
     from artifacts.store import ArtifactStore
     from flows.pipeline_flow import run_pipeline
 
-    sets = [f"data.source={SOURCES[pipeline]}", "data.max_examples=300", "train.max_steps=3",
-            *EXTRA.get(pipeline, [])]
+    # (a recipe too slow on CPUs at its default image size, pix2pix at 256 px, names a smaller one)
+    sets = test_sets(pipeline, "small-run")
     summary = run_pipeline(pipeline, sets, str(tmp_path / "root"))
     assert not any(s["reused"] for s in summary["stages"].values())
     train = ArtifactStore(str(tmp_path / "root")).load(summary["stages"][f"{pipeline}/train"]["uri"])

@@ -12,7 +12,7 @@ import pytest
 from artifacts import gfile
 from artifacts.maintenance import gc, verify
 from artifacts.store import ArtifactStore, InputRef
-from tests.conftest import REPO
+from tests.conftest import PYTHONPATH
 from tests.helpers import build_into
 
 SRC = InputRef("idx:/data", "f" * 64)
@@ -99,7 +99,7 @@ ArtifactStore(root).get_or_build("p", "preprocess", "c" * 64, type="T", params={
 def test_sigkill_while_writing_leaves_nothing_listed_or_reused(local_root, tmp_path):
     marker = tmp_path / "writing"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, local_root, str(marker)],
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH})
     deadline = time.time() + 120
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline
@@ -139,7 +139,7 @@ print("reused" if run.reused else "built", run.artifact.uri)
 def test_two_processes_racing_on_one_fingerprint_make_one_artifact(local_root, tmp_path):
     log = tmp_path / "builds.log"
     procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, local_root, str(log)],
-                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              env={**os.environ, "PYTHONPATH": PYTHONPATH},
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from artifacts.errors import UserError
-from tests.conftest import MNIST, PEOPLE, REPO
+from tests.conftest import MNIST, PEOPLE, PYTHONPATH
 
 TRAIN_SCRIPT = r"""
 import json, sys
@@ -33,7 +33,7 @@ PIX2PIX = [f"data.source=paired:{PEOPLE}", "data.max_examples=12", "data.image_s
 def train(root, pipeline, sets, timeout=600):
     proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, root, pipeline, json.dumps(sets)],
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -106,7 +106,7 @@ def test_mirrored_on_two_logical_cpus_mixed_precision_and_xla_train_the_dcgan(tm
                 "xla": ["train.xla=true"]}
     proc = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path), "fashion-dcgan",
                            json.dumps(variants), json.dumps(sets)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=900, env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     m = runs["mirrored"]["metadata"]
