@@ -70,3 +70,48 @@ def test_the_check_sees_an_upward_import_inside_a_function(tmp_path):
 @pytest.mark.parametrize("layer", LAYERS)
 def test_every_layer_is_read(layer):
     assert list((ROOT / layer).glob("*.py")), f"{layer}/ has no modules under {ROOT}"
+
+
+def import_time_state(root: Path) -> list[str]:
+    """'file:line what' for each module-level statement that fills or changes state at import: a
+    write into a dict or list held by a module (LIMITS[k] = v, X.update(...), X.append(...)),
+    globals() changed, or a module imported by a name built at run time (an f-string)."""
+    bad = []
+    for layer in LAYERS:
+        for path in sorted((root / layer).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            where = f"{path.relative_to(root)}"
+            for stmt in tree.body:
+                if isinstance(stmt, (ast.Assign, ast.AugAssign)):
+                    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                    if any(isinstance(t, (ast.Subscript, ast.Attribute)) for t in targets):
+                        bad.append(f"{where}:{stmt.lineno} writes into a module-level object")
+                if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                    func = stmt.value.func
+                    name = getattr(func, "attr", getattr(func, "id", ""))
+                    if name in ("update", "setdefault", "append", "extend", "register") or \
+                            (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call)
+                             and getattr(func.value.func, "id", "") == "globals"):
+                        bad.append(f"{where}:{stmt.lineno} calls {name}() at import")
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == \
+                        "import_module" and node.args and isinstance(node.args[0], ast.JoinedStr):
+                    bad.append(f"{where}:{node.lineno} imports a module by a name built from a string")
+    return bad
+
+
+def test_no_module_fills_state_at_import_or_imports_by_a_built_name():
+    assert import_time_state(ROOT) == []
+
+
+def test_the_state_check_catches_what_it_looks_for(tmp_path):
+    pkg = tmp_path / "components"
+    pkg.mkdir()
+    (pkg / "bad.py").write_text('import importlib\nLIMITS = {}\nLIMITS["a"] = 1\nLIMITS.update(b=2)\n'
+                                'globals().update(c=3)\n'
+                                'def f(stage):\n    return importlib.import_module(f"components.{stage}")\n')
+    for layer in LAYERS:
+        (tmp_path / layer).mkdir(exist_ok=True)
+    assert [b.split(" ", 1)[1] for b in import_time_state(tmp_path)] == [
+        "writes into a module-level object", "calls update() at import", "calls update() at import",
+        "imports a module by a name built from a string"]
