@@ -25,6 +25,7 @@ RESERVED = {WORK, LOCKS}  # folders of a stage that are not versions
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # one path component tapeline writes
 
+
 @dataclass(frozen=True)
 class InputRef:
     """An input that is not an artifact (a data source): a URI and a digest of its content."""
