@@ -95,6 +95,8 @@ class StageParams:
             value = getattr(self, f.name)
             name = f.metadata.get("key") or f"recipe.{f.metadata['recipe']}"
             if dataclasses.is_dataclass(value):
+                # a section may say which of its keys act (a recipe's model: its variant's)
+                value = value.fingerprinted() if hasattr(value, "fingerprinted") else value
                 out.update(cfglib.flat(value, name + "."))
             else:
                 out[name] = list(value) if isinstance(value, tuple) else value

@@ -2,6 +2,7 @@
 which fixes a variant applies, and the layers and the generator average they need."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from dataclasses import dataclass, fields
@@ -55,6 +56,16 @@ class VariantKeys:
 
     def check(self) -> None:
         check(self)
+
+    def fingerprinted(self) -> "VariantKeys":
+        """This section as fingerprints see it: a key that acts in none of the variant's fixes
+        counts at its default, so `model.upsample` never retrains a faithful model."""
+        fixes = parse(self.variant) or Fixes()
+        base = type(self)()
+        inert = {"upsample": not fixes.resize, "ema_decay": not fixes.ema,
+                 "ttur_learning_rates": not fixes.ttur, "adam_learning_rate": not fixes.adam,
+                 "adam_beta_1": not fixes.adam}
+        return dataclasses.replace(self, **{k: getattr(base, k) for k, off in inert.items() if off})
 
 
 def parse(variant: str) -> Fixes | None:

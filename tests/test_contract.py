@@ -55,6 +55,16 @@ def _set(cfg, dotted: str):
     return dataclasses.replace(cfg, **{head: new})
 
 
+def _acts(cfg, cfg2, dotted: str) -> bool:
+    """Whether the key acts in its section (a GAN variant's keys act only in the fixes that name
+    them: `fingerprinted()` holds the others at their defaults)."""
+    head, _, rest = dotted.partition(".")
+    a, b = getattr(cfg, head), getattr(cfg2, head)
+    if not rest or not hasattr(a, "fingerprinted"):
+        return True
+    return cfglib.flat(a.fingerprinted()) != cfglib.flat(b.fingerprinted())
+
+
 def _reads(keys, dotted: str) -> bool:
     return any(dotted == k or dotted.startswith(k + ".") for k in keys)
 
@@ -93,7 +103,7 @@ def test_each_key_changes_exactly_the_stages_whose_params_hold_it_and_their_down
         for n, n2 in zip(before_nodes, after_nodes):
             declared = n.component.params.keys()
             if n.pipeline.name == pipeline:  # the key is this pipeline's: does the stage hold it?
-                direct = _reads(declared, key)
+                direct = _reads(declared, key) and _acts(cfg, cfg2, key)
             else:  # the feature model's stages: their config is derived from this one
                 direct = any(_get(n.cfg, k) != _get(n2.cfg, k) for k in declared)
             expected[n.key] = direct or any(expected[i] for i in n.inputs.values())
@@ -101,6 +111,23 @@ def test_each_key_changes_exactly_the_stages_whose_params_hold_it_and_their_down
         assert changed == expected, (key, {k for k in changed if changed[k] != expected[k]})
         if _reads(runtime, key) or _reads(ORCHESTRATOR_KEYS, key):
             assert not any(changed.values()), key
+
+
+@pytest.mark.parametrize("pipeline", ["mnist-gan", "fashion-dcgan"])
+def test_a_variant_key_enters_the_fingerprint_only_where_its_fix_acts(fast_fingerprints, pipeline):
+    p = get(pipeline)
+
+    def train(*sets):
+        return graph.fingerprints(graph.nodes(p, p.config(list(sets))))[f"{pipeline}/train"][0]
+
+    for key, value in (("model.upsample", "nearest"), ("model.ema_decay", "0.99"),
+                       ("model.ttur_learning_rates", "1e-4,2e-4"), ("model.adam_learning_rate", "1e-3"),
+                       ("model.adam_beta_1", "0.6")):
+        fix = {"model.upsample": "resize", "model.ema_decay": "ema", "model.ttur_learning_rates": "ttur"}.get(key, "adam")
+        assert train(f"{key}={value}") == train(), key  # faithful: the key does nothing, nothing retrains
+        assert train(f"model.variant={fix}", f"{key}={value}") != train(f"model.variant={fix}"), key
+        other = "spectral"
+        assert train(f"model.variant={other}", f"{key}={value}") == train(f"model.variant={other}"), key
 
 
 def test_every_config_key_is_read_by_a_stage_or_the_runtime():
