@@ -210,8 +210,9 @@ def cmd_plan(args) -> int:
 
     pipeline = get(args.pipeline)
     rows = plan(open_store(args.root), pipeline, pipeline.config(args.set))
+    width = max(len(row["key"]) for row in rows)
     for row in rows:
-        print(f"{row['key']:28s} {row['action']:18s} {row['why']}")
+        print(f"{row['key']:{width}s} {row['action']:18s} {row['why']}")
     return 0
 
 
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.setup_env(args.verbose)  # before anything imports TensorFlow, Beam or Prefect
+    quiet.quiet_libraries(args.verbose)
     try:
         if args.fn is cmd_serve:  # prefect.serve stops its runner on SIGTERM itself
             return args.fn(args)

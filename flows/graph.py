@@ -235,14 +235,19 @@ def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:
             rows.append({"key": n.key, "action": f"resume from step {step}",
                          "why": "checkpoint in work dir"})
             continue
-        rows.append({"key": n.key, "action": "run", "why": _why(store, n, n.params(), ins)})
+        siblings = [m for m in ns if m.pipeline.name == n.pipeline.name and m.stage == n.stage and m is not n]
+        rows.append({"key": n.key, "action": "run", "why": _why(store, n, n.params(), ins, siblings)})
     return rows
 
 
-def _why(store: ArtifactStore, n: Node, params: dict, ins: dict) -> str:
+def _why(store: ArtifactStore, n: Node, params: dict, ins: dict, siblings: list[Node] = ()) -> str:
     versions = store.versions(n.pipeline.name, n.stage)
+    # a node labelled with its feature space is compared only with versions of that space: the
+    # keys in which it differs from its siblings (the other spaces' nodes of this stage) match
+    own = {k for m in siblings for k, v in m.params().items() if params.get(k) != v}
+    versions = [v for v in versions if all(v.params.get(k) == params.get(k) for k in own)]
     if not versions:
-        return "never built"
+        return f"never built for the {n.label} feature space" if siblings and n.label else "never built"
     last = versions[-1].manifest
     if not store.find(n.pipeline.name, n.stage, last["fingerprint"]) and \
             last["fingerprint"] == n.fingerprint(ins):

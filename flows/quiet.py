@@ -228,5 +228,13 @@ def setup_logging(verbose: bool) -> None:
     for handler in root.handlers or [logging.lastResort]:
         if handler is not None:
             handler.addFilter(keep)
+    quiet_libraries(verbose)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """The libraries' start-up chatter (tfds's `Variant folder ... has no dataset_info.json`)
+    off for every command, without importing Prefect."""
+    if verbose:
+        return
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.ERROR)
