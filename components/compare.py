@@ -220,7 +220,13 @@ def out_path(store: ArtifactStore, pipeline: str, out: str | None) -> str:
     ROOT/_comparisons/PIPELINE/compare-TIME.png (never followed through a link)."""
     name = f"compare-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}.png"
     if out:
-        return gfile.join(out, name) if gfile.isdir(out) else out
+        if gfile.isdir(out):
+            return gfile.join(out, name)
+        parent = out.rsplit("/", 1)[0] if "/" in out.rstrip("/") else "."
+        if not gfile.isdir(parent):
+            raise UserError(f"no folder {parent!r} to write the comparison into", "--out",
+                            "name a file in a folder that exists, or an existing folder")
+        return out
     folder = store.inside(gfile.join(store.root, COMPARISONS, pipeline), "the comparisons folder")
     gfile.makedirs(folder)
     return store.inside(gfile.join(folder, name), "a comparison")

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import fcntl
 import json
+import math
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from artifacts.errors import UserError
+
 _PR_SET_PDEATHSIG = 1
 MODE = "TAPELINE_LOCAL_SERVER"             # reuse (default) | temporary
 IDLE = "TAPELINE_SERVER_IDLE_MINUTES"
@@ -37,7 +40,18 @@ PORTS = range(4200, 4300)
 
 
 def idle_minutes() -> float:
-    return float(os.environ.get(IDLE) or DEFAULT_IDLE / 60)
+    """$TAPELINE_SERVER_IDLE_MINUTES: minutes without a run before the local server stops."""
+    text = os.environ.get(IDLE) or ""
+    if not text.strip():
+        return DEFAULT_IDLE / 60
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 7 * 24 * 60):
+        raise UserError(f"bad value {text!r} for {IDLE}", "environment",
+                        "give the minutes without a run before the local server stops, e.g. 30 (at most a week)")
+    return value
 
 
 def home() -> Path:

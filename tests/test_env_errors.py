@@ -1,0 +1,43 @@
+"""A bad environment or a bad place to write gets the one line too: a malformed
+$TAPELINE_SERVER_IDLE_MINUTES, $TAPELINE_PIPELINES naming nothing, `compare --out` into a folder
+that does not exist. Exit 2, the last line `tapeline: error: ...`, no traceback."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import tapeline
+
+
+def _one_line(r, *words):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert lines and lines[-1].startswith("tapeline: error: ") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert all(w in lines[-1] for w in words), lines[-1]
+
+
+@pytest.mark.parametrize("value", ["soon", "nan", "-5", "0", "1e400", "inf"])
+def test_a_malformed_idle_time_is_refused_in_one_line(tmp_path, value):
+    # the local server is chosen (not the tests' temporary one) in a home of this test's own
+    env = {"TAPELINE_LOCAL_SERVER": "", "PREFECT_HOME": str(tmp_path / "home"),
+           "TAPELINE_SERVER_IDLE_MINUTES": value}
+    (tmp_path / "home").mkdir()
+    r = tapeline("run", "mnist-classifier", "--root", str(tmp_path / "root"), env=env, timeout=120)
+    _one_line(r, "TAPELINE_SERVER_IDLE_MINUTES")
+    assert not (tmp_path / "root" / "mnist-classifier").exists()
+
+
+@pytest.mark.parametrize("value", ["no.such.module", "not a module", "json"])
+def test_tapeline_pipelines_naming_nothing_is_refused_in_one_line(tmp_path, value):
+    r = tapeline("pipelines", env={"TAPELINE_PIPELINES": value}, timeout=120)
+    _one_line(r, "TAPELINE_PIPELINES")
+
+
+def test_compare_into_a_folder_that_does_not_exist_is_refused_in_one_line(tmp_path):
+    from tests.helpers import TINY
+
+    root = str(tmp_path / "root")
+    run = tapeline("run", "mnist-classifier", "--root", root, *[a for s in TINY["mnist-classifier"] for a in ("--set", s)])
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = tapeline("compare", "mnist-classifier", "--root", root, "--out", str(tmp_path / "missing" / "c.png"))
+    _one_line(r, "--out", "missing")
+    assert not (tmp_path / "missing").exists()
