@@ -61,9 +61,10 @@ class Records:
         return self.ref(obj) if isinstance(obj, str) else obj
 
     def record_run(self, run_id: str, record: dict) -> str:
+        """ROOT/runs/RUN_ID.json: the record without the root's own place (it may move)."""
         path = self.inside(gfile.join(self.root, RUNS, f"{check_run_id(run_id)}.json"), "a run record")
         gfile.makedirs(gfile.join(self.root, RUNS))
-        gfile.write_json(path, self._relative(record))
+        gfile.write_json(path, self._relative({k: v for k, v in record.items() if k != "root"}))
         return path
 
     def records(self, folder: str, parse: Callable[[Any], Any]) -> list[Any]:

@@ -41,9 +41,10 @@ def _renormalize(x, src: dict, dst: dict):
     return tfrecords.unnormalize(x, src) * dst["scale"] + dst["offset"]
 
 
-def feature_space(fm, inputs, transformed):
+def feature_space(fm, inputs, transformed, ref=lambda uri: uri):
     """One of the recipe's FeatureModels loaded from its artifacts, taking images in this
-    pipeline's normalization (the feature model may have been trained in another)."""
+    pipeline's normalization (the feature model may have been trained in another); its uri as
+    ref() writes it (relative to the root, as every reference a record holds)."""
     from components.evaluations import predict
     from components.recipe import FeatureSpace
 
@@ -56,7 +57,7 @@ def feature_space(fm, inputs, transformed):
     def prepare(x):
         return _renormalize(x, src, dst).reshape((len(x),) + tuple(model.input_shape[1:]))
 
-    return FeatureSpace(uri=trained.uri, embed=lambda x: predict(feat, prepare(x)),
+    return FeatureSpace(uri=ref(trained.uri), embed=lambda x: predict(feat, prepare(x)),
                         logits=lambda x: predict(model, prepare(x)))
 
 
@@ -65,7 +66,7 @@ def run(out, inputs, params: Params, rt) -> None:
 
     ev = rt.recipe.evaluation
     art = inputs["transformed"]
-    spaces = {fm.space: feature_space(fm, inputs, art) for fm in ev.feature_models}
+    spaces = {fm.space: feature_space(fm, inputs, art, out.store.ref) for fm in ev.feature_models}
     result, details = ev.measure(Measuring(nets=load_models(inputs["model"]),
                                            split=lambda s, limit=None: tfrecords.arrays(art, s, rt.recipe.layout.features, limit),
                                            params=params, spaces=spaces))

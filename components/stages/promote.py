@@ -40,7 +40,7 @@ def run(out, inputs, params: Params, rt) -> None:
         pushed = blessed
     record = {"blessed": blessed, "pushed": pushed, "why": why, "tolerance": params.tolerance,
               "champion": champion["version"] if champion else None,
-              "model": model.uri, "evaluation": evaluation.uri}
+              "model": store.ref(model.uri), "evaluation": store.ref(evaluation.uri)}  # relative to the root
     spec = rt.recipe.serving if rt.recipe is not None else None
     if pushed:
         gfile.makedirs(out.file("exported"))
