@@ -7,14 +7,11 @@ import datetime as dt
 import importlib.metadata
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from artifacts import failpoints, gfile, lock
 from artifacts.errors import UserError
 from artifacts.refs import COMMITTED, MANIFEST, PENDING, Artifact, InputRef, StageRun, reason
-
-if TYPE_CHECKING:
-    from artifacts.store import ArtifactStore
 
 _VERSIONED_PACKAGES = ("tapeline", "tensorflow", "keras", "tensorflow-datasets", "apache-beam",
                        "prefect", "numpy")
@@ -36,7 +33,7 @@ def _now() -> dt.datetime:
 class Writer:
     """An artifact being written: payload goes under .path, resumable state under .work_dir."""
 
-    def __init__(self, path: str, work_dir: str, store: "ArtifactStore"):
+    def __init__(self, path: str, work_dir: str, store: Any):  # store: the ArtifactStore written into
         self.path, self.work_dir, self.store = path, work_dir, store
         self.metadata: dict[str, Any] = {}  # small facts the manifest should carry (counts, metrics)
         self.on_commit: Callable[[Artifact], None] | None = None  # runs once the artifact is committed

@@ -3,16 +3,13 @@ followed out of it), how a file in it names another, and the committed artifacts
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from artifacts import gfile
 from artifacts.errors import UserError
 from artifacts.lease import LEASES
 from artifacts.refs import (COMMITTED, FINGERPRINT, LOCKS, MANIFEST, NAME, RESERVED, RUNS, SERVING, WORK,
                             Artifact, legacy_ref, manifest_problem, reason, canonical_root)
-
-if TYPE_CHECKING:
-    from artifacts.lease import Lease
 
 
 class RootLayout:
@@ -25,7 +22,7 @@ class RootLayout:
         # control files (champion.json, run records, leases) that could not be read: gc cannot
         # tell what they protect, so it removes nothing while there is one
         self.unreadable: dict[str, str] = {}
-        self._lease: Lease | None = None
+        self._lease: Any = None  # the Lease of the run this store serves (Records.lease)
 
     # -- layout -----------------------------------------------------------------------------
     def stage_root(self, pipeline: str, stage: str) -> str:

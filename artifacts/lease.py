@@ -5,13 +5,10 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from artifacts import gfile
 from artifacts.errors import storage_error
-
-if TYPE_CHECKING:
-    from artifacts.store import ArtifactStore
 
 LEASES = "_leases"
 MISSED_BEATS = 4  # a lease not rewritten for this many heartbeats belongs to a dead run
@@ -22,7 +19,7 @@ class Lease:
     artifact joins (`add`), and every `heartbeat` seconds by a daemon thread; it is removed on
     exit. gc keeps the lineage of everything a lease whose heartbeat is recent names."""
 
-    def __init__(self, store: "ArtifactStore", run_id: str, heartbeat: float):
+    def __init__(self, store: Any, run_id: str, heartbeat: float):  # store: an ArtifactStore
         self.store, self.run_id, self.heartbeat = store, run_id, heartbeat
         self.path = gfile.join(store.root, LEASES, f"{run_id}.json")
         self.uris: list[str] = []
@@ -79,7 +76,7 @@ class Lease:
             pass
 
 
-def live_leases(store: "ArtifactStore", now: float | None = None) -> set[str]:
+def live_leases(store: Any, now: float | None = None) -> set[str]:  # store: an ArtifactStore
     """The artifacts (resolved under the store's root) that unexpired leases name. A lease file
     that does not decode is noted in store.skipped and holds nothing."""
     now = time.time() if now is None else now

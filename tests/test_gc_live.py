@@ -20,7 +20,7 @@ def test_gc_keep_0_during_a_live_run_of_every_stage_kind(tmp_path, harness):
     root, pauses = str(tmp_path / "root"), tmp_path / "pauses"
     pauses.mkdir()
     stages = get("mnist-classifier").stages
-    moments = [f"store.{m}.mnist-classifier/{s}" for s in stages for m in ("build", "committed")]
+    moments = [f"store.{m}.mnist-classifier/{s.name}" for s in stages for m in ("build", "committed")]
     env = {**os.environ, "PYTHONPATH": PYTHONPATH, "PREFECT_API_URL": PREFECT_API_URL.value(),
            "TAPELINE_FAILPOINTS": ",".join(f"{m}@1:pause" for m in moments),
            "TAPELINE_FAILPOINTS_PAUSE_DIR": str(pauses)}
