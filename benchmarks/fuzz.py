@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 OUTCOMES = ("completed", "one-line error", "anything else")
 IDX_SETS = ["data.max_examples=24", "data.val_holdout=4"]
-PAIRED_SETS = ["data.image_size=16", "data.jitter_copies=1", "data.max_examples=6"]
+PAIRED_SETS = ["data.image_size=32", "data.jitter_copies=1", "data.max_examples=6"]
 CASE_SECONDS = 120  # a case running longer is a hang
 
 

@@ -7,6 +7,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from artifacts.errors import UserError
 from components import config as cfglib
 from components import stages
 from components.contract import Stage
@@ -35,7 +36,15 @@ class Pipeline:
     tests: TestRuns | None = None
 
     def config(self, overrides: tuple[str, ...] | list[str] = ()) -> Any:
-        return cfglib.apply(self.default_config(), overrides)
+        """The default config with overrides applied, each checked against its field's range, and
+        the whole against what the recipe's networks accept (its image sizes)."""
+        cfg = cfglib.apply(self.default_config(), overrides)
+        sizes, size = self.recipe.image_sizes, cfg.data.image_size
+        if not sizes.ok(size):
+            near = " or ".join(map(str, sizes.nearest(size)))
+            raise UserError(f"bad value {size} for data.image_size: {self.name}'s networks take {sizes.text()}",
+                            "--set", f"use {near}" if near else f"use {sizes.text()}")
+        return cfg
 
     @property
     def recipe(self):

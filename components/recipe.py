@@ -80,6 +80,29 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class ImageSizes:
+    """The image sizes (data.image_size) a recipe's networks accept: from `least` on, multiples of
+    `multiple`, or powers of two; checked when the config is made, before any stage runs."""
+    least: int = 1
+    most: int = 4096                      # a network whose weights grow with the square of the size
+    multiple: int = 1
+    power_of_two: bool = False
+
+    def ok(self, n: int) -> bool:
+        return self.least <= n <= self.most and n % self.multiple == 0 and (not self.power_of_two or n & (n - 1) == 0)
+
+    def nearest(self, n: int) -> list[int]:
+        """The valid sizes closest to n below and above it."""
+        below = next((k for k in range(min(n, self.most), 0, -1) if self.ok(k)), None)
+        above = next((k for k in range(max(n, 1), self.most + 1) if self.ok(k)), None)
+        return sorted({k for k in (below, above) if k is not None})
+
+    def text(self) -> str:
+        kind = "a power of two" if self.power_of_two else (f"a multiple of {self.multiple}" if self.multiple > 1 else "a size")
+        return f"{kind} from {self.least} to {self.most}"
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything the generic stages need from a pipeline module (its RECIPE)."""
     build: Callable[[Any, DataInfo], TrainSetup]  # (train Params: .seed, .model, ...) -> setup
@@ -88,6 +111,7 @@ class Recipe:
     layout: Layout = IMAGE                # what one example is, from the source to the pictures
     # the SavedModel a blessed champion is pushed as (ROOT/serving/PIPELINE/N/); None: no push
     serving: Serving | None = None
+    image_sizes: ImageSizes = ImageSizes()  # what its networks take as data.image_size
 
 
 def replica_scale() -> float:

@@ -12,7 +12,7 @@ from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import Paired, Snapshot
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import DataInfo, Evaluation, Measuring, Recipe, TrainSetup, gradients, optimizer
+from components.recipe import DataInfo, Evaluation, ImageSizes, Measuring, Recipe, TrainSetup, gradients, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
 from pipelines import pix2pix
 from pipelines.pix2pix import build_discriminator, build_generator
@@ -166,7 +166,8 @@ def measure(m: Measuring) -> tuple[dict, dict]:
     return out, {}
 
 
-RECIPE = Recipe(build=build, layout=UNPAIRED, evaluation=Evaluation(
+# pix2pix's U-Nets and PatchGANs
+RECIPE = Recipe(build=build, image_sizes=ImageSizes(least=32, power_of_two=True), layout=UNPAIRED, evaluation=Evaluation(
     measure=measure, primary="photo_to_outline_l1", higher_is_better=False),
     # both directions: photos -> outlines (G, the judged one) is the default
     serving=Serving({"serving_default": Translate("generator_g"), "outline_to_photo": Translate("generator_f")}))

@@ -8,7 +8,7 @@ from components import evaluations
 from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Generate, Serving
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
+from components.recipe import DataInfo, Evaluation, ImageSizes, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
 from pipelines import gan_fixes, mnist_classifier
 from pipelines.gan_fixes import VariantKeys
@@ -120,7 +120,8 @@ def real_logit(nets, images):
     return nets["discriminator"](images, training=False)
 
 
-RECIPE = Recipe(build=build, evaluation=Evaluation(
+# the generator doubles a quarter-size start twice; its first Dense grows with the square of it
+RECIPE = Recipe(build=build, image_sizes=ImageSizes(least=8, most=256, multiple=4), evaluation=Evaluation(
     measure=evaluations.generation(real_logit), primary="frechet_distance_convnet",
     higher_is_better=False, feature_models=mnist_classifier.FEATURE_SPACES),
     serving=Serving({"serving_default": Generate("generator")}))

@@ -9,7 +9,7 @@ from components import evaluations, stages
 from components.config import RATE, Limit, bounded
 from components.export import Classify, Serving
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import DataInfo, Evaluation, FeatureModel, Recipe, TrainSetup, minimize, optimizer
+from components.recipe import DataInfo, Evaluation, FeatureModel, ImageSizes, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, BeamConfig, DataConfig, TrainConfig
 
 
@@ -129,7 +129,8 @@ def features(model):
     return keras.Model(model.inputs[0], layer.output)
 
 
-RECIPE = Recipe(build=build, needs_labels=True, evaluation=Evaluation(
+# the MLP's first Dense grows with the square of the size
+RECIPE = Recipe(build=build, needs_labels=True, image_sizes=ImageSizes(most=1024), evaluation=Evaluation(
     measure=evaluations.classification("classifier"), primary="accuracy", higher_is_better=True),
     serving=Serving({"serving_default": Classify("classifier")}))
 

@@ -9,7 +9,7 @@ from components.config import BELOW_ONE, RATE, Limit, bounded
 from components.export import Serving, Translate
 from components.layouts import PAIRED
 from components.pipeline import Pipeline, TestRuns
-from components.recipe import DataInfo, Evaluation, Recipe, TrainSetup, minimize, optimizer
+from components.recipe import DataInfo, Evaluation, ImageSizes, Recipe, TrainSetup, minimize, optimizer
 from components.sections import BaseConfig, DataConfig, TrainConfig
 
 
@@ -162,7 +162,8 @@ def translate(nets, inputs):
     return nets["generator"](inputs, training=True)
 
 
-RECIPE = Recipe(build=build, layout=PAIRED, evaluation=Evaluation(
+# a U-Net of depth log2(size); the PatchGAN's two 4x4 convolutions need 32 px
+RECIPE = Recipe(build=build, image_sizes=ImageSizes(least=32, power_of_two=True), layout=PAIRED, evaluation=Evaluation(
     measure=evaluations.translation(translate), primary="l1", higher_is_better=False),
     # inference mode (moving statistics, no dropout), unlike the tutorial's samples: a server
     # gives one input one output

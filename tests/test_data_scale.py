@@ -24,7 +24,7 @@ for k in (100, n):
         os.makedirs(f"{src}/{split}")
         for i in range(m):
             Image.new("RGB", (128, 64), (i % 256, i // 256 % 256, blue)).save(f"{src}/{split}/{i}.jpg")
-    run_stages(f"{base}/root{k}", "pix2pix", [f"data.source=paired:{src}", "data.image_size=16"], "preprocess")
+    run_stages(f"{base}/root{k}", "pix2pix", [f"data.source=paired:{src}", "data.image_size=32"], "preprocess")
     peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(peaks))
 """
