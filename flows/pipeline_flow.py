@@ -17,7 +17,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Cancelled, State
 
 from artifacts import failpoints
-from artifacts.errors import storage_error
+from artifacts.errors import UserError, storage_error
 from artifacts.store import ArtifactStore, open_store
 from components import drift, interrupt
 from components.contract import Runtime
@@ -63,6 +63,8 @@ def _markdown(pipeline: str, run_id: str, summary: dict) -> str:
     lines = [f"# {pipeline} — run {run_id}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in summary.get("metrics", {}).items()]
+    if summary.get("outcome", "completed") != "completed":
+        lines += ["", f"**outcome:** {summary['outcome']}"]
     lines += ["", f"**blessed:** {summary.get('blessed')} — {summary.get('why', '')}",
               f"**champion:** {summary.get('champion')}", ""]
     lines += _drift_markdown(summary.get("drift"))
@@ -146,6 +148,12 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
                     lease.add(done[node.key].uri)
                     if node.pipeline.name == p.name and done[node.key].type == validate.SPEC.output:
                         drifts = _drift(store, p.name, cfg, done[node.key])  # before training
+                        try:
+                            drift.check(drifts, drift.Params.from_config(cfg), done[node.key].uri)
+                        except UserError as stop:  # recorded, with its distances, then the one line
+                            _record(store, pipeline, run_id, overrides, done, stages, drifts,
+                                    outcome=f"stopped: {stop.what}")
+                            raise
                     failpoints.hit(f"flow.after.{node.key}")
                 interrupt.check(f"{pipeline}/run-record")
                 return _record(store, pipeline, run_id, overrides, done, stages, drifts)
@@ -157,21 +165,22 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
 
 def _drift(store: ArtifactStore, pipeline: str, cfg, statistics) -> dict:
     """This run's statistics against the champion's span: decided on every run (the champion is
-    outside validate's fingerprint), logged, and with validate.block_on_drift a one-line stop."""
-    params = drift.Params.from_config(cfg)
-    report = drift.report(store, pipeline, statistics, params)
+    outside validate's fingerprint) and logged; drift.check then makes it a one-line stop under
+    validate.block_on_drift."""
+    report = drift.report(store, pipeline, statistics, drift.Params.from_config(cfg))
     logger = get_run_logger()
     for line in drift.lines(report):
         logger.info("%s %s", pipeline, line)
-    drift.check(report, params, statistics.uri)
     return report
 
 
 def _record(store: ArtifactStore, pipeline: str, run_id: str, overrides: list[str], done: dict,
-            stages: dict, drifts: dict | None = None) -> dict:
-    """The run's summary: recorded under the root and shown as a markdown artifact."""
+            stages: dict, drifts: dict | None = None, outcome: str = "completed") -> dict:
+    """The run's summary: recorded under the root and shown as a markdown artifact. Written after
+    the fact: a run stopped before its end (by drift) records the stages it reached and why."""
     summary = {"run_id": run_id, "pipeline": pipeline, "root": store.root, "stages": stages,
-               "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides)}
+               "created": dt.datetime.now(dt.timezone.utc).isoformat(), "overrides": list(overrides),
+               "outcome": outcome}
     if drifts is not None:
         summary["drift"] = drifts
     evaluation = done.get(f"{pipeline}/evaluate")

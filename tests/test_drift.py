@@ -123,6 +123,12 @@ def test_block_on_drift_stops_the_run_before_training_with_one_line(sources, cha
     assert proc.stderr.strip().splitlines()[-1] == lines[0]
     after = set(ArtifactStore(str(champion_root)).stages("mnist-classifier"))
     assert "preprocess" not in after - before and "train" not in after
+    # the stopped run is recorded, after the fact: the stages it reached, its distances, why it stopped
+    record = ArtifactStore(str(champion_root)).runs()[-1]
+    assert record["outcome"].startswith("stopped: data drifted from the champion's span: pixels"), record["outcome"]
+    assert set(record["stages"]) == {f"mnist-classifier/{s}" for s in ("ingest", "validate")}, record["stages"]
+    pixels = record["drift"]["features"]["pixels"]
+    assert pixels["drifted"] and pixels["distance"] > pixels["threshold"], pixels
 
 
 def test_the_prefect_artifact_shows_the_distances(sources, champion_root):
