@@ -81,10 +81,30 @@ def image_error(e: Exception) -> str:
 
 def decode_rgb(data: bytes, where: str, max_pixels: int) -> np.ndarray:
     """An encoded image (JPEG, PNG) as H x W x 3 uint8; a UserError naming where if it is not one
-    or has more than max_pixels pixels (checked from its header, before decoding)."""
+    or has more than max_pixels pixels (checked from its header, before decoding). Every mode keeps
+    its values: 16-bit samples are scaled to 8 bits (PIL's convert would clip them to 255),
+    palette, grayscale with alpha, CMYK and 1-bit images are converted, an EXIF orientation is
+    applied, and floating-point images are refused."""
+    from PIL import ImageOps
+
     with open_image(data, where, max_pixels) as im:
         try:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                wide = np.asarray(im, dtype=np.int64)
+                top = 65535 if im.mode != "I" or wide.max(initial=0) > 255 else 255
+                if wide.min(initial=0) < 0 or wide.max(initial=0) > 65535:
+                    raise UserError(f"image samples outside 0..65535 (mode {im.mode})", where,
+                                    "save it as an 8- or 16-bit image")
+                gray = np.rint(wide * (255 / top)).astype(np.uint8) if top != 255 else wide.astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
+            if im.mode == "F":
+                raise UserError("floating-point image (mode F)", where, "save it as an 8- or 16-bit image")
+            if im.mode in ("LA", "PA"):
+                im = im.convert("L" if im.mode == "LA" else "RGBA")
             return np.asarray(im.convert("RGB"))
+        except UserError:
+            raise
         except Exception as e:
             raise UserError(f"undecodable image: {image_error(e)}", where, "replace or remove the file") from None
 

@@ -21,6 +21,7 @@ SPEC = Spec(output="ExampleStatistics", inputs={"examples": "ingest"})
 # .npy file in the work directory: kept out of Beam, whose hex-string rows cost ten times the memory
 # (docs/scaling-out.md).
 HASHES = np.dtype([("h", "V16"), ("i", "<i8")])
+COLLAPSED = 2  # distinct pixel values at most, over a split, that validate warns of
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ def anomalies(stats: dict[str, dict], p: Params, hash_files: dict[str, list[str]
                 f"{s['undecodable'][0]}")
         if p.require_labels and s["unlabeled"]:
             add("error", "missing_label", split, f"{s['unlabeled']} examples without a label")
+        values = int(np.count_nonzero(s["px_hist"]))
+        if s["count"] and values <= COLLAPSED and int(np.sum(s["px_hist"])) >= 1000:
+            add("warning", "collapsed_pixels", split, f"the pixels of split {split!r} take only {values} "
+                f"value(s) of 256: a conversion may have clipped them")
     for split, message in p.layout.shape_anomalies({split: s["shapes"] for split, s in stats.items()}):
         add("error", "shape_mismatch", split, message)
     splits = sorted(stats)
