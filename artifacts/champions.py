@@ -41,14 +41,21 @@ class Records:
         gfile.write_json(path, self._relative(record))
 
     def replace_champion(self, pipeline: str, record: dict, better: Callable[[dict | None], bool],
-                         take: Callable[[], dict] | None = None) -> bool:
+                         take: Callable[[], tuple[dict, Callable[[], None] | None]] | None = None) -> bool:
         """Make record the champion if better(the champion of now) holds, judged and written under
         one lock: of several runs promoting at once, a worse model never overwrites a better one.
-        take(), run under that lock once the title is won (the push), adds fields to the record."""
+        take(), run under that lock once the title is won (the push), gives fields to add to the
+        record and how to undo itself should champion.json not be written (a stop, a full disk)."""
         with self.locked(self.lock_path(pipeline, "promote", "champion")):
             if not better(self.champion(pipeline)):
                 return False
-            self.set_champion(pipeline, {**record, **(take() if take is not None else {})})
+            extra, undo = take() if take is not None else ({}, None)
+            try:
+                self.set_champion(pipeline, {**record, **extra})
+            except BaseException:
+                if undo is not None:
+                    undo()
+                raise
             return True
 
     def _relative(self, obj: Any) -> Any:

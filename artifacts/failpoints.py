@@ -4,7 +4,7 @@ The kill harness (tests/test_kill_harness.py, benchmarks/soak.py) sets the varia
 `hit()` is one dictionary lookup. At the Nth time a process passes `name` it either SIGKILLs its
 whole process group (action `kill`, the default: a crash that runs no cleanup, exactly like the
 OOM killer or a lost machine) or raises InjectedFault (action `raise`: a Python-level failure,
-which a Prefect retry sees). `*` in a name matches anything (`store.built.*@2`). With
+which a Prefect retry sees), or sends the process a SIGTERM (action `term`). `*` in a name matches anything (`store.built.*@2`). With
 `TAPELINE_FAILPOINTS_TRACE=FILE` every moment passed is appended to FILE (how the soak learns
 the moments a run has, and where a kill at a random time landed). Action `pause` stops the
 process there, alive, until a test lets it go: it writes DIR/NAME.paused (DIR from
@@ -54,6 +54,9 @@ def hit(name: str) -> None:
             raise InjectedFault(f"failpoint {name} ({pattern}@{count})")
         if action == "pause":
             _pause(name)
+            continue
+        if action == "term":  # what a Prefect cancel or `kill PID` sends, at exactly this moment
+            os.kill(os.getpid(), signal.SIGTERM)
             continue
         os.killpg(os.getpgrp(), signal.SIGKILL)
 

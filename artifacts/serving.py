@@ -50,12 +50,12 @@ def pipelines(store: ArtifactStore) -> list[str]:
             and gfile.isdir(gfile.join(base, n))]
 
 
-def push(store: ArtifactStore, pipeline: str, saved_model: str, keep: int) -> int:
+def push(store: ArtifactStore, pipeline: str, saved_model: str) -> int:
     """Copy the SavedModel folder saved_model (a committed artifact's) to the next version N and
-    return N; then drop all but the newest and `keep` older versions. Callers hold the pipeline's
-    champion lock, so two pushes never pick one N. Locally the version appears by one rename; an
-    object store has no folder rename, so there saved_model.pb, what a server loads first, is
-    copied last."""
+    return N. Callers hold the pipeline's champion lock, so two pushes never pick one N, and prune
+    only once champion.json names it. Locally the version appears by one rename; an object store
+    has no folder rename, so there saved_model.pb, what a server loads first, is copied last. A
+    Python-level stop (a signal, a full disk) before it returns takes the version away again."""
     base = folder(store, pipeline)
     gfile.makedirs(base)
     number = max(versions(store, pipeline), default=0) + 1
@@ -72,13 +72,40 @@ def push(store: ArtifactStore, pipeline: str, saved_model: str, keep: int) -> in
         if local:
             store.inside(final, "a pushed version")
             gfile.rename_dir(tmp, final)
+        failpoints.hit(f"serving.pushed.{pipeline}")
     except BaseException:
         gfile.rmtree(tmp)
+        if local and gfile.exists(final):
+            gfile.rmtree(final)
         raise
-    failpoints.hit(f"serving.pushed.{pipeline}")
+    return number
+
+
+def prune(store: ArtifactStore, pipeline: str, keep: int) -> None:
+    """Drop all but the newest and `keep` older pushed versions (after champion.json names the newest)."""
+    base = folder(store, pipeline)
     for old in versions(store, pipeline)[:-(keep + 1)]:
         gfile.rmtree(gfile.join(base, str(old)))
-    return number
+
+
+def newest_holding(store: ArtifactStore, pipeline: str, saved_models: list[str]) -> int | None:
+    """The newest pushed version when it holds exactly the files of one of saved_models (the push
+    of a run killed before it could name it in champion.json): pushing again would duplicate it."""
+    numbers = versions(store, pipeline)
+    if not numbers:
+        return None
+    newest = gfile.join(folder(store, pipeline), str(numbers[-1]))
+    theirs = sorted(gfile.walk_files(newest))
+    for saved in saved_models:
+        if sorted(gfile.walk_files(saved)) == theirs and all(
+                gfile.sha256(gfile.join(saved, r))[0] == gfile.sha256(gfile.join(newest, r))[0] for r in theirs):
+            return numbers[-1]
+    return None
+
+
+def withdraw(store: ArtifactStore, pipeline: str, number: int) -> None:
+    """Remove pushed version number (a push whose champion.json could not be written)."""
+    gfile.rmtree(gfile.join(folder(store, pipeline), str(number)))
 
 
 def abandoned(store: ArtifactStore, pipeline: str) -> list[str]:

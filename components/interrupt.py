@@ -25,7 +25,11 @@ class Interrupted(BaseException):
     def __init__(self, signum: int, stage: str = "", step: int | None = None, total: int | None = None,
                  saved: bool = False):
         self.signum, self.stage, self.step, self.total, self.saved = signum, stage, step, total, saved
+        self.note = ""  # what the stage had done when stopped, where "nothing committed" is untrue
         super().__init__(self.line())
+
+    def __str__(self) -> str:
+        return self.line()
 
     @property
     def exit_code(self) -> int:
@@ -38,7 +42,7 @@ class Interrupted(BaseException):
             where += f" at step {self.step}/{self.total}"
             where += " (checkpoint saved)" if self.saved else " (last checkpoint kept)"
         elif self.stage:
-            where += " (nothing committed)"
+            where += f" ({self.note or 'nothing committed'})"
         return f"interrupted{where}{_RESUME}"
 
     @classmethod
@@ -49,13 +53,15 @@ class Interrupted(BaseException):
         if m is None:
             return None
         step = None if m["step"] is None else int(m["step"])
-        return cls(signum, m["stage"] or "", step, None if m["total"] is None else int(m["total"]),
+        stop = cls(signum, m["stage"] or "", step, None if m["total"] is None else int(m["total"]),
                    m["saved"] == "checkpoint saved")
+        stop.note = "" if m["note"] in (None, "nothing committed") else m["note"]
+        return stop
 
 
 _RESUME = " — run the same command again to resume"
 _LINE = re.compile(r"interrupted(?: during (?P<stage>\S+))?(?: at step (?P<step>\d+)/(?P<total>\d+) "
-                   r"\((?P<saved>checkpoint saved|last checkpoint kept)\)| \(nothing committed\))?" + re.escape(_RESUME) + "$")
+                   r"\((?P<saved>checkpoint saved|last checkpoint kept)\)| \((?P<note>[^()]*)\))?" + re.escape(_RESUME) + "$")
 
 
 class _State:

@@ -188,8 +188,8 @@ def _record(store: ArtifactStore, pipeline: str, run_id: str, overrides: list[st
         summary["metrics"] = evaluate.metrics(evaluation)
     promotion = done.get(f"{pipeline}/promote")
     if promotion is not None:  # this run's decision, made against the champion of that moment
-        decision = promote.decision(promotion)
-        summary.update(blessed=decision["blessed"], why=decision["why"])
+        decision = promote.decision(promotion, store)
+        summary.update(blessed=decision["blessed"], why=decision["why"], pushed=decision["pushed"])
     champion = store.champion(pipeline)
     summary["champion"] = champion["version"] if champion else None
     pics = {}

@@ -153,8 +153,11 @@ def root_problems(root: str, summary: dict) -> list[str]:
         from artifacts.store import open_store
 
         champion = open_store(root).champion(pipeline)  # its references resolved under the root
-        pushed = json.load(open(f"{promote['uri']}/push.json"))["pushed"]
-        if pushed and (champion is None or champion["uri"] != promote["uri"]):
+        # push.json holds the decision, never a claim that the push happened (champion.json is that)
+        decision = json.load(open(f"{promote['uri']}/push.json"))
+        if "pushed" in decision:
+            problems.append(f"{promote['uri']}/push.json claims a push: {decision}")
+        if summary.get("pushed") and (champion is None or champion["uri"] != promote["uri"]):
             problems.append(f"champion {champion and champion['uri']} is not the pushed {promote['uri']}")
         # on a fresh root the run's model is blessed: whichever run pushed it, it is the champion now
         model = summary["stages"][f"{pipeline}/train"]["uri"]

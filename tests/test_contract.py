@@ -239,7 +239,9 @@ def test_promote_judges_every_run_with_its_tolerance_and_the_champion_of_that_mo
         node = next(n for n in graph.nodes(p, p.config(list(sets))) if n.stage == "promote")
         run = graph.run_node(store, node, done)
         assert not run.reused  # a decision about the champion of now is never reused
-        return run.artifact, gfile.read_json(run.artifact.path("push.json"))
+        from components.stages.promote import decision
+
+        return run.artifact, decision(run.artifact, store)
 
     store.set_champion("mnist-classifier", {"version": "v0", "metrics": {"accuracy": 0.9},
                                             "artifacts": {"model": "elsewhere"}})

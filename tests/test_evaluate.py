@@ -117,7 +117,7 @@ def test_worse_candidate_not_promoted_better_one_is(harness, tmp_path):
     assert worse["blessed"] is False and "not blessed" in worse["why"]
     assert worse["champion"] == first["champion"]
     push = json.load(open(worse["stages"]["mnist-classifier/promote"]["uri"] + "/push.json"))
-    assert push["pushed"] is False
+    assert push["blessed"] is False and "pushed" not in push and worse["pushed"] is False
     better = run_pipeline("mnist-classifier", base + ["train.max_steps=300"], root)
     assert better["metrics"]["accuracy"] > first["metrics"]["accuracy"] and better["blessed"]
     champion = open_store(root).champion("mnist-classifier")  # its references resolved under the root
