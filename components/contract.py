@@ -38,10 +38,11 @@ class Stage:
     resolve_source: Callable[[Any], Any] | None = None
     # a stage that keeps resumable state: what its work dir says about how far it got, or None
     progress: Callable[[str], dict | None] | None = None
+    module: str = ""                        # its code, for the digest: run's module unless given
 
-    @property
-    def module(self) -> str:
-        return self.run.__module__
+    def __post_init__(self) -> None:
+        if not self.module:
+            object.__setattr__(self, "module", self.run.__module__)
 
 
 def feature_input(name: str, space: str) -> str:
