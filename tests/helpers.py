@@ -1,13 +1,17 @@
 """Helpers that several test files share: tiny configs, stage runs, bad inputs, store artifacts, processes."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import gzip
 import os
 import pickle
+import posixpath
 import re
 import shutil
 import struct
+import tempfile
 
 from tests.conftest import CORRUPT, DATASETS, MNIST
 
@@ -49,6 +53,70 @@ def run_stages(root, pipeline, sets, upto, runtime=None):
     store = ArtifactStore(root)
     done = {n.key: run.artifact for n, run in build(store, nodes(p, p.config(sets)), [f"{pipeline}/{upto}"], runtime)}
     return done, store
+
+
+# ---- feature models built once per pytest run, copied into each GAN root that needs them
+
+_FEATURE_CACHE: dict[str, str] = {}  # {"root": this pytest run's cache root}, made on first use
+
+
+def _feature_cache() -> str:
+    if "root" not in _FEATURE_CACHE:
+        _FEATURE_CACHE["root"] = tempfile.mkdtemp(prefix="tapeline-feature-models-")
+        atexit.register(shutil.rmtree, _FEATURE_CACHE["root"], True)
+    return _FEATURE_CACHE["root"]
+
+
+@contextlib.contextmanager
+def _without_failpoints():
+    """A test's TAPELINE_FAILPOINTS* are for the run under test, never for the cache's build."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("TAPELINE_FAILPOINTS")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def copy_artifact(src: str, dst: str) -> None:
+    """A committed artifact folder copied whole to dst (a local path, ram:// or any gfile URI),
+    _COMMITTED last. References inside a root are relative to it: the copy is the same artifact."""
+    from artifacts import gfile
+    from artifacts.store import COMMITTED
+
+    for rel in sorted(gfile.walk_files(src), key=lambda r: r == COMMITTED):
+        gfile.makedirs(posixpath.dirname(gfile.join(dst, rel)))
+        gfile.copy(gfile.join(src, rel), gfile.join(dst, rel))
+
+
+def seed_feature_models(root, pipeline, sets) -> list[str]:
+    """Put into root exactly the committed artifacts the feature nodes of a `pipeline` run with
+    `sets` need (flows.graph's _feature_nodes: the classifiers' data stages and each space's
+    train), nothing else, so the run finds them by fingerprint and reuses them. They are built
+    once per data config per pytest run, in a cache root. Returns the seeded node keys ([] for a
+    pipeline without feature models). Not for a test about that build: there the run builds them."""
+    from artifacts import gfile
+    from artifacts.store import ArtifactStore
+    from flows.graph import fingerprints, nodes, run_node
+    from flows.registry import get
+
+    p = get(pipeline)
+    feature = [n for n in nodes(p, p.config(sets)) if n.pipeline.name != p.name]
+    if not feature:
+        return []
+    fps = {key: fp for key, (fp, _) in fingerprints(feature).items()}
+    cache = ArtifactStore(_feature_cache())
+    arts = {n.key: cache.find(n.pipeline.name, n.stage, fps[n.key]) for n in feature}
+    if None in arts.values():
+        with _without_failpoints():
+            for n in feature:
+                arts[n.key] = run_node(cache, n, arts).artifact
+    store = ArtifactStore(root)
+    for n in feature:
+        art = arts[n.key]
+        assert art.fingerprint == fps[n.key], (n.key, art.fingerprint, fps[n.key])
+        if store.find(n.pipeline.name, n.stage, art.fingerprint) is None:
+            copy_artifact(art.uri, gfile.join(store.stage_root(n.pipeline.name, n.stage), art.version))
+    return [n.key for n in feature]
 
 
 def weights(uri):

@@ -26,7 +26,7 @@ import pytest
 
 from tests import kill_harness as kh
 from tests.conftest import PYTHONPATH, REPO
-from tests.helpers import CPP_LOG, alive, descendants, test_sets
+from tests.helpers import CPP_LOG, alive, descendants, seed_feature_models, test_sets
 
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
 LINE = re.compile(r"^tapeline: interrupted during (\S+)(?: at step (\d+)/(\d+) \((checkpoint saved|last "
@@ -125,13 +125,17 @@ def api(harness):
 
 @pytest.fixture(scope="module")
 def reference(api, tmp_path_factory):
-    """(pipeline, sets) -> Ref of one uninterrupted run, shared."""
+    """(pipeline, sets) -> Ref of one uninterrupted run, shared. Its root, like those of the runs
+    compared with it, gets the GANs' feature models seeded: these tests stop the pipeline's own
+    stages, never the classifiers' build."""
     cache: dict[tuple, Ref] = {}
 
     def get(pipeline: str, sets_: list[str]) -> Ref:
         key = (pipeline, tuple(sets_))
         if key not in cache:
-            r = kh.run(pipeline, str(tmp_path_factory.mktemp("ref")), sets_, env=api)
+            root = str(tmp_path_factory.mktemp("ref"))
+            seed_feature_models(root, pipeline, sets_)
+            r = kh.run(pipeline, root, sets_, env=api)
             assert r.returncode == 0, r.stderr[-3000:]
             train = r.summary["stages"][f"{pipeline}/train"]
             with open(os.path.join(train["uri"], "MANIFEST.json")) as f:
@@ -198,6 +202,7 @@ def test_ctrl_c_in_a_terminal_during_training(pipeline, tmp_path, api, reference
     target = random.Random(f"{SEED}-{pipeline}").randint(2, max(2, ref.total * 2 // 3))
     why = f"{pipeline}: Ctrl-C at step >= {target}/{ref.total} (TAPELINE_TEST_SEED={SEED})"
     root, trace = str(tmp_path / "root"), str(tmp_path / "trace")
+    seed_feature_models(root, pipeline, sets(pipeline))
     term = Terminal(["run", pipeline, "--root", root, *[a for s in sets(pipeline) for a in ("--set", s)]],
                     _env({"TAPELINE_FAILPOINTS_TRACE": trace}))
     try:
@@ -240,6 +245,7 @@ def test_sigterm_stops_cleanly_and_resumes(pipeline, stage, how, tmp_path, api, 
     ref = reference(pipeline, sets_)
     rng = random.Random(f"{SEED}-{pipeline}-{stage}-{how}")
     root, trace = str(tmp_path / "root"), str(tmp_path / "trace")
+    seed_feature_models(root, pipeline, sets_)
     args = ["run", pipeline, "--root", root, *[a for s in sets_ for a in ("--set", s)]]
     proc = subprocess.Popen(CLI + args, env=_env({"TAPELINE_FAILPOINTS_TRACE": trace}), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -13,6 +13,7 @@ import pytest
 from benchmarks import soak
 from tests import kill_harness as kh
 from tests.conftest import tapeline
+from tests.helpers import seed_feature_models
 
 # Every kind of kill point at least once, every pipeline at least twice, in chains on one root.
 CHAINS = {
@@ -47,15 +48,28 @@ def api(harness):
     return {"PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
 
 
+# kills drawn at random from every moment a run passes: for a GAN, its feature classifiers' build
+# too, so there (and in its reference) the run builds them; every other root here gets them
+# seeded (helpers.seed_feature_models): its kills are in the pipeline's own stages
+# (every pipeline the registry has without a chain of its own above, and two that have one)
+RANDOM = sorted({p for p in kh.CONFIGS if p not in CHAINS} | {"mnist-classifier", "mnist-gan"})
+
+
 @pytest.fixture(scope="module")
 def traced(api, tmp_path_factory):
-    """pipeline -> (outcome, every moment it passed, seconds) of one uninterrupted run, shared."""
+    """pipeline -> (outcome, every moment it passed, seconds) of one uninterrupted run, shared. Its
+    root is seeded unless kills are drawn from its moments (RANDOM); a seeded run ends identical
+    to one that built the same feature models itself (same fingerprints, deterministic training),
+    so mnist-gan's seeded chain compares with the unseeded reference."""
     cache: dict[str, tuple[kh.Outcome, list[str], float]] = {}
 
     def get(pipeline: str) -> tuple[kh.Outcome, list[str], float]:
         if pipeline not in cache:
+            root = str(tmp_path_factory.mktemp("ref"))
+            if pipeline not in RANDOM:
+                seed_feature_models(root, pipeline, kh.CONFIGS[pipeline])
             t = time.time()
-            r = kh.run(pipeline, str(tmp_path_factory.mktemp("ref")), kh.CONFIGS[pipeline], env=api)
+            r = kh.run(pipeline, root, kh.CONFIGS[pipeline], env=api)
             assert r.returncode == 0, r.stderr[-3000:]
             assert r.resumed_from is None and r.moments
             cache[pipeline] = (kh.Outcome.of(r.summary, pipeline), r.moments, time.time() - t)
@@ -71,6 +85,7 @@ def references(traced):
 @pytest.mark.parametrize("pipeline", sorted(CHAINS))
 def test_killed_again_and_again_then_rerun_is_identical(api, references, tmp_path, pipeline):
     root = str(tmp_path / "root")
+    seed_feature_models(root, pipeline, kh.CONFIGS[pipeline])
     rows, final = kh.chain(pipeline, root, CHAINS[pipeline], env=api)
     assert all(r["killed"] for r in rows), rows  # every failpoint was reached and killed the run
     assert kh.Outcome.of(final.summary, pipeline).differences(references(pipeline)) == []
@@ -87,8 +102,7 @@ def test_killed_again_and_again_then_rerun_is_identical(api, references, tmp_pat
 KILL_SEED = int(os.environ.get("TAPELINE_KILL_SEED", "11"))
 
 
-# every pipeline the registry has without a chain of its own above, and two that have one
-@pytest.mark.parametrize("pipeline", sorted({p for p in kh.CONFIGS if p not in CHAINS} | {"mnist-classifier", "mnist-gan"}))
+@pytest.mark.parametrize("pipeline", RANDOM)
 def test_killed_at_moments_drawn_at_random_then_rerun_is_identical(api, traced, tmp_path, pipeline):
     """Kill points the test does not choose: 1-3 kills, each at the k-th passing of a moment drawn
     from every moment the uninterrupted run passed, or at a random wall-clock time."""
@@ -106,6 +120,8 @@ def test_issue_11_case_killed_after_step_8_at_batch_256(api, tmp_path):
     """The reported case: the DCGAN at batch 256, a checkpoint every 4 steps, killed at step >= 8."""
     sets = [f"data.source=idx:{kh.FASHION}", "data.max_examples=600", "train.max_steps=24",
             "train.checkpoint_every=4", "seed=7", "eval.num_samples=256"]
+    for r in ("a", "b"):  # kills in training only
+        seed_feature_models(str(tmp_path / r), "fashion-dcgan", sets)
     clean = kh.run("fashion-dcgan", str(tmp_path / "a"), sets, env=api)
     assert clean.returncode == 0, clean.stderr[-3000:]
     root = str(tmp_path / "b")
@@ -123,8 +139,9 @@ def test_issue_11_case_killed_after_step_8_at_batch_256(api, tmp_path):
 def test_prefect_flow_retry_resumes_to_the_uninterrupted_model(api, references, tmp_path):
     """A failure inside training (not a kill): Prefect retries the flow in the same process, and
     the retry resumes from the checkpoint the failed attempt wrote."""
-    root = str(tmp_path / "root")
-    r = kh.run("fashion-dcgan", root, kh.CONFIGS["fashion-dcgan"] + ["flow.retries=1", "flow.retry_delay_seconds=0"],
+    root, sets = str(tmp_path / "root"), kh.CONFIGS["fashion-dcgan"] + ["flow.retries=1", "flow.retry_delay_seconds=0"]
+    seed_feature_models(root, "fashion-dcgan", sets)
+    r = kh.run("fashion-dcgan", root, sets,
                failpoints="train.fashion-dcgan.checkpoint.done@1:raise", env=api)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "InjectedFault" in r.stderr and r.resumed_from == 15
