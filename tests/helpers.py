@@ -17,7 +17,7 @@ from tests.conftest import CORRUPT, DATASETS, MNIST
 
 # ---- tiny configs and stage runs
 
-def test_sets(pipeline: str, size: str) -> list[str]:
+def suite_sets(pipeline: str, size: str) -> list[str]:
     """The --set strings of one of a pipeline's own test sizes (its recipe's TestRuns), on this
     machine's copy of its data: tiny (a whole flow, fast), small (its own batch size and intervals
     on little data), longer (small, trained long enough to stop inside), small-run (every default
@@ -30,7 +30,7 @@ def test_sets(pipeline: str, size: str) -> list[str]:
                        "small-run": ("data.max_examples=300", "train.max_steps=3")}[size])
 
 
-def tested_pipelines() -> list[str]:
+def covered_pipelines() -> list[str]:
     """Every registered pipeline whose recipe declares its test sizes: the five built in, and any
     $TAPELINE_PIPELINES adds (a new pipeline is covered by every per-pipeline test unedited)."""
     from flows.registry import all_pipelines
@@ -39,7 +39,7 @@ def tested_pipelines() -> list[str]:
 
 
 # each pipeline's smallest flow that still exercises every stage
-TINY = {name: test_sets(name, "tiny") for name in tested_pipelines()}
+TINY = {name: suite_sets(name, "tiny") for name in covered_pipelines()}
 TINY_IMAGE_SIZE = 32
 
 

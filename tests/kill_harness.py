@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tests.conftest import PYTHONPATH
-from tests.helpers import test_sets, tested_pipelines
+from tests.helpers import suite_sets, covered_pipelines
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 # every pipeline at its own batch size, buffer and checkpoint intervals, on little data (TestRuns.small)
-CONFIGS = {name: test_sets(name, "small") for name in tested_pipelines()}
+CONFIGS = {name: suite_sets(name, "small") for name in covered_pipelines()}
 
 
 @dataclass

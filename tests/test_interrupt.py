@@ -26,7 +26,7 @@ import pytest
 
 from tests import kill_harness as kh
 from tests.conftest import PYTHONPATH, REPO
-from tests.helpers import CPP_LOG, alive, descendants, seed_feature_models, test_sets
+from tests.helpers import CPP_LOG, alive, descendants, seed_feature_models, suite_sets
 
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
 LINE = re.compile(r"^tapeline: interrupted during (\S+)(?: at step (\d+)/(\d+) \((checkpoint saved|last "
@@ -36,7 +36,7 @@ CLI = [sys.executable, "-m", "flows.cli"]  # what the `tapeline` script runs
 
 def sets(pipeline: str) -> list[str]:
     """Training long enough to land in: kill_harness.CONFIGS with more epochs, nothing else changed."""
-    return test_sets(pipeline, "longer")
+    return suite_sets(pipeline, "longer")
 
 
 class Terminal:

@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from tests.conftest import tapeline
-from tests.helpers import TINY, tested_pipelines
+from tests.helpers import TINY, covered_pipelines
 
 
-@pytest.mark.parametrize("pipeline", tested_pipelines())
+@pytest.mark.parametrize("pipeline", covered_pipelines())
 def test_no_record_names_the_old_place_of_a_moved_root(harness, tmp_path, pipeline):
     from flows.pipeline_flow import run_pipeline
 

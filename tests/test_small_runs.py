@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import test_sets, tested_pipelines
+from tests.helpers import suite_sets, covered_pipelines
 
 
-@pytest.mark.parametrize("pipeline", tested_pipelines())
+@pytest.mark.parametrize("pipeline", covered_pipelines())
 def test_small_run_with_defaults_trains(harness, tmp_path, pipeline):
     from artifacts.store import ArtifactStore
     from flows.pipeline_flow import run_pipeline
 
     # (a recipe too slow on CPUs at its default image size, pix2pix at 256 px, names a smaller one)
-    sets = test_sets(pipeline, "small-run")
+    sets = suite_sets(pipeline, "small-run")
     summary = run_pipeline(pipeline, sets, str(tmp_path / "root"))
     assert not any(s["reused"] for s in summary["stages"].values())
     train = ArtifactStore(str(tmp_path / "root")).load(summary["stages"][f"{pipeline}/train"]["uri"])
