@@ -1,10 +1,12 @@
-"""Shared fixtures: TensorFlow and Prefect's test server start once per session."""
+"""Shared fixtures: TensorFlow and Prefect's test server start once per session, and so does a
+tiny flow per pipeline that several tests only read."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,32 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=180):  # its explicit 30 s ignores the env above
         yield
+
+
+@dataclass(frozen=True)
+class TinyFlow:
+    root: str      # read it, never run in it: a test that runs again copies it (helpers.copy_root)
+    summary: dict  # what run_pipeline returned
+    ui: dict       # the run's Prefect artifacts, read back right after it (helpers.prefect_artifacts)
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(harness, tmp_path_factory):
+    """pipeline -> TinyFlow: its helpers.TINY flow, run once per pytest run on a fresh root from
+    scratch (nothing seeded), for every test that reads what such a run leaves."""
+    from flows.pipeline_flow import run_pipeline
+    from tests.helpers import TINY, prefect_artifacts
+
+    made: dict[str, TinyFlow] = {}
+
+    def get(pipeline: str) -> TinyFlow:
+        if pipeline not in made:
+            root = str(tmp_path_factory.mktemp(f"tiny-{pipeline}") / "root")
+            summary = run_pipeline(pipeline, TINY[pipeline], root)
+            made[pipeline] = TinyFlow(root, summary, prefect_artifacts(pipeline))
+        return made[pipeline]
+
+    return get
 
 
 @pytest.fixture

@@ -55,6 +55,74 @@ def run_stages(root, pipeline, sets, upto, runtime=None):
     return done, store
 
 
+def weights(uri):
+    """Every saved model's weights in a train artifact: {file name: [arrays]}."""
+    import keras
+
+    out = {}
+    for path in sorted(glob.glob(f"{uri}/models/*.keras")):
+        out[os.path.basename(path)] = [w.copy() for w in keras.saving.load_model(path, compile=False).get_weights()]
+    return out
+
+
+# ---- copies: a root's references are relative to it, so its artifacts move
+
+def copy_artifact(src: str, dst: str) -> None:
+    """A committed artifact folder copied whole to dst (a local path, ram:// or any gfile URI),
+    _COMMITTED last. References inside a root are relative to it: the copy is the same artifact."""
+    from artifacts import gfile
+    from artifacts.store import COMMITTED
+
+    for rel in sorted(gfile.walk_files(src), key=lambda r: r == COMMITTED):
+        gfile.makedirs(posixpath.dirname(gfile.join(dst, rel)))
+        gfile.copy(gfile.join(src, rel), gfile.join(dst, rel))
+
+
+def copy_root(src: str, dst: str) -> None:
+    """A whole root copied (local or ram://): a copy is the same store, its references relative."""
+    from artifacts import gfile
+
+    if "://" not in src and "://" not in dst:
+        shutil.copytree(src, dst, symlinks=True)
+        return
+    for rel in gfile.walk_files(src):
+        gfile.makedirs(posixpath.dirname(gfile.join(dst, rel)))
+        gfile.copy(gfile.join(src, rel), gfile.join(dst, rel))
+
+
+def relocated(summary: dict, old: str, new: str) -> dict:
+    """A run summary of root `old` as it reads for a copy of that root at `new`."""
+    from artifacts.store import canonical_root
+
+    old, new = canonical_root(old), canonical_root(new)
+
+    def move(v):
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        if isinstance(v, str) and (v == old or v.startswith(old + "/")):
+            return new + v[len(old):]
+        return v
+    return move(summary)
+
+
+# ---- Prefect
+
+def prefect_artifacts(pipeline: str) -> dict:
+    """The latest Prefect artifact of each key of a pipeline, read back from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [f"{pipeline}-training", f"{pipeline}-run"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    latest = {}
+    for a in sorted(found, key=lambda a: a.created):
+        latest[a.key] = a
+    return latest
+
+
 # ---- feature models built once per pytest run, copied into each GAN root that needs them
 
 _FEATURE_CACHE: dict[str, str] = {}  # {"root": this pytest run's cache root}, made on first use
@@ -75,17 +143,6 @@ def _without_failpoints():
         yield
     finally:
         os.environ.update(saved)
-
-
-def copy_artifact(src: str, dst: str) -> None:
-    """A committed artifact folder copied whole to dst (a local path, ram:// or any gfile URI),
-    _COMMITTED last. References inside a root are relative to it: the copy is the same artifact."""
-    from artifacts import gfile
-    from artifacts.store import COMMITTED
-
-    for rel in sorted(gfile.walk_files(src), key=lambda r: r == COMMITTED):
-        gfile.makedirs(posixpath.dirname(gfile.join(dst, rel)))
-        gfile.copy(gfile.join(src, rel), gfile.join(dst, rel))
 
 
 def seed_feature_models(root, pipeline, sets) -> list[str]:
@@ -117,16 +174,6 @@ def seed_feature_models(root, pipeline, sets) -> list[str]:
         if store.find(n.pipeline.name, n.stage, art.fingerprint) is None:
             copy_artifact(art.uri, gfile.join(store.stage_root(n.pipeline.name, n.stage), art.version))
     return [n.key for n in feature]
-
-
-def weights(uri):
-    """Every saved model's weights in a train artifact: {file name: [arrays]}."""
-    import keras
-
-    out = {}
-    for path in sorted(glob.glob(f"{uri}/models/*.keras")):
-        out[os.path.basename(path)] = [w.copy() for w in keras.saving.load_model(path, compile=False).get_weights()]
-    return out
 
 
 # ---- bad inputs

@@ -11,19 +11,25 @@ from PIL import Image
 from artifacts import gfile
 from artifacts.store import ArtifactStore
 from tests.conftest import tapeline
-from tests.helpers import TINY
+from tests.helpers import TINY, copy_root, relocated
 
 PIPELINE = "mnist-gan"
 RATES = ("0.0004", "0.001")  # model.g_learning_rate: the seed's, and a second one
 
 
 @pytest.fixture(scope="module")
-def two_runs(harness, tmp_path_factory):
-    """(root, [summary of each run]): the same tiny config but for model.g_learning_rate."""
+def two_runs(tiny_flow, tmp_path_factory):
+    """(root, [summary of each run]): the same tiny config but for model.g_learning_rate. The
+    first is the shared TINY flow (the seed's rate, RATES[0]) in a copy of its root."""
     from flows.pipeline_flow import run_pipeline
+    from flows.registry import get
 
+    assert get(PIPELINE).config(TINY[PIPELINE]).model.g_learning_rate == float(RATES[0])
+    flow = tiny_flow(PIPELINE)
     root = str(tmp_path_factory.mktemp("compare") / "root")
-    runs = [run_pipeline(PIPELINE, TINY[PIPELINE] + [f"model.g_learning_rate={r}"], root) for r in RATES]
+    copy_root(flow.root, root)
+    runs = [relocated(flow.summary, flow.root, root)]
+    runs += [run_pipeline(PIPELINE, TINY[PIPELINE] + [f"model.g_learning_rate={r}"], root) for r in RATES[1:]]
     return root, runs
 
 

@@ -10,21 +10,7 @@ from artifacts import gfile
 from artifacts.store import ArtifactStore
 from tests.conftest import MNIST, tapeline
 from flows.registry import get
-from tests.helpers import TINY, TINY_IMAGE_SIZE
-
-
-def prefect_artifacts(pipeline: str) -> dict:
-    """The latest Prefect artifact of each key of a pipeline, read back from the API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    keys = [f"{pipeline}-training", f"{pipeline}-run"]
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-    latest = {}
-    for a in sorted(found, key=lambda a: a.created):
-        latest[a.key] = a
-    return latest
+from tests.helpers import TINY, TINY_IMAGE_SIZE, copy_root, relocated
 
 
 def assert_reused_and_judged_again(first: dict, second: dict, pipeline: str) -> None:
@@ -39,16 +25,24 @@ def assert_reused_and_judged_again(first: dict, second: dict, pipeline: str) -> 
     assert second["champion"] == first["champion"]
 
 
-@pytest.mark.parametrize("pipeline", sorted(TINY))
-def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
+def run_again_in_a_copy(flow, tmp_path, pipeline) -> None:
+    """The second run, in a copy of the shared root: it commits a promote and a run record."""
     from flows.pipeline_flow import run_pipeline
 
-    root = str(tmp_path / "root")
-    first = run_pipeline(pipeline, TINY[pipeline], root)
+    copy = str(tmp_path / "root")
+    copy_root(flow.root, copy)
+    assert_reused_and_judged_again(relocated(flow.summary, flow.root, copy),
+                                   run_pipeline(pipeline, TINY[pipeline], copy), pipeline)
+
+
+@pytest.mark.parametrize("pipeline", sorted(TINY))
+def test_flow_end_to_end_then_everything_reused(tiny_flow, tmp_path, pipeline):
+    flow = tiny_flow(pipeline)  # on a fresh root, once per pytest run: other tests read it too
+    root, first = flow.root, flow.summary
     stages = first["stages"]
     assert not any(s["reused"] for s in stages.values())
     assert first["blessed"] is True and first["champion"]
-    ui = prefect_artifacts(pipeline)  # what the Prefect UI shows for the run
+    ui = flow.ui  # what the Prefect UI shows for the run (read right after it)
     assert ui[f"{pipeline}-training"].data == 100.0 and "step" in ui[f"{pipeline}-training"].description
     assert "**blessed:** True" in ui[f"{pipeline}-run"].data and f"{pipeline}/train" in ui[f"{pipeline}-run"].data
     # the pictures travel inside the artifact, so a browser on the UI shows them (tests/test_stack.py looks)
@@ -62,7 +56,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
     champion = ArtifactStore(root).champion(pipeline)  # champion.json's paths are relative to the root
     assert champion["version"] == first["champion"] and champion["metrics"] == first["metrics"]
     if f"{pipeline}/render" not in stages:  # a recipe that draws nothing
-        assert_reused_and_judged_again(first, run_pipeline(pipeline, TINY[pipeline], root), pipeline)
+        run_again_in_a_copy(flow, tmp_path, pipeline)
         return
     render = stages[f"{pipeline}/render"]["uri"]
     recipe = get(pipeline).recipe
@@ -70,7 +64,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
         with Image.open(f"{render}/confusion.png") as im:
             im.verify()
         assert gfile.glob(champion["exported"] + "/classifier.keras")
-        assert_reused_and_judged_again(first, run_pipeline(pipeline, TINY[pipeline], root), pipeline)
+        run_again_in_a_copy(flow, tmp_path, pipeline)
         return
     pngs = gfile.glob(f"{render}/grids/*.png") + [f"{render}/history.png"]
     for png in pngs:
@@ -93,7 +87,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
         else:  # another layout's rows: at least the seed's size
             assert min(im.size) >= 112, im.size
     if f"{pipeline}/animate" not in stages:
-        assert_reused_and_judged_again(first, run_pipeline(pipeline, TINY[pipeline], root), pipeline)
+        run_again_in_a_copy(flow, tmp_path, pipeline)
         return
     gif = stages[f"{pipeline}/animate"]["uri"] + "/training.gif"
     import imageio.v2 as imageio
@@ -128,7 +122,7 @@ def test_flow_end_to_end_then_everything_reused(harness, tmp_path, pipeline):
         assert m["samples"] == int(TINY[pipeline][-1].split("=")[1]) <= n_test
         for share, n in ((m["disc_real_accuracy"], n_test), (m["disc_fake_accuracy"], m["samples"])):
             assert share * n == pytest.approx(round(share * n), abs=1e-6), (share, n)
-    assert_reused_and_judged_again(first, run_pipeline(pipeline, TINY[pipeline], root), pipeline)
+    run_again_in_a_copy(flow, tmp_path, pipeline)
 
 
 def test_plan_reports_reuse_and_what_changed(tmp_path):
