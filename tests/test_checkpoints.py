@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import PYTHONPATH
 from tests.helpers import PickleBomb
 
@@ -95,6 +97,7 @@ def _pickled_npz(marker: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_is_skipped_and_the_run_ends_identical(tmp_path):
     marker = str(tmp_path / "MARKER")
     kinds = ["truncate", "bitflip", "pickle", "all"]  # all: the newest shard missing, the older bit-flipped

@@ -13,6 +13,8 @@ from artifacts.store import ArtifactStore
 from tests.conftest import tapeline
 from tests.helpers import TINY, copy_root, relocated
 
+pytestmark = pytest.mark.slow  # two tiny mnist-gan flows
+
 PIPELINE = "mnist-gan"
 RATES = ("0.0004", "0.001")  # model.g_learning_rate: the seed's, and a second one
 

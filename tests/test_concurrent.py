@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.fuzz import no_traceback
 from tests.conftest import MNIST, PYTHONPATH, tapeline
 
@@ -17,6 +19,7 @@ CONFIGS = [BASE, BASE + ["seed=1"], BASE + ["model.learning_rate=0.01"], BASE[:1
            BASE + ["seed=2"], BASE + ["seed=2"]]
 
 
+@pytest.mark.slow
 def test_six_runs_at_once_on_one_root_make_one_artifact_set(harness, tmp_path):
     """On one Prefect server, as runs of a work pool are (no temporary server per process)."""
     import prefect.settings

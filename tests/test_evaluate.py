@@ -103,6 +103,7 @@ def test_real_vs_real_far_below_noise_vs_real_in_the_classifier_feature_space(tm
     assert real * 10 < fake, (real, fake)
 
 
+@pytest.mark.slow
 def test_worse_candidate_not_promoted_better_one_is(harness, tmp_path):
     from artifacts.store import open_store
     from flows.cli import main

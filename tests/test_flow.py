@@ -35,6 +35,7 @@ def run_again_in_a_copy(flow, tmp_path, pipeline) -> None:
                                    run_pipeline(pipeline, TINY[pipeline], copy), pipeline)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", sorted(TINY))
 def test_flow_end_to_end_then_everything_reused(tiny_flow, tmp_path, pipeline):
     flow = tiny_flow(pipeline)  # on a fresh root, once per pytest run: other tests read it too
@@ -125,6 +126,7 @@ def test_flow_end_to_end_then_everything_reused(tiny_flow, tmp_path, pipeline):
     run_again_in_a_copy(flow, tmp_path, pipeline)
 
 
+@pytest.mark.slow
 def test_plan_reports_reuse_and_what_changed(tmp_path):
     root = str(tmp_path / "root")
     sets = [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=3"]

@@ -63,6 +63,7 @@ def test_disk_full_in_a_beam_stage_is_the_one_line_error(small_disk):
     assert committed(root) == ["ingest"]
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_then_freed_rerun_completes(small_disk):
     root = f"{small_disk}/root"
     args = ["--root", root] + [x for s in SETS for x in ("--set", s)]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from flows.registry import get
 from tests.conftest import PYTHONPATH, tapeline
 from tests.helpers import TINY
@@ -14,6 +16,7 @@ from tests.helpers import TINY
 CLI = "import sys; from flows.cli import main; sys.exit(main())"
 
 
+@pytest.mark.slow
 def test_gc_keep_0_during_a_live_run_of_every_stage_kind(tmp_path, harness):
     from prefect.settings import PREFECT_API_URL
 

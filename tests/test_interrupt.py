@@ -28,6 +28,8 @@ from tests import kill_harness as kh
 from tests.conftest import PYTHONPATH, REPO
 from tests.helpers import CPP_LOG, alive, descendants, seed_feature_models, suite_sets
 
+pytestmark = pytest.mark.signals
+
 SEED = int(os.environ.get("TAPELINE_TEST_SEED") or random.SystemRandom().randrange(10**6))
 LINE = re.compile(r"^tapeline: interrupted during (\S+)(?: at step (\d+)/(\d+) \((checkpoint saved|last "
                   r"checkpoint kept)\)| \(nothing committed\)) — run the same command again to resume$")

@@ -15,6 +15,8 @@ from tests import kill_harness as kh
 from tests.conftest import tapeline
 from tests.helpers import seed_feature_models
 
+pytestmark = [pytest.mark.signals, pytest.mark.slow]
+
 # Every kind of kill point at least once, every pipeline at least twice, in chains on one root.
 CHAINS = {
     "fashion-dcgan": [

@@ -48,6 +48,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.signals
 @pytest.mark.slow
 def test_first_run_starts_it_the_next_reuses_it_and_it_stops_when_idle(home, tmp_path):
     root = str(tmp_path / "root")

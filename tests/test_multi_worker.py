@@ -73,6 +73,8 @@ def _assert_identical(straight: dict, resumed: dict) -> None:
     assert all(np.array_equal(ha[k], hb[k]) for k in ha.files if k != "epochs")
 
 
+@pytest.mark.signals
+@pytest.mark.slow
 def test_two_workers_killed_and_relaunched_end_identical_to_an_uninterrupted_run(tmp_path, straight):
     straight, a = straight
     root = tmp_path / "b"
@@ -147,6 +149,8 @@ def _stopped_by_a_signal(root, why: str, after: int, send) -> tuple[int, int, st
     return code, step, out
 
 
+@pytest.mark.signals
+@pytest.mark.slow
 def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_relaunch_ends_identical(tmp_path, straight):
     straight, a = straight
     rng = random.Random(SEED)
@@ -164,6 +168,8 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_relaunch_ends_iden
     _assert_identical(straight, resumed)
 
 
+@pytest.mark.signals
+@pytest.mark.slow
 def test_ctrl_c_to_the_launcher_stops_every_worker_at_one_step(tmp_path, straight):
     """What a terminal's Ctrl-C does: SIGINT to the launcher's process group (the workers have
     sessions of their own: the launcher passes it on)."""

@@ -130,6 +130,7 @@ def _expected(arts: dict, pipeline: str, rng) -> dict:
     return inputs, outputs
 
 
+@pytest.mark.slow
 def test_each_pushed_savedmodel_answers_like_its_keras_model_in_plain_tensorflow(pushed, tmp_path):
     from artifacts import serving
     from components.stages import promote

@@ -5,6 +5,8 @@ import pytest
 
 from tests.helpers import suite_sets, covered_pipelines
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("pipeline", covered_pipelines())
 def test_small_run_with_defaults_trains(harness, tmp_path, pipeline):

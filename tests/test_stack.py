@@ -21,6 +21,8 @@ from flows.workers import free_ports
 from tests import prefect_ui
 from tests.conftest import MNIST, REPO, run_py, tapeline
 
+pytestmark = pytest.mark.stack
+
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "render", "promote"]
 # where the screenshots go: a temp dir, or docs/img when TAPELINE_SCREENSHOTS says so (docs/deployments.md)
 SHOTS = os.environ.get("TAPELINE_SCREENSHOTS")

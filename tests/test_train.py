@@ -38,6 +38,7 @@ def train(root, pipeline, sets, timeout=600):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_classifier_learns_and_gans_losses_move(tmp_path):
     out = train(str(tmp_path / "c"), "mnist-classifier",
                 [f"data.source=idx:{MNIST}", "data.max_examples=3000", "data.val_holdout=500", "train.epochs=2"])
@@ -97,6 +98,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_mixed_precision_and_xla_train_the_dcgan(tmp_path):
     """One fresh process (TensorFlow's device layout is fixed once it starts)."""
     import keras

@@ -15,6 +15,8 @@ from flows.registry import get
 from pipelines.gan_fixes import VARIANTS
 from tests.conftest import MNIST
 
+pytestmark = pytest.mark.slow  # 14 variants, each trained straight and stopped+resumed
+
 FASHION = "/usr/share/datasets/fashion-mnist"
 # 4 steps of batch 16, a checkpoint every 2: the stopped run is cut after step 2 and resumes there
 COMMON = ["data.max_examples=64", "train.batch_size=16", "train.max_steps=4", "train.checkpoint_every=2",
