@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from artifacts import gfile
+import json
+
+from artifacts import gfile, objstore
 from artifacts.lease import Lease, live_leases
 from artifacts.refs import CHAMPION, RUNS, Artifact, reason, check_run_id
 
@@ -17,12 +19,18 @@ class Records:
         """The champion record, its artifact references resolved under this root (a reference
         that names nothing here is dropped). A damaged champion.json reads as no champion."""
         path = gfile.join(self.root, pipeline, CHAMPION)
+        self._tags[pipeline] = None
         if gfile.kind(path) == "missing":
             return None
         try:
             if not self.contained(path):
                 raise OSError(0, "reached through a symlink, not followed")
-            rec = gfile.read_json(path)
+            if self.mirror is not None:  # the ETag read is what set_champion swaps against
+                data, tag = objstore.read_tagged(path, 64 << 20)
+                self._tags[pipeline] = tag
+                rec = json.loads(data.decode("utf-8"))
+            else:
+                rec = gfile.read_json(path)
             if not isinstance(rec, dict):
                 raise ValueError("not a champion record")
         except (OSError, ValueError) as e:
@@ -35,8 +43,24 @@ class Records:
                 rec[k] = self.resolve(rec[k], parts=None)
         return rec
 
+    @property
+    def _tags(self) -> dict:
+        """{pipeline: ETag of the champion.json last read, None: there was none} (object stores)."""
+        if not hasattr(self, "_champion_tags"):
+            self._champion_tags: dict[str, str | None] = {}
+        return self._champion_tags
+
     def set_champion(self, pipeline: str, record: dict) -> None:
+        """champion.json written whole. On an object store only over the version last read by
+        champion() (compare-and-swap on its ETag; create-only where there was none): a promotion
+        made meanwhile raises objstore.Changed or objstore.Exists, never lost."""
         path = self.inside(gfile.join(self.root, pipeline, CHAMPION), "champion.json")
+        if self.mirror is not None:
+            if pipeline not in self._tags:
+                self.champion(pipeline)
+            body, tag = objstore.record(self._relative(record)), self._tags[pipeline]
+            self._tags[pipeline] = objstore.create(path, body) if tag is None else objstore.swap(path, body, tag)
+            return
         gfile.makedirs(gfile.join(self.root, pipeline))
         gfile.write_json(path, self._relative(record))
 
@@ -47,16 +71,23 @@ class Records:
         take(), run under that lock once the title is won (the push), gives fields to add to the
         record and how to undo itself should champion.json not be written (a stop, a full disk)."""
         with self.locked(self.lock_path(pipeline, "promote", "champion")):
-            if not better(self.champion(pipeline)):
-                return False
-            extra, undo = take() if take is not None else ({}, None)
-            try:
-                self.set_champion(pipeline, {**record, **extra})
-            except BaseException:
-                if undo is not None:
-                    undo()
-                raise
-            return True
+            while True:
+                if not better(self.champion(pipeline)):
+                    return False
+                extra, undo = take() if take is not None else ({}, None)
+                try:
+                    self.set_champion(pipeline, {**record, **extra})
+                except (objstore.Changed, objstore.Exists):
+                    # an object store: another promotion wrote champion.json since it was read
+                    # (its lock had lapsed): undo the push and judge again against that one
+                    if undo is not None:
+                        undo()
+                    continue
+                except BaseException:
+                    if undo is not None:
+                        undo()
+                    raise
+                return True
 
     def _relative(self, obj: Any) -> Any:
         """obj with every path under the root written relative to it (a record's metrics are

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import importlib.metadata
+import json
 import os
+import shutil
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping
 
-from artifacts import failpoints, gfile, lock
+from artifacts import failpoints, gfile, lock, objstore
 from artifacts.errors import UserError
-from artifacts.refs import COMMITTED, MANIFEST, PENDING, Artifact, InputRef, StageRun, reason
+from artifacts.mirror import WorkSync, Damaged
+from artifacts.refs import CLAIMS, COMMITTED, MANIFEST, NAME, PENDING, Artifact, InputRef, StageRun, reason
 
 _VERSIONED_PACKAGES = ("tapeline", "tensorflow", "keras", "tensorflow-datasets", "apache-beam",
                        "prefect", "numpy")
@@ -33,13 +38,29 @@ def _now() -> dt.datetime:
 class Writer:
     """An artifact being written: payload goes under .path, resumable state under .work_dir."""
 
-    def __init__(self, path: str, work_dir: str, store: Any):  # store: the ArtifactStore written into
-        self.path, self.work_dir, self.store = path, work_dir, store
+    def __init__(self, path: str, work_dir: str, store: Any, sync: WorkSync | None = None):
+        # store: the ArtifactStore written into. On an object-store root, path and work_dir are
+        # local (artifacts/mirror.py): the commit uploads the payload, sync the work directory.
+        self.path, self.work_dir, self.store, self.sync = path, work_dir, store, sync
         self.metadata: dict[str, Any] = {}  # small facts the manifest should carry (counts, metrics)
         self.on_commit: Callable[[Artifact], None] | None = None  # runs once the artifact is committed
 
     def file(self, *parts: str) -> str:
         return gfile.join(self.path, *parts)
+
+    def saved(self) -> None:
+        """Called after each checkpoint is saved in work_dir: on an object-store root it goes up
+        to the store in the background (data files first, what names the newest checkpoint last)."""
+        if self.sync is not None:
+            self.sync.push()
+
+
+class Lost(Exception):
+    """Another writer committed this fingerprint first (an object-store root): reuse its artifact."""
+
+    def __init__(self, winner: Artifact):
+        super().__init__(winner.uri)
+        self.winner = winner
 
 
 def _discard(path: str) -> None:
@@ -70,8 +91,10 @@ class Commits:
             return [f"{MANIFEST} altered after commit"]
         if "_damaged" in art.manifest:
             return [art.manifest["_damaged"]]
-        problems = []
         listed = art.manifest.get("files", {})
+        if self.mirror is not None:
+            return self._check_objects(art, listed)
+        problems = []
         present = set(gfile.walk_files(art.uri)) - {MANIFEST, COMMITTED}
         for rel, meta in sorted(listed.items()):
             if rel not in present:
@@ -87,6 +110,34 @@ class Commits:
         problems += [f"{rel} not in manifest" for rel in sorted(present - listed.keys())]
         return problems
 
+    def _check_objects(self, art: Artifact, listed: dict) -> list[str]:
+        """check() on an object store, from one listing: each object's size and ETag against the
+        manifest's (the store's own checksum of what was uploaded); a file the manifest lists
+        without an ETag is hashed as it streams."""
+        present = {m.key: m for m in objstore.listing(art.uri) if m.key not in (MANIFEST, COMMITTED)}
+        problems = []
+        for rel, meta in sorted(listed.items()):
+            m = present.get(rel)
+            if m is None:
+                problems.append(f"{rel} missing")
+            elif m.size != meta["size"] or (meta.get("etag") and m.etag != meta["etag"]):
+                problems.append(f"{rel} altered")
+            elif not meta.get("etag") and gfile.sha256(art.path(rel))[0] != meta["sha256"]:
+                problems.append(f"{rel} altered")
+        problems += [f"{rel} not in manifest" for rel in sorted(present.keys() - listed.keys())]
+        return problems
+
+    def localized(self, art: Artifact) -> Artifact:
+        """art as a stage reads it: itself on a local root; on an object store, its copy in the
+        local cache, fetched once per machine and checked against the manifest."""
+        if self.mirror is None:
+            return art
+        try:
+            return Artifact(self.mirror.fetch(art.uri, art.manifest), art.manifest)
+        except Damaged as e:
+            raise UserError(f"artifact damaged in the store: {e.filename} {e.strerror}", art.uri,
+                            "run `tapeline verify` and `tapeline gc`, then run again: it is rebuilt") from None
+
     def find(self, pipeline: str, stage: str, fingerprint: str) -> Artifact | None:
         """The newest committed artifact with this fingerprint that still verifies."""
         for art in reversed(self.versions(pipeline, stage)):
@@ -97,7 +148,14 @@ class Commits:
     @contextlib.contextmanager
     def writer(self, pipeline: str, stage: str, fingerprint: str, *, type: str, params: Mapping,
                inputs: Mapping[str, Artifact | InputRef], code: str,
-               code_modules: Mapping[str, str] | None = None) -> Iterator[Writer]:
+               code_modules: Mapping[str, str] | None = None, claim: bool = False) -> Iterator[Writer]:
+        """claim: on an object store, the fingerprint's one commit is claimed create-only (a
+        stage whose artifact is reused); a writer that loses raises Lost with the winner."""
+        if self.mirror is not None:
+            with self._object_writer(pipeline, stage, fingerprint, type=type, params=params, inputs=inputs,
+                                     code=code, code_modules=code_modules, claim=claim) as w:
+                yield w
+            return
         created = _now()
         version = f"{created:%Y%m%dT%H%M%S%f}-{fingerprint[:12]}"
         path = self.inside(gfile.join(self.stage_root(pipeline, stage), version), f"{pipeline}/{stage}")
@@ -115,17 +173,8 @@ class Commits:
                 files[rel] = {"sha256": sha, "size": size}
             if not files:
                 raise RuntimeError(f"stage {stage} of {pipeline} produced no files")
-            manifest = {
-                "type": type, "pipeline": pipeline, "stage": stage, "version": version,
-                "fingerprint": fingerprint, "params": dict(params), "code_digest": code,
-                # {module: digest} that code_digest covers: `tapeline plan` names the one that changed
-                "code_modules": dict(code_modules or {}),
-                # artifacts relative to the root: it can be moved, restored or mounted elsewhere
-                "inputs": {k: {"uri": self.ref(v.uri), "fingerprint": v.fingerprint} for k, v in inputs.items()},
-                "packages": package_versions(), "created": created.isoformat(),
-                "host": socket.gethostname(), "pid": os.getpid(),
-                "metadata": w.metadata, "files": files,
-            }
+            manifest = self._manifest(pipeline, stage, fingerprint, version, created, type, params, code,
+                                      code_modules, inputs, w, files)
             gfile.write_json(gfile.join(path, MANIFEST), manifest)
             manifest_sha, _ = gfile.sha256(gfile.join(path, MANIFEST))
             gfile.write_bytes(gfile.join(path, COMMITTED), manifest_sha.encode())
@@ -136,6 +185,107 @@ class Commits:
             _discard(path)
             raise
         gfile.rmtree(w.work_dir)
+
+    def _manifest(self, pipeline, stage, fingerprint, version, created, type, params, code, code_modules,
+                  inputs, w: Writer, files: dict) -> dict:
+        return {
+            "type": type, "pipeline": pipeline, "stage": stage, "version": version,
+            "fingerprint": fingerprint, "params": dict(params), "code_digest": code,
+            # {module: digest} that code_digest covers: `tapeline plan` names the one that changed
+            "code_modules": dict(code_modules or {}),
+            # artifacts relative to the root: it can be moved, restored or mounted elsewhere
+            "inputs": {k: {"uri": self.ref(v.uri), "fingerprint": v.fingerprint} for k, v in inputs.items()},
+            "packages": package_versions(), "created": created.isoformat(),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "metadata": w.metadata, "files": files,
+        }
+
+    @contextlib.contextmanager
+    def _object_writer(self, pipeline: str, stage: str, fingerprint: str, *, type: str, params: Mapping,
+                       inputs: Mapping[str, Artifact | InputRef], code: str,
+                       code_modules: Mapping[str, str] | None, claim: bool) -> Iterator[Writer]:
+        """writer() on an object store: the stage writes into the local cache; the commit uploads
+        every file, then MANIFEST.json, then claims the fingerprint (create-only), then writes
+        `_COMMITTED` create-only. Before `_COMMITTED` exists nothing lists the version; a stop
+        removes what was uploaded (a SIGKILL leaves objects gc removes)."""
+        created = _now()
+        version = f"{created:%Y%m%dT%H%M%S%f}-{fingerprint[:12]}"
+        remote = gfile.join(self.stage_root(pipeline, stage), version)
+        work = self.work_dir(pipeline, stage, fingerprint)
+        sync = WorkSync(self.mirror.local(work), work)
+        w = Writer(self.mirror.local(remote), sync.local, self, sync)
+        shutil.rmtree(w.path, ignore_errors=True)
+        os.makedirs(w.path)
+        committed = False
+        try:
+            sync.pull()  # a checkpoint another machine (or this one, earlier) left in the store
+            objstore.write(gfile.join(remote, PENDING), fingerprint.encode())
+            failpoints.hit(f"store.build.{pipeline}/{stage}")
+            yield w
+            failpoints.hit(f"store.built.{pipeline}/{stage}")
+            sync.flush()
+            rels = list(gfile.walk_files(w.path))
+            if not rels:
+                raise RuntimeError(f"stage {stage} of {pipeline} produced no files")
+            files = {}
+
+            def up(rel: str) -> None:
+                sha, size = gfile.sha256(gfile.join(w.path, rel))
+                files[rel] = {"sha256": sha, "size": size,
+                              "etag": objstore.upload(gfile.join(w.path, rel), gfile.join(remote, rel))}
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(up, rels))
+            failpoints.hit(f"store.uploaded.{pipeline}/{stage}")
+            manifest = self._manifest(pipeline, stage, fingerprint, version, created, type, params, code,
+                                      code_modules, inputs, w, dict(sorted(files.items())))
+            body = objstore.record(manifest)
+            objstore.write(gfile.join(remote, MANIFEST), body)
+            if claim:
+                self._claim(pipeline, stage, fingerprint, version)
+            objstore.create(gfile.join(remote, COMMITTED), hashlib.sha256(body).hexdigest().encode())
+            committed = True
+            objstore.delete([gfile.join(remote, PENDING)])
+            w.committed = Artifact(remote, manifest)
+        except BaseException:
+            try:  # a stop: the step it saved goes up before the process exits
+                sync.flush(timeout=20)
+            except Exception:  # noqa: BLE001 - the stop's own error is the one to report
+                pass
+            if not committed:
+                for undo in (lambda: objstore.remove_tree(remote), lambda: shutil.rmtree(w.path, ignore_errors=True)):
+                    try:
+                        undo()
+                    except Exception:  # noqa: BLE001 - left for gc
+                        pass
+            raise
+        self.mirror.stamp(remote, manifest)  # the staged files are the cache's copy now
+        sync.discard()
+
+    def _claim(self, pipeline: str, stage: str, fingerprint: str, version: str) -> None:
+        """STAGE/_claims/FINGERPRINT.json names the one version of a fingerprint: written
+        create-only; over a claim whose version no longer verifies (damaged, removed), replaced by
+        compare-and-swap. Raises Lost with the winner when another writer's version stands."""
+        path = gfile.join(self.stage_root(pipeline, stage), CLAIMS, f"{fingerprint}.json")
+        body = objstore.record({"version": version})
+        for _ in range(8):
+            made, data, tag = objstore.create_or_read(path, body)
+            if made:
+                return
+            try:
+                theirs = json.loads(data.decode("utf-8"))["version"]
+                winner = self.load(gfile.join(self.stage_root(pipeline, stage), theirs)) \
+                    if isinstance(theirs, str) and NAME.fullmatch(theirs) else None
+            except (ValueError, KeyError, TypeError):
+                winner = None
+            if winner is not None and winner.fingerprint == fingerprint and not self.check(winner):
+                raise Lost(winner)
+            try:
+                objstore.swap(path, body, tag)
+                return
+            except objstore.Changed:
+                continue
+        raise RuntimeError(f"could not claim {path}: it kept changing")
 
     def get_or_build(self, pipeline: str, stage: str, fingerprint: str, *, type: str,
                      params: Mapping, inputs: Mapping[str, Artifact | InputRef], code: str,
@@ -153,10 +303,15 @@ class Commits:
             if found is not None:
                 self._hold(found)
                 return StageRun(found, reused=True)
-            with self.writer(pipeline, stage, fingerprint, type=type, params=params,
-                             inputs=inputs, code=code, code_modules=code_modules) as w:
-                build(w)
-            art = self.load(w.path)  # hashed a moment ago by the commit: no second pass
+            try:
+                with self.writer(pipeline, stage, fingerprint, type=type, params=params, inputs=inputs,
+                                 code=code, code_modules=code_modules, claim=reuse) as w:
+                    build(w)
+            except Lost as lost:  # an object store: another machine committed it first
+                self._hold(lost.winner)
+                return StageRun(lost.winner, reused=True)
+            # hashed a moment ago by the commit: no second pass
+            art = getattr(w, "committed", None) or self.load(w.path)
             self._hold(art)
             failpoints.hit(f"store.committed.{pipeline}/{stage}")
             if w.on_commit is not None:

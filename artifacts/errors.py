@@ -62,7 +62,14 @@ def _chain(exc: BaseException):
 def storage_error(exc: BaseException, root: str, stage: str) -> UserError | None:
     """A full disk (ENOSPC, a quota) or a filesystem that refuses writes, met anywhere in exc's
     chain or text (TensorFlow and Beam re-raise OSErrors as their own types, with the strerror
-    in the message), as the one-line error; None for anything else."""
+    in the message), as the one-line error; an object store's persistent failure too (after its
+    client's retries: unreachable, throttled, refused credentials); None for anything else."""
+    if root.startswith(("s3://", "gs://")):
+        from artifacts import objstore  # a leaf here: only object-store roots need it
+
+        user = objstore.user_error(exc, root, stage)
+        if user is not None:
+            return user
     for e in _chain(exc):
         text = str(e)
         code = getattr(e, "errno", None)

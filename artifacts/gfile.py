@@ -1,12 +1,16 @@
-"""File helpers over tf.io.gfile, so local paths, gs:// and ram:// roots behave alike.
+"""File helpers, so local paths, object stores (s3://, gs://) and ram:// roots behave alike.
 
-Local paths go through Python's own file functions instead: a run that reuses every stage, a
-plan, a verify, and a stage that fails on its input never pay for TensorFlow's start-up."""
+Local paths go through Python's own file functions: a run that reuses every stage, a plan, a
+verify, and a stage that fails on its input never pay for TensorFlow's start-up. s3:// and gs://
+go through obstore (artifacts/objstore.py: TensorFlow >= 2.18 has no S3 filesystem); what
+TensorFlow itself must open there is staged locally by the store (artifacts/mirror.py). ram://
+(tests) goes through tf.io.gfile."""
 from __future__ import annotations
 
 import errno
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -14,6 +18,8 @@ import shutil
 import stat as _stat
 import uuid
 from typing import Any, Iterator
+
+from artifacts import objstore
 
 _CHUNK = 1 << 20
 
@@ -109,10 +115,70 @@ class _LocalFiles:
         os.replace(src, dst)
 
 
+class _Buffer(io.BytesIO):
+    """An object written whole when its `with` block ends without an error (never half of it)."""
+
+    def __init__(self, uri: str):
+        super().__init__()
+        self.uri = uri
+
+    def __exit__(self, kind, *rest):
+        if kind is None:
+            objstore.write(self.uri, self.getvalue())
+        self.close()
+
+
+class _ObjectFiles:
+    """The same slice on an object store: folders are key prefixes, made by writing below them."""
+
+    exists = staticmethod(lambda p: objstore.head(p) is not None or objstore.is_folder(p))
+    isdir = staticmethod(objstore.is_folder)
+    rmtree = staticmethod(objstore.remove_tree)
+
+    @staticmethod
+    def listdir(path: str) -> list[str]:
+        dirs, files = objstore.children(path)
+        return dirs + files
+
+    @staticmethod
+    def remove(path: str) -> None:
+        objstore.delete([path])
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        pass
+
+    @staticmethod
+    def GFile(path: str, mode: str, follow: bool = False):  # noqa: N802 - tf.io.gfile's name
+        if mode == "rb":
+            return io.BytesIO(objstore.read(path))
+        if mode == "wb":
+            return _Buffer(path)
+        raise ValueError(f"mode {mode!r} on an object store")
+
+    @staticmethod
+    def copy(src: str, dst: str, overwrite: bool = False) -> None:
+        if not overwrite and objstore.head(dst) is not None:
+            raise FileExistsError(dst)
+        if "://" not in src:
+            objstore.upload(src, dst)
+        elif "://" not in dst:
+            objstore.download(src, dst)
+        else:
+            objstore.copy(src, dst)
+
+    @staticmethod
+    def rename(src: str, dst: str, overwrite: bool = False) -> None:
+        _ObjectFiles.copy(src, dst, overwrite)
+        objstore.delete([src])
+
+
 def _gf(path: str):
     if "://" not in path:
         return _LocalFiles
-    # Imported lazily: only remote roots (gs://, ram://) need TensorFlow's filesystems.
+    if objstore.is_object(path):
+        return _ObjectFiles
+    # Imported lazily: only ram:// (and other TensorFlow filesystems) needs TensorFlow.
     import tensorflow as tf
 
     return tf.io.gfile
@@ -149,6 +215,11 @@ def stat(path: str) -> tuple[int, int]:
     if "://" not in path:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
+    if objstore.is_object(path):
+        m = objstore.head(path)
+        if m is None:
+            raise FileNotFoundError(path)
+        return m.size, int(m.modified * 1e9)
     st = _gf(path).stat(path)
     return st.length, st.mtime_nsec
 
@@ -157,6 +228,11 @@ def lstat_mtime(path: str) -> float:
     """Modification time in seconds of path itself (a link's own, never its target's)."""
     if "://" not in path:
         return os.lstat(path).st_mtime
+    if objstore.is_object(path):  # an object's time, or a folder's newest object's
+        m = objstore.head(path)
+        if m is not None:
+            return m.modified
+        return max((m.modified for m in objstore.listing(path)), default=0.0)
     return _gf(path).stat(path).mtime_nsec / 1e9
 
 
@@ -186,6 +262,8 @@ def _open_read(path: str, follow: bool):
 def read_bytes(path: str, limit: int | None = None, *, follow: bool = False) -> bytes:
     """A whole file; a local one only if it is a regular file and, unless follow=True, not a
     symlink (NotRegular otherwise). limit: more bytes than this is an error, not a read."""
+    if objstore.is_object(path):
+        return objstore.read(path, limit)
     with _open_read(path, follow) as f:
         data = f.read() if limit is None else f.read(limit + 1)
     if limit is not None and len(data) > limit:
@@ -253,6 +331,8 @@ def glob(pattern: str) -> list[str]:
 
 def sha256(path: str, *, follow: bool = False) -> tuple[str, int]:
     """Digest and size of one file, read in chunks (a local one: regular, not a symlink unless follow)."""
+    if objstore.is_object(path):
+        return objstore.sha256(path)
     h, size = hashlib.sha256(), 0
     with _open_read(path, follow) as f:
         while chunk := f.read(_CHUNK):
@@ -265,6 +345,8 @@ def walk_files(root: str) -> Iterator[str]:
     """Every file below root, as a path relative to it (posix separators), sorted. Locally,
     every entry that is not a directory counts as a file (a symlink to a directory too) and no
     link is followed: a caller that opens one meets NotRegular."""
+    if objstore.is_object(root):
+        return iter(sorted(m.key for m in objstore.listing(root)))
     out = []
     for dirpath, dirs, files in _gf(root).walk(root):
         rel = posixpath.relpath(dirpath.rstrip("/"), root.rstrip("/"))

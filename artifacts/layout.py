@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from artifacts import gfile
+from artifacts import gfile, objstore
+from artifacts.mirror import Mirror
 from artifacts.errors import UserError
 from artifacts.lease import LEASES
 from artifacts.refs import (COMMITTED, FINGERPRINT, LOCKS, MANIFEST, NAME, RESERVED, RUNS, SERVING, WORK,
@@ -16,6 +17,11 @@ class RootLayout:
     def __init__(self, root: str):
         self.root = canonical_root(root)
         self._local = "://" not in self.root
+        # an object-store root: what TensorFlow opens is staged in a local cache (artifacts/mirror.py);
+        # its conditional writes are checked once per process before anything trusts them
+        self.mirror = Mirror(self.root) if objstore.is_object(self.root) else None
+        if self.mirror is not None:
+            objstore.probe(self.root)
         # what the listings met out of place (a symlink, a file where a folder belongs): reported
         # by verify and gc, never followed
         self.skipped: dict[str, str] = {}
@@ -92,6 +98,8 @@ class RootLayout:
         """How a reference to uri is written inside the root: relative to it when it lies
         inside (a data source's URI stays as it is)."""
         u = uri.rstrip("/")
+        if self.mirror is not None:  # a staged or fetched copy names the artifact in the store
+            u = self.mirror.remote(u) or u
         return u[len(self.root) + 1:] if u.startswith(self.root + "/") else uri
 
     def resolve(self, ref: Any, parts: int = 3) -> str | None:

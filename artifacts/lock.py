@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import random
+import socket
+import uuid
 import stat
 import threading
 import time
 from typing import Iterator
 
-from artifacts import gfile
+from artifacts import gfile, objstore
 
 _process_locks: dict[str, threading.Lock] = {}
 _registry_guard = threading.Lock()
@@ -55,14 +59,17 @@ def exclusive(path: str, blocking: bool = True) -> Iterator[bool]:
 
     Local roots use flock(2): the kernel drops it when the holder dies, even by SIGKILL, so a
     crashed writer never leaves a stale lock. ram:// lives in one process, where a thread lock
-    is exact. For object stores (gs://) there is no atomic create through tf.io.gfile; those
-    runs rely on one writer per fingerprint (a Prefect concurrency limit per pipeline does it).
+    is exact. On an object store (s3://, gs://) the lock is an object (_object_lock).
     """
     tlock = _thread_lock(path)
     if not tlock.acquire(blocking):
         yield False
         return
     try:
+        if objstore.is_object(path):
+            with _object_lock(path, blocking) as held:
+                yield held
+            return
         if not gfile.is_local(path):
             yield True
             return
@@ -85,3 +92,70 @@ def exclusive(path: str, blocking: bool = True) -> Iterator[bool]:
             os.close(fd)
     finally:
         tlock.release()
+
+
+def lock_ttl() -> float:
+    """Seconds an object lock lives without a heartbeat ($TAPELINE_LOCK_TTL, default 60)."""
+    return float(os.environ.get("TAPELINE_LOCK_TTL", "60"))
+
+
+@contextlib.contextmanager
+def _object_lock(path: str, blocking: bool) -> Iterator[bool]:
+    """A lock as an object: {owner, host, pid, expires}, created create-only; its holder rewrites
+    it by compare-and-swap every ttl/4 (its heartbeat), so a SIGKILLed or vanished machine's lock
+    expires after ttl and the next writer takes it over, again by compare-and-swap on the ETag it
+    read (of two takers, one wins). Expiry is judged on the holder's clock: hosts sharing a root
+    keep their clocks within a few seconds (NTP), far inside the ttl. A holder that finds its lock
+    taken (it was paused past the ttl) stops beating; the commit's create-only claim still lets
+    only one writer of a fingerprint commit (artifacts/commit.py)."""
+    owner, ttl = uuid.uuid4().hex, lock_ttl()
+
+    def body() -> bytes:
+        return objstore.record({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                                "expires": time.time() + ttl})
+
+    while True:
+        made, data, theirs = objstore.create_or_read(path, body())
+        if made:
+            tag = theirs
+            break
+        try:
+            expired = float(json.loads(data.decode("utf-8"))["expires"]) < time.time()
+        except (ValueError, KeyError, TypeError):
+            expired = True  # not a lock tapeline wrote: it protects nothing
+        if expired:
+            try:
+                tag = objstore.swap(path, body(), theirs)
+                break
+            except objstore.Changed:
+                continue
+        if not blocking:
+            yield False
+            return
+        time.sleep(0.2 + 0.3 * random.random())
+    stop, state = threading.Event(), {"tag": tag, "lost": False}
+
+    def beat() -> None:
+        while not stop.wait(ttl / 4):
+            try:
+                state["tag"] = objstore.swap(path, body(), state["tag"])
+            except objstore.Changed:
+                state["lost"] = True
+                return
+            except Exception:  # noqa: BLE001 - a missed beat; the next one tries again
+                pass
+
+    thread = threading.Thread(target=beat, name="lock-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        if not state["lost"]:
+            try:
+                data, now = objstore.read_tagged(path, 4096)
+                if now == state["tag"]:
+                    objstore.delete([path])
+            except Exception:  # noqa: BLE001 - left behind, it expires
+                pass

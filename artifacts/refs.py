@@ -17,10 +17,11 @@ COMMITTED = "_COMMITTED"  # written last: without it a directory is not an artif
 PENDING = "_PENDING"      # written first: names the fingerprint a writer is building
 WORK = "_work"
 LOCKS = "_locks"
+CLAIMS = "_claims"        # an object store's STAGE/_claims/FINGERPRINT.json: the one version of it
 RUNS = "runs"
 CHAMPION = "champion.json"
 SERVING = "serving"       # ROOT/serving/PIPELINE/N/: pushed SavedModels (artifacts/serving.py)
-RESERVED = {WORK, LOCKS}  # folders of a stage that are not versions
+RESERVED = {WORK, LOCKS, CLAIMS}  # folders of a stage that are not versions
 # What a file in the root may name, checked before any path is built from it: the root is data.
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # one path component tapeline writes

@@ -7,13 +7,14 @@ import re
 import uuid
 from typing import TYPE_CHECKING
 
-from artifacts import failpoints, gfile
+from artifacts import failpoints, gfile, objstore
 from artifacts.refs import SERVING
 
 if TYPE_CHECKING:
     from artifacts.store import ArtifactStore
 
 TMP = ".partial-"                 # hidden, and not an integer: TF Serving and listings skip it
+CLAIMS = ".claims"                # an object store's version numbers, each claimed once
 VERSION = re.compile(r"[1-9][0-9]{0,17}")  # what TF Serving reads as a version: a positive int64
 
 
@@ -59,8 +60,14 @@ def push(store: ArtifactStore, pipeline: str, saved_model: str) -> int:
     base = folder(store, pipeline)
     gfile.makedirs(base)
     number = max(versions(store, pipeline), default=0) + 1
-    final = gfile.join(base, str(number))
     local = gfile.is_local(store.root)
+    while not local:  # an object store: the number is claimed create-only, so two pushes never share one
+        try:
+            objstore.create(gfile.join(base, CLAIMS, str(number)), b"")
+            break
+        except objstore.Exists:
+            number += 1
+    final = gfile.join(base, str(number))
     tmp = store.inside(gfile.join(base, f"{TMP}{number}-{uuid.uuid4().hex[:8]}"), "a push") if local else final
     try:
         files = list(gfile.walk_files(saved_model))

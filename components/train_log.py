@@ -25,10 +25,12 @@ class Recorder:
     with the loss history they were saved with, and progress.json. The failpoints named
     train.<pipeline>.* mark the moments a crash test kills the process at."""
 
-    def __init__(self, work: str, name: str, schedule, manager, history: dict, epoch_log: list, sample=None):
+    def __init__(self, work: str, name: str, schedule, manager, history: dict, epoch_log: list, sample=None,
+                 saved=None):
         import tensorflow as tf
 
         self.work, self.name, self.schedule, self.manager = work, name, schedule, manager
+        self._saved = saved  # called after each checkpoint (an object-store root uploads it)
         self.history, self.epoch_log = history, epoch_log
         self._sample = tf.function(sample) if sample else None
         self._writer = tf.summary.create_file_writer(gfile.join(work, "logs"))
@@ -83,6 +85,8 @@ class Recorder:
         gfile.write_json(gfile.join(self.work, PROGRESS),
                          {"step": step, "total": self.schedule.total, "epoch": self.schedule.epoch(step)})
         checkpoints.prune_histories(self.work, self.manager)
+        if self._saved is not None:
+            self._saved()
         failpoints.hit(f"train.{self.name}.checkpoint.done")
 
     def hparams(self, step: int, config: dict, trial: str) -> None:

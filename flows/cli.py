@@ -321,12 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
         if _is_cancelled_run(exc) and interrupt.requested():
             return _interrupted(exc)
-        user = UserError.find(exc)
+        user = UserError.find(exc) or _store_error(exc, args)
         if user is None:
             traceback.print_exc()
             return 1
         print(f"tapeline: error: {user.line()}", file=sys.stderr)
         return 2
+
+
+def _store_error(exc: BaseException, args) -> UserError | None:
+    """An object store's persistent failure (unreachable, refused credentials, a missing bucket)
+    met by any command, as the one line naming the store."""
+    from artifacts import objstore
+    from artifacts.store import default_root
+
+    root = getattr(args, "root", None) or default_root()
+    return objstore.user_error(exc, root, "") if objstore.is_object(root) else None
 
 
 def _is_cancelled_run(exc: BaseException) -> bool:

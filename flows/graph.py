@@ -206,7 +206,7 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
     try:
         return store.get_or_build(
             node.pipeline.name, node.stage, fp, type=node.spec.output, params=params, inputs=inputs,
-            code=digest(modules), code_modules=modules, build=lambda w: comp.run(w, inputs, p, rt),
+            code=digest(modules), code_modules=modules, build=lambda w: comp.run(w, _local(store, inputs), p, rt),
             reuse=node.reuse)
     except Exception as exc:
         # a full disk is the user's to fix: one line; the store has committed nothing
@@ -214,6 +214,12 @@ def run_node(store: ArtifactStore, node: Node, done: Mapping[str, Artifact],
         if user is None:
             raise
         raise user from None
+
+
+def _local(store: ArtifactStore, inputs: Mapping[str, Artifact | InputRef]) -> dict:
+    """The inputs as the component reads them: on an object-store root, each artifact's copy in the
+    local cache (TensorFlow cannot open s3://); as they are on a local root."""
+    return {k: store.localized(v) if isinstance(v, Artifact) else v for k, v in inputs.items()}
 
 
 def plan(store: ArtifactStore, pipeline: Pipeline, cfg: Any) -> list[dict]:

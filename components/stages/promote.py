@@ -32,7 +32,8 @@ def run(out, inputs, params: Params, rt) -> None:
     result = evaluate.metrics(evaluation)
     store = out.store
     champion = store.champion(rt.pipeline)
-    if champion is not None and champion.get("artifacts", {}).get("model") == model.uri:
+    # compared as references: on an object-store root the model read here is the cache's copy
+    if champion is not None and store.ref(champion.get("artifacts", {}).get("model", "")) == store.ref(model.uri):
         blessed, push, why = True, False, "already the champion"
     else:
         blessed, why = bless(params.primary, params.higher_is_better, result, champion, params.tolerance)

@@ -191,7 +191,8 @@ def run(out, inputs, p: Params, rt) -> None:
         history, epoch_log = checkpoints.restore(ckpt, gfile.join(work, "checkpoints"), step_var, work, setup.metrics,
                                                  prepare=_epoch_of(stream, schedule.steps_per_epoch))
         runner = StepRunner(setup, strategy, step_var, p.xla, multi_worker=p.strategy == "multi_worker")
-        rec = Recorder(scratch, rt.pipeline, schedule, manager, history, epoch_log, setup.sample)
+        rec = Recorder(scratch, rt.pipeline, schedule, manager, history, epoch_log, setup.sample,
+                       saved=out.saved if scratch == work else None)
         seconds = _loop(runner, schedule, rec, stream, _validator(setup, art, p.layout.features), rt)
         # the keys this stage read (its Params: model.*, train.*, seed); trial: the version's suffix
         rec.hparams(schedule.total, {k: v for k, v in p.as_dict().items() if not k.startswith("recipe.")},
