@@ -92,3 +92,9 @@ def run_py(code: str, *args: str, timeout: float = 600, env: dict | None = None,
 def tapeline(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_py("import sys; from flows.cli import main; sys.exit(main())", *args,
                   timeout=timeout, env=env)
+
+
+def pytest_report_header(config):
+    from tests.helpers import SLICE_SEED
+
+    return f"tapeline: the signal and kill tests' slice drawn with TAPELINE_SLICE_SEED={SLICE_SEED} (make test-long runs every case)"

@@ -321,3 +321,20 @@ def alive(pids: set[int]) -> set[int]:
         except OSError:
             pass
     return left
+
+
+# The heaviest signal and kill tests run every case under `make test-long`; the default suite runs
+# a slice of them drawn with this seed (a new one each day, so CI covers every case over a week;
+# TAPELINE_SLICE_SEED=N draws another, printed in pytest's header), to fit its 30-minute budget.
+SLICE_SEED = os.environ.get("TAPELINE_SLICE_SEED") or __import__("datetime").date.today().isoformat()
+
+
+def drawn(cases: list, keep: int, name: str) -> list:
+    """cases as pytest params, all but `keep` of them (drawn with SLICE_SEED) marked long."""
+    import random
+
+    import pytest
+
+    chosen = set(random.Random(f"{SLICE_SEED}/{name}").sample(range(len(cases)), min(keep, len(cases))))
+    return [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=() if i in chosen else pytest.mark.long)
+            for i, c in enumerate(cases)]

@@ -26,7 +26,7 @@ import pytest
 
 from tests import kill_harness as kh
 from tests.conftest import PYTHONPATH, REPO
-from tests.helpers import CPP_LOG, alive, descendants, seed_feature_models, suite_sets
+from tests.helpers import CPP_LOG, alive, descendants, drawn, seed_feature_models, suite_sets
 
 pytestmark = pytest.mark.signals
 
@@ -198,7 +198,7 @@ def _wait_trace(trace: str, prefix: str, count: int, running, timeout: float = 6
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", list(kh.CONFIGS))
+@pytest.mark.parametrize("pipeline", drawn(list(kh.CONFIGS), 2, "ctrl-c"))
 def test_ctrl_c_in_a_terminal_during_training(pipeline, tmp_path, api, reference):
     ref = reference(pipeline, sets(pipeline))
     target = random.Random(f"{SEED}-{pipeline}").randint(2, max(2, ref.total * 2 // 3))
@@ -233,12 +233,12 @@ def test_ctrl_c_in_a_terminal_during_training(pipeline, tmp_path, api, reference
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline,stage,how", [
+@pytest.mark.parametrize("pipeline,stage,how", drawn([
     ("mnist-gan", "train", "process"),          # what a Prefect cancel or `kill PID` sends
     ("fashion-dcgan", "train", "group"),        # systemd stop, `timeout`, a container runtime
     ("mnist-classifier", "beam", "group"),      # during ingest / validate / preprocess
     ("mnist-gan", "evaluate", "process"),
-] + [(p, "train", "process") for p in kh.CONFIGS if p not in ("mnist-gan", "fashion-dcgan")])
+] + [(p, "train", "process") for p in kh.CONFIGS if p not in ("mnist-gan", "fashion-dcgan")], 3, "sigterm"))
 def test_sigterm_stops_cleanly_and_resumes(pipeline, stage, how, tmp_path, api, reference):
     sets_ = sets(pipeline)
     if stage == "beam":  # data stages long enough to land in; training kept short

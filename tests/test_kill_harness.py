@@ -13,7 +13,7 @@ import pytest
 from benchmarks import soak
 from tests import kill_harness as kh
 from tests.conftest import tapeline
-from tests.helpers import seed_feature_models
+from tests.helpers import drawn, seed_feature_models
 
 pytestmark = [pytest.mark.signals, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def references(traced):
     return lambda pipeline: traced(pipeline)[0]
 
 
-@pytest.mark.parametrize("pipeline", sorted(CHAINS))
+@pytest.mark.parametrize("pipeline", drawn(sorted(CHAINS), 2, "chains"))
 def test_killed_again_and_again_then_rerun_is_identical(api, references, tmp_path, pipeline):
     root = str(tmp_path / "root")
     seed_feature_models(root, pipeline, kh.CONFIGS[pipeline])
@@ -104,7 +104,7 @@ def test_killed_again_and_again_then_rerun_is_identical(api, references, tmp_pat
 KILL_SEED = int(os.environ.get("TAPELINE_KILL_SEED", "11"))
 
 
-@pytest.mark.parametrize("pipeline", RANDOM)
+@pytest.mark.parametrize("pipeline", drawn(RANDOM, 2, "random-kills"))
 def test_killed_at_moments_drawn_at_random_then_rerun_is_identical(api, traced, tmp_path, pipeline):
     """Kill points the test does not choose: 1-3 kills, each at the k-th passing of a moment drawn
     from every moment the uninterrupted run passed, or at a random wall-clock time."""

@@ -491,6 +491,7 @@ def _runs_of(stack, deployment: str, since: str) -> list[dict]:
     return [r for r in runs if dt.datetime.fromisoformat(r["created"]) > t]
 
 
+@pytest.mark.long  # 3 minutes: make test-long (the stack's watch test, one changed source -> one run, stays)
 def test_a_folder_of_twenty_pairs_copied_in_one_file_at_a_time_starts_exactly_one_run(stack, tmp_path):
     """The watch deployment itself, run by the worker on a 5 s interval (prefect.yaml's is 2 min), while
     20 new pairs are copied into pix2pix's source folder one file at a time, at random gaps shorter than
