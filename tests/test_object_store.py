@@ -38,13 +38,13 @@ def server():
 
 
 @pytest.fixture
-def in_process(server, monkeypatch):
+def in_process(server, monkeypatch, tmp_path):
     """This process as a client of the server (its obstore clients made afresh)."""
     from artifacts import objstore
 
     for k, v in server.env().items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("TAPELINE_CACHE", str(os.environ.get("TMPDIR", "/tmp")) + f"/tapeline-cache-{os.getpid()}")
+    monkeypatch.setenv("TAPELINE_CACHE", str(tmp_path / "cache"))
     objstore.forget_clients()
     yield server
     objstore.forget_clients()
