@@ -43,13 +43,6 @@ class Records:
                 rec[k] = self.resolve(rec[k], parts=None)
         return rec
 
-    @property
-    def _tags(self) -> dict:
-        """{pipeline: ETag of the champion.json last read, None: there was none} (object stores)."""
-        if not hasattr(self, "_champion_tags"):
-            self._champion_tags: dict[str, str | None] = {}
-        return self._champion_tags
-
     def set_champion(self, pipeline: str, record: dict) -> None:
         """champion.json written whole. On an object store only over the version last read by
         champion() (compare-and-swap on its ETag; create-only where there was none): a promotion

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from artifacts import failpoints, gfile, lock, objstore
 from artifacts.errors import UserError
-from artifacts.mirror import WorkSync, Damaged
+from artifacts.mirror import Damaged, WorkSync, below
 from artifacts.refs import CLAIMS, COMMITTED, MANIFEST, NAME, PENDING, Artifact, InputRef, StageRun, reason
 
 _VERSIONED_PACKAGES = ("tapeline", "tensorflow", "keras", "tensorflow-datasets", "apache-beam",
@@ -118,6 +118,11 @@ class Commits:
         problems = []
         for rel, meta in sorted(listed.items()):
             m = present.get(rel)
+            try:
+                below("", rel)
+            except Damaged:
+                problems.append(f"{rel!r} names a path outside the artifact")
+                continue
             if m is None:
                 problems.append(f"{rel} missing")
             elif m.size != meta["size"] or (meta.get("etag") and m.etag != meta["etag"]):

@@ -29,6 +29,9 @@ class RootLayout:
         # tell what they protect, so it removes nothing while there is one
         self.unreadable: dict[str, str] = {}
         self._lease: Any = None  # the Lease of the run this store serves (Records.lease)
+        # {pipeline: ETag of the champion.json last read, None: there was none} (object stores:
+        # Records.set_champion swaps against it)
+        self._tags: dict[str, str | None] = {}
 
     # -- layout -----------------------------------------------------------------------------
     def stage_root(self, pipeline: str, stage: str) -> str:

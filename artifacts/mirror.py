@@ -64,7 +64,17 @@ def _sha(path: str) -> str:
 
 
 class Damaged(OSError):
-    """A fetched object does not match its manifest."""
+    """A fetched object does not match its manifest, or is named so that it would land outside."""
+
+
+def below(folder: str, rel: str) -> str:
+    """The local path of rel (a manifest's or a listing's name, read from the store) inside
+    folder; Damaged when a part of it is empty, `.` or `..` (an object key may hold them): no name
+    read from the root leads outside the cache."""
+    parts = rel.split("/")
+    if not rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+        raise Damaged(0, "names a path outside its folder", rel)
+    return os.path.join(folder, *parts)
 
 
 class Mirror:
@@ -122,7 +132,7 @@ class Mirror:
         files = manifest.get("files", {})
 
         def one(rel: str) -> None:
-            dst = os.path.join(tmp, *rel.split("/"))
+            dst = below(tmp, rel)
             objstore.download(f"{uri}/{rel}", dst, limit=files[rel]["size"])
             if os.path.getsize(dst) != files[rel]["size"] or _sha(dst) != files[rel]["sha256"]:
                 raise Damaged(0, "does not match its manifest", f"{uri}/{rel}")
@@ -202,7 +212,7 @@ class WorkSync:
             known = self._index.get(rel)
             if rel in here and known and known[2] == m.etag and list(here[rel]) == known[:2]:
                 continue
-            dst = os.path.join(self.local, *rel.split("/"))
+            dst = below(self.local, rel)
             objstore.download(f"{self.remote}/{rel}", dst)
             st = os.stat(dst)
             self._index[rel] = [st.st_size, st.st_mtime_ns, m.etag]

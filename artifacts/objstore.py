@@ -12,6 +12,7 @@ Endpoint and credentials come from where every AWS tool reads them (the `AWS_*` 
 tapeline's config; nothing here writes them anywhere."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -255,7 +256,8 @@ def children(uri: str) -> tuple[list[str], list[str]]:
     import obstore
 
     store, key = _at(uri)
-    got = obstore.list_with_delimiter(store, key or None)
+    with _named_safely(uri):
+        got = obstore.list_with_delimiter(store, key or None)
     cut = len(key) + 1 if key else 0
     dirs = sorted(p[cut:].rstrip("/") for p in got["common_prefixes"])
     files = sorted(o["path"][cut:] for o in got["objects"])
@@ -268,10 +270,26 @@ def listing(uri: str) -> Iterator[Meta]:
 
     store, key = _at(uri)
     cut = len(key) + 1 if key else 0
-    for chunk in obstore.list(store, key + "/" if key else None):
+    with _named_safely(uri):
+        chunks = list(obstore.list(store, key + "/" if key else None))
+    for chunk in chunks:
         for o in chunk:
             if not key or o["path"].startswith(key + "/"):
                 yield Meta(o["path"][cut:], o["size"], o["e_tag"] or "", o["last_modified"].timestamp())
+
+
+@contextlib.contextmanager
+def _named_safely(uri: str) -> Iterator[None]:
+    """A listing that meets a key with an empty, `.` or `..` part (any client of the bucket can
+    write one; obstore refuses to parse it) is the one-line error, never a path tapeline follows."""
+    from obstore.exceptions import InvalidPathError
+
+    try:
+        yield
+    except InvalidPathError as e:
+        found = str(e).split('"')[1] if '"' in str(e) else "?"
+        raise UserError("the bucket holds an object whose name has an empty, '.' or '..' part", found,
+                        f"remove it (below {uri}): tapeline never addresses such names") from None
 
 
 def is_folder(uri: str) -> bool:

@@ -143,6 +143,44 @@ def test_two_writers_of_one_fingerprint_commit_once(in_process):
     assert b.find("p", "s", fp) is not None and b.find("p", "s", fp).uri != winner.uri
 
 
+def test_a_name_read_from_the_bucket_never_leads_out_of_the_cache(in_process, tmp_path):
+    """A writer of the bucket rewrites an artifact so that its manifest names `../../escape.txt`,
+    with a matching _COMMITTED: verify reports it, the fetch refuses it in one line, and nothing is
+    written outside the cache. An object whose key holds `..` makes a listing one line, exit 2."""
+    import hashlib
+
+    from artifacts import objstore
+    from artifacts.errors import UserError
+    from artifacts.store import ArtifactStore
+
+    root = f"s3://{s3.BUCKET}/{prefix('escape')}"
+    store = ArtifactStore(root)
+    with store.writer("p", "s", "cd" * 32, type="T", params={}, inputs={}, code="c", claim=True) as w:
+        open(w.file("x.txt"), "w").write("x")
+    art = store.find("p", "s", "cd" * 32)
+    manifest = dict(art.manifest)
+    evil = "../../escape.txt"
+    tag = '"0"'
+    manifest["files"] = {**manifest["files"], evil: {"sha256": hashlib.sha256(b"evil").hexdigest(), "size": 4,
+                                                      "etag": tag}}
+    body = objstore.record(manifest)
+    objstore.write(f"{art.uri}/MANIFEST.json", body)
+    objstore.write(f"{art.uri}/_COMMITTED", hashlib.sha256(body).hexdigest().encode())
+    tampered = store.load(art.uri)
+    assert any("outside the artifact" in p for p in store.check(tampered)), store.check(tampered)
+    with pytest.raises(UserError, match="names a path outside its folder"):
+        store.localized(tampered)
+    cache = os.environ["TAPELINE_CACHE"]
+    assert not glob.glob(os.path.join(os.path.dirname(cache), "**", "escape.txt"), recursive=True)
+    # obstore refuses to address such a key itself; any other client of the bucket can write it
+    in_process.client().put_object(Bucket=s3.BUCKET, Key=f"{art.uri.split('/', 3)[3]}/{evil}", Body=b"evil")
+    env = s3.machine(tmp_path, "a", in_process.env())
+    r = s3.tapeline(env, "verify", "--root", root)
+    assert r.returncode == 2 and last_line(r.stderr).startswith(
+        "tapeline: error: the bucket holds an object whose name has an empty, '.' or '..' part"), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_champion_is_replaced_only_over_the_version_read(in_process):
     from artifacts import objstore
     from artifacts.store import ArtifactStore
