@@ -98,9 +98,9 @@ class Records:
         gfile.write_json(path, self._relative({k: v for k, v in record.items() if k != "root"}))
         return path
 
-    def records(self, folder: str, parse: Callable[[Any], Any]) -> list[Any]:
-        """parse(decoded JSON) of every ROOT/folder/*.json; a file that does not decode or
-        parse is noted in self.skipped and left out."""
+    def records(self, folder: str, parse: Callable[..., Any], with_path: bool = False) -> list[Any]:
+        """parse(decoded JSON) of every ROOT/folder/*.json (parse(decoded JSON, its path) with
+        with_path); a file that does not decode or parse is noted in self.unreadable and left out."""
         base = gfile.join(self.root, folder)
         if not self.contained(base):
             self.unreadable[base] = "a symlink or not a folder, not followed"
@@ -111,7 +111,8 @@ class Records:
             if not name.endswith(".json"):
                 continue
             try:
-                out.append(parse(gfile.read_json(path)))
+                rec = gfile.read_json(path)
+                out.append(parse(rec, path) if with_path else parse(rec))
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 self.unreadable[path] = f"unreadable, {reason(e)}"
         return out
@@ -144,10 +145,11 @@ class Records:
         return out
 
     # -- leases: what a live run holds ----------------------------------------------------------
-    def lease(self, run_id: str, heartbeat: float = 30.0) -> Lease:
+    def lease(self, run_id: str, heartbeat: float | None = None) -> Lease:
         """`with store.lease(run_id) as lease:` around a run: ROOT/_leases/RUN_ID.json names every
-        artifact it committed or reused so far, rewritten every `heartbeat` seconds while it lives,
-        so gc keeps them; a crashed run's lease expires after a few missed heartbeats."""
+        artifact it committed or reused so far, rewritten every `heartbeat` seconds
+        ($TAPELINE_LEASE_SECONDS, 30) while it lives, so gc keeps them; a crashed run's lease
+        expires after a few missed heartbeats."""
         return Lease(self, check_run_id(run_id), heartbeat)
 
     def _hold(self, art: Artifact) -> None:
@@ -155,5 +157,6 @@ class Records:
             self._lease.add(art.uri)
 
     def leased(self, now: float | None = None) -> set[str]:
-        """Every artifact a live (unexpired) lease holds, resolved under this root."""
+        """Every artifact a live lease holds (unexpired, or its holder a process of this machine
+        that still exists), resolved under this root."""
         return live_leases(self, now)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import errno
+import math
+import os
 
 
 class UserError(Exception):
@@ -44,6 +46,22 @@ class UserError(Exception):
                     return cls(text[start + len(cls.TAG):end])
             exc = exc.__cause__ or exc.__context__
         return None
+
+
+def env_number(name: str, default: float, low: float, high: float, meaning: str, integer: bool = False) -> float:
+    """$name as a number in [low, high], default when unset or blank; anything else (a word,
+    nan, inf, out of range, a fraction where a count is meant) is the one-line error."""
+    text = os.environ.get(name) or ""
+    if not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high) or (integer and value != int(value)):
+        raise UserError(f"bad value {text!r} for {name}", "environment",
+                        f"give {meaning}, from {low:g} to {high:g} (unset: {default:g})")
+    return int(value) if integer else value
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

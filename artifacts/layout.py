@@ -9,6 +9,7 @@ from artifacts import gfile, objstore
 from artifacts.mirror import Mirror
 from artifacts.errors import UserError
 from artifacts.lease import LEASES
+from artifacts.lock import lock_ttl
 from artifacts.refs import (COMMITTED, FINGERPRINT, LOCKS, MANIFEST, NAME, RESERVED, RUNS, SERVING, WORK,
                             Artifact, legacy_ref, manifest_problem, reason, canonical_root)
 
@@ -21,6 +22,7 @@ class RootLayout:
         # its conditional writes are checked once per process before anything trusts them
         self.mirror = Mirror(self.root) if objstore.is_object(self.root) else None
         if self.mirror is not None:
+            lock_ttl()  # a malformed setting is refused before the store is touched
             objstore.probe(self.root)
         # what the listings met out of place (a symlink, a file where a folder belongs): reported
         # by verify and gc, never followed

@@ -14,6 +14,7 @@ import time
 from typing import Iterator
 
 from artifacts import gfile, objstore
+from artifacts.errors import env_number
 
 _process_locks: dict[str, threading.Lock] = {}
 _registry_guard = threading.Lock()
@@ -96,7 +97,7 @@ def exclusive(path: str, blocking: bool = True) -> Iterator[bool]:
 
 def lock_ttl() -> float:
     """Seconds an object lock lives without a heartbeat ($TAPELINE_LOCK_TTL, default 60)."""
-    return float(os.environ.get("TAPELINE_LOCK_TTL", "60"))
+    return env_number("TAPELINE_LOCK_TTL", 60.0, 0.1, 86400.0, "the seconds an object lock lives without a heartbeat")
 
 
 @contextlib.contextmanager

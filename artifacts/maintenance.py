@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from artifacts import gfile, serving
 from artifacts.errors import UserError
+from artifacts.lease import expired_leases
 from artifacts.store import COMMITTED, FINGERPRINT, PENDING, ArtifactStore
 
 
@@ -46,7 +47,8 @@ def _age(uri: str, now: float) -> float:
 
 def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.0) -> list[str]:
     """Remove committed artifacts that no champion, none of the last `keep` runs and no live
-    lease needs, and abandoned partial writes; nothing younger than `grace` seconds. Work dirs
+    lease needs, abandoned partial writes and the leases of dead runs; nothing younger than
+    `grace` seconds. Work dirs
     (resumable training state) are kept. Nothing out of place is followed (store.skipped lists
     it). Returns the removed URIs.
 
@@ -79,6 +81,10 @@ def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.
                     continue
                 removed.append(uri)
     removed += _abandoned_pushes(store, now, grace, dry_run)
+    for path in expired_leases(store, now, grace):  # dead runs' leases: they protect nothing
+        if not dry_run:
+            gfile.remove(path)
+        removed.append(path)
     return removed
 
 

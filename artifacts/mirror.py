@@ -23,6 +23,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from artifacts import failpoints, objstore
+from artifacts.errors import env_number
 
 STAMPS = "_stamps"
 # the files that name a work directory's newest checkpoint: pushed after every other file
@@ -39,7 +40,7 @@ def cache_home() -> str:
 
 
 def _bound() -> int:
-    return int(float(os.environ.get("TAPELINE_CACHE_GB", "20")) * (1 << 30))
+    return int(env_number("TAPELINE_CACHE_GB", 20.0, 0.0, 1 << 20, "the local cache's bound in GB") * (1 << 30))
 
 
 def _local_files(folder: str) -> dict[str, tuple[int, int]]:
@@ -81,6 +82,7 @@ class Mirror:
     def __init__(self, root: str):
         self.root = root
         self.base = os.path.join(cache_home(), hashlib.sha256(root.encode()).hexdigest()[:16])
+        self.bound = _bound()  # read here: a malformed $TAPELINE_CACHE_GB is refused before any work
 
     def local(self, uri: str) -> str:
         """Where uri (below the root) lies in the cache."""
@@ -171,7 +173,7 @@ class Mirror:
             sizes[path] = (uri, sum(s for s, _ in _local_files(self.local(uri)).values()))
         total = sum(s for _, s in sizes.values())
         for _, path in sorted(stamps):
-            if total <= _bound():
+            if total <= self.bound:
                 break
             uri, size = sizes[path]
             if self.local(uri) in keep:

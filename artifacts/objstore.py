@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from artifacts.errors import UserError
+from artifacts.errors import UserError, env_number
 
 SCHEMES = ("s3://", "gs://")
 _CHUNK = 8 << 20
@@ -72,8 +72,10 @@ def _client(scheme: str, bucket: str) -> Any:
     with _clients_guard:
         if (scheme, bucket) in _clients:
             return _clients[scheme, bucket]
-        retry = {"max_retries": int(os.environ.get("TAPELINE_STORE_RETRIES", "4")),
-                 "retry_timeout": dt.timedelta(seconds=float(os.environ.get("TAPELINE_STORE_RETRY_SECONDS", "30"))),
+        retry = {"max_retries": env_number("TAPELINE_STORE_RETRIES", 4, 0, 100, "how often a request is retried",
+                                           integer=True),
+                 "retry_timeout": dt.timedelta(seconds=env_number(
+                     "TAPELINE_STORE_RETRY_SECONDS", 30.0, 0.0, 3600.0, "the seconds a request is retried for")),
                  "backoff": {"init_backoff": dt.timedelta(milliseconds=100), "max_backoff": dt.timedelta(seconds=5),
                              "base": 2}}
         options = {"connect_timeout": "5s", "timeout": "120s"}

@@ -136,8 +136,13 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
             runtime = Runtime.from_config(cfg)  # this run's runner and log rate, for every node
             done, stages, drifts = {}, {}, None
             with store.lease(run_id) as lease:
-                for node in nodes(p, cfg):
+                graph = nodes(p, cfg)
+                for node in graph:
                     interrupt.check(node.key)
+                    if lease.lapsed():
+                        stopped = _hold_again(store, [n for n in graph if n.key in done], done, stages, runtime)
+                        if stopped is not None:
+                            return stopped
                     started = time.perf_counter()
                     result = stage_task.with_options(name=node.key)(store, node, done, runtime)
                     if isinstance(result, State):  # the stage stopped on a signal: its task is Cancelled
@@ -161,6 +166,24 @@ def run_stages(pipeline: str, overrides: list[str], root: str | None, run_id: st
             # Cancelled, not Crashed: a stop that was asked for, with everything it reached saved
             # (the CLI turns the CancelledRun this gives its caller into the one line and 130/143)
             return Cancelled(message=str(stop))
+
+
+def _hold_again(store: ArtifactStore, reached: list[Node], done: dict, stages: dict, runtime: Runtime):
+    """The run was stopped (SIGSTOP, a frozen VM) past its lease's expiry, so a gc on another
+    machine may have collected what it holds: each stage it reached is reused again under the
+    renewed lease (joining it under the fingerprint's lock, as gc expects), or rebuilt where it
+    is gone (stages are reproducible: the same fingerprint gives the same bytes). A Cancelled
+    state where a signal stops it meanwhile."""
+    logger = get_run_logger()
+    for node in reached:
+        result = stage_task.with_options(name=f"{node.key} (again)")(store, node, done, runtime)
+        if isinstance(result, State):
+            return Cancelled(message=result.message)
+        if not result["reused"]:
+            logger.warning("%s was collected while this run was stopped: rebuilt as %s", node.key, result["uri"])
+            stages[node.key].update(uri=result["uri"], rebuilt=True)
+        done[node.key] = result.pop("artifact")
+    return None
 
 
 def _drift(store: ArtifactStore, pipeline: str, cfg, statistics) -> dict:

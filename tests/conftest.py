@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,47 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=180):  # its explicit 30 s ignores the env above
         yield
+
+
+@pytest.fixture(scope="session")
+def api(harness):
+    """The session's Prefect test server as the environment of a run's own process (no temporary
+    server per process)."""
+    import prefect.settings
+
+    return {"PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
+
+
+@pytest.fixture(scope="session")
+def traced(api, tmp_path_factory):
+    """pipeline -> (outcome, every moment it passed, seconds) of one uninterrupted run at its
+    kill_harness.CONFIGS, shared by every test that compares with one. Its root is seeded with the
+    feature models unless kills are drawn from its moments (kill_harness.UNSEEDED); a seeded run
+    ends identical to one that built the same feature models itself (same fingerprints,
+    deterministic training)."""
+    from tests import kill_harness as kh
+    from tests.helpers import seed_feature_models
+
+    cache: dict = {}
+
+    def get(pipeline: str):
+        if pipeline not in cache:
+            root = str(tmp_path_factory.mktemp("ref"))
+            if pipeline not in kh.UNSEEDED:
+                seed_feature_models(root, pipeline, kh.CONFIGS[pipeline])
+            t = time.time()
+            r = kh.run(pipeline, root, kh.CONFIGS[pipeline], env=api)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert r.resumed_from is None and r.moments
+            cache[pipeline] = (kh.Outcome.of(r.summary, pipeline), r.moments, time.time() - t)
+        return cache[pipeline]
+    return get
+
+
+@pytest.fixture(scope="session")
+def references(traced):
+    """pipeline -> the Outcome of its uninterrupted reference run (traced)."""
+    return lambda pipeline: traced(pipeline)[0]
 
 
 @dataclass(frozen=True)

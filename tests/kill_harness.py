@@ -26,6 +26,36 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 CONFIGS = {name: suite_sets(name, "small") for name in covered_pipelines()}
 
 
+# Every kind of kill point at least once, every pipeline at least twice, in chains on one root.
+CHAINS = {
+    "fashion-dcgan": [
+        "train.fashion-dcgan.step@1",              # before the first checkpoint (end of epoch 1, step 3)
+        "train.fashion-dcgan.checkpoint.begin@1",  # while a checkpoint is written (history written, ckpt not)
+        "train.fashion-dcgan.samples@6",           # while samples are written
+        "store.build.fashion-dcgan/animate@1",     # inside animate
+    ],
+    "pix2pix": [
+        "train.pix2pix.checkpoint.done@1",         # right after a checkpoint (epoch 20, step 120)
+        "train.pix2pix.epoch_end@3",               # at an epoch boundary after it (epoch 23)
+        "store.built.pix2pix/render@1",            # inside render, its files written, not committed
+    ],
+    "mnist-classifier": [
+        "flow.after.mnist-classifier/preprocess@1",  # between two stages
+        "train.mnist-classifier.checkpoint.saved@1",  # checkpoint saved, progress not yet written
+        "store.build.mnist-classifier/evaluate@1",   # inside evaluate
+    ],
+    "mnist-gan": [
+        "train.mnist-gan.epoch_end@2",             # at an epoch boundary
+        "store.committed.mnist-gan/promote@1",     # inside promote: committed, champion not yet set
+    ],
+}
+
+# the pipelines whose kills are drawn from every moment a run passes, their feature classifiers'
+# build included: every pipeline without a chain above, and two that have one. Their roots (and
+# their references, conftest.traced) build the feature models; every other root gets them seeded.
+UNSEEDED = sorted({p for p in CONFIGS if p not in CHAINS} | {"mnist-classifier", "mnist-gan"})
+
+
 @dataclass
 class Run:
     returncode: int

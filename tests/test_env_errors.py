@@ -41,3 +41,11 @@ def test_compare_into_a_folder_that_does_not_exist_is_refused_in_one_line(tmp_pa
     r = tapeline("compare", "mnist-classifier", "--root", root, "--out", str(tmp_path / "missing" / "c.png"))
     _one_line(r, "--out", "missing")
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("value", ["often", "0", "-1", "nan", "1e9"])
+def test_a_malformed_lease_heartbeat_is_refused_in_one_line(tmp_path, value):
+    r = tapeline("run", "mnist-classifier", "--root", str(tmp_path / "root"),
+                 env={"TAPELINE_LEASE_SECONDS": value}, timeout=300)
+    _one_line(r, "TAPELINE_LEASE_SECONDS")
+    assert not (tmp_path / "root" / "_leases").exists() or not list((tmp_path / "root" / "_leases").iterdir())

@@ -119,13 +119,6 @@ def _env(extra: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def api(harness):
-    import prefect.settings
-
-    return {"PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
-
-
-@pytest.fixture(scope="module")
 def reference(api, tmp_path_factory):
     """(pipeline, sets) -> Ref of one uninterrupted run, shared. Its root, like those of the runs
     compared with it, gets the GANs' feature models seeded: these tests stop the pipeline's own

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import random
-import time
 
 import pytest
 
@@ -17,71 +16,13 @@ from tests.helpers import drawn, seed_feature_models
 
 pytestmark = [pytest.mark.signals, pytest.mark.slow]
 
-# Every kind of kill point at least once, every pipeline at least twice, in chains on one root.
-CHAINS = {
-    "fashion-dcgan": [
-        "train.fashion-dcgan.step@1",              # before the first checkpoint (end of epoch 1, step 3)
-        "train.fashion-dcgan.checkpoint.begin@1",  # while a checkpoint is written (history written, ckpt not)
-        "train.fashion-dcgan.samples@6",           # while samples are written
-        "store.build.fashion-dcgan/animate@1",     # inside animate
-    ],
-    "pix2pix": [
-        "train.pix2pix.checkpoint.done@1",         # right after a checkpoint (epoch 20, step 120)
-        "train.pix2pix.epoch_end@3",               # at an epoch boundary after it (epoch 23)
-        "store.built.pix2pix/render@1",            # inside render, its files written, not committed
-    ],
-    "mnist-classifier": [
-        "flow.after.mnist-classifier/preprocess@1",  # between two stages
-        "train.mnist-classifier.checkpoint.saved@1",  # checkpoint saved, progress not yet written
-        "store.build.mnist-classifier/evaluate@1",   # inside evaluate
-    ],
-    "mnist-gan": [
-        "train.mnist-gan.epoch_end@2",             # at an epoch boundary
-        "store.committed.mnist-gan/promote@1",     # inside promote: committed, champion not yet set
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def api(harness):
-    """The session's Prefect test server, shared by every run (no temporary server per process)."""
-    import prefect.settings
-
-    return {"PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
-
-
 # kills drawn at random from every moment a run passes: for a GAN, its feature classifiers' build
 # too, so there (and in its reference) the run builds them; every other root here gets them
 # seeded (helpers.seed_feature_models): its kills are in the pipeline's own stages
-# (every pipeline the registry has without a chain of its own above, and two that have one)
-RANDOM = sorted({p for p in kh.CONFIGS if p not in CHAINS} | {"mnist-classifier", "mnist-gan"})
-
-
-@pytest.fixture(scope="module")
-def traced(api, tmp_path_factory):
-    """pipeline -> (outcome, every moment it passed, seconds) of one uninterrupted run, shared. Its
-    root is seeded unless kills are drawn from its moments (RANDOM); a seeded run ends identical
-    to one that built the same feature models itself (same fingerprints, deterministic training),
-    so mnist-gan's seeded chain compares with the unseeded reference."""
-    cache: dict[str, tuple[kh.Outcome, list[str], float]] = {}
-
-    def get(pipeline: str) -> tuple[kh.Outcome, list[str], float]:
-        if pipeline not in cache:
-            root = str(tmp_path_factory.mktemp("ref"))
-            if pipeline not in RANDOM:
-                seed_feature_models(root, pipeline, kh.CONFIGS[pipeline])
-            t = time.time()
-            r = kh.run(pipeline, root, kh.CONFIGS[pipeline], env=api)
-            assert r.returncode == 0, r.stderr[-3000:]
-            assert r.resumed_from is None and r.moments
-            cache[pipeline] = (kh.Outcome.of(r.summary, pipeline), r.moments, time.time() - t)
-        return cache[pipeline]
-    return get
-
-
-@pytest.fixture(scope="module")
-def references(traced):
-    return lambda pipeline: traced(pipeline)[0]
+# (every pipeline the registry has without a chain of its own above, and two that have one).
+# The references (conftest.traced) are built the same way for these.
+RANDOM = kh.UNSEEDED
+CHAINS = kh.CHAINS
 
 
 @pytest.mark.parametrize("pipeline", drawn(sorted(CHAINS), 2, "chains"))

@@ -258,6 +258,19 @@ def test_an_unreachable_endpoint_and_a_missing_bucket_are_one_line(server, tmp_p
         "tapeline: error: bucket 'no-such-bucket-here' does not exist"), r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("name, value", [
+    ("TAPELINE_STORE_RETRIES", "many"), ("TAPELINE_STORE_RETRIES", "2.5"), ("TAPELINE_STORE_RETRY_SECONDS", "-1"),
+    ("TAPELINE_LOCK_TTL", "nan"), ("TAPELINE_LOCK_TTL", "0"), ("TAPELINE_CACHE_GB", "lots"),
+    ("TAPELINE_CACHE_GB", "inf")])
+def test_a_malformed_store_setting_is_one_line_before_the_bucket_is_touched(server, tmp_path, name, value):
+    root = prefix("env")
+    r = s3.tapeline(s3.machine(tmp_path, "a", {**server.env(), name: value}), "artifacts", "--root",
+                    f"s3://{s3.BUCKET}/{root}")
+    assert r.returncode == 2 and last_line(r.stderr).startswith(f"tapeline: error: bad value {value!r} for {name}"), \
+        r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and server.keys(root) == []
+
+
 def download_outcome(server, summary: dict, pipeline: str, dest) -> Outcome:
     """Outcome.of a summary whose artifacts are in the bucket: train's and evaluate's copied here."""
     local = {"stages": {}}
