@@ -7,6 +7,7 @@ such a run notices on waking that its lease lapsed (`Lease.lapsed`) and walks it
 before it uses them, rebuilding what a gc collected meanwhile (flows/pipeline_flow.py)."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -141,6 +142,8 @@ class Lease:
 def _absurd(rec: dict, now: float) -> str:
     expires = float(rec["expires"])
     beat = float(rec.get("heartbeat", expires))  # none: not a lease tapeline wrote
+    if not (math.isfinite(expires) and math.isfinite(beat)):
+        return f"a lease with expiry {expires!r} and heartbeat {beat!r}, not honoured"
     if expires - beat > ABSURD:
         return f"a lease that claims {(expires - beat) / 3600:.0f} h beyond its last heartbeat, not honoured"
     if beat > now + ABSURD:

@@ -169,13 +169,15 @@ def test_gc_collects_dead_runs_leases_keeps_live_and_suspended_ones_and_reports_
     json.dump(rec, open(me.path, "w"))
     absurd = _plant(root, "absurd", heartbeat=now, expires=now + 1000 * 24 * 3600,
                     artifacts=[store.ref(absurd_held.uri)])
+    nan = _plant(root, "nan", heartbeat=now, expires=float("nan"), artifacts=[store.ref(absurd_held.uri)])
+    huge = _plant(root, "huge", expires=1e300, artifacts=[store.ref(absurd_held.uri)])
     removed = gc(ArtifactStore(root), keep=0, grace=0)
     assert dead in removed and not os.path.exists(dead)
     assert os.path.exists(me.path) and os.path.exists(kept.uri) and kept.uri not in removed
     assert absurd_held.uri in removed and free.uri in removed and os.path.exists(absurd)
     store = ArtifactStore(root)
     store.leased()
-    assert "not honoured" in store.skipped[absurd], store.skipped
+    assert all("not honoured" in store.skipped[p] for p in (absurd, nan, huge)), store.skipped
     # once its holder is gone (another host name in its record), the stopped run's lease goes too
     rec["host"] = "elsewhere"
     json.dump(rec, open(me.path, "w"))
