@@ -153,13 +153,28 @@ def rows(store: ArtifactStore, runs: list[Run]) -> list[dict]:
     return out
 
 
-def text(table: list[dict]) -> str:
-    """The rows as a plain-text table for the terminal."""
-    cols = list(table[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in table)) for c in cols}
-    lines = ["  ".join(f"{c:{widths[c]}s}" for c in cols)]
-    lines += ["  ".join(f"{str(r[c]):{widths[c]}s}" for c in cols) for r in table]
-    return "\n".join(line.rstrip() for line in lines)
+def text(table: list[dict], width: int = 0) -> str:
+    """The rows as a plain-text table for the terminal; runs that would not fit in `width`
+    characters (0: the terminal's width) go on to a further block below, the row names repeated."""
+    import shutil
+
+    width = width or shutil.get_terminal_size((160, 24)).columns
+    names, runs = list(table[0])[:1], list(table[0])[1:]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in table)) for c in names + runs}
+    blocks, block = [], []
+    for c in runs:  # at least one run a block, however wide its values
+        if block and sum(widths[x] + 2 for x in names + block + [c]) > width:
+            blocks.append(block)
+            block = []
+        block.append(c)
+    blocks.append(block)
+    out = []
+    for cols in blocks:
+        cols = names + cols
+        lines = ["  ".join(f"{c:{widths[c]}s}" for c in cols)]
+        lines += ["  ".join(f"{str(r[c]):{widths[c]}s}" for c in cols) for r in table]
+        out.append("\n".join(line.rstrip() for line in lines))
+    return "\n\n".join(out)
 
 
 def _image(path: str) -> np.ndarray:
@@ -172,43 +187,60 @@ def _image(path: str) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _fit(value: str, limit: int = 40) -> str:
+    """A value as long as a column of the figure holds, its middle elided (a reference keeps its
+    stage and its fingerprint's end); the terminal's table keeps it whole."""
+    return value if len(value) <= limit else value[:limit // 2 - 1] + "…" + value[-(limit // 2):]
+
+
+PER_BAND = 6  # runs side by side in one band of the figure: more go on to further bands below
+
+
 def figure(path: str, pipeline: str, runs: list[Run], table: list[dict]) -> None:
-    """The PNG: the table above, each run's grid below its own column, side by side."""
+    """The PNG: for each band of up to PER_BAND runs, the table's columns of those runs and each
+    run's grid below its own column; bands stack downwards, so any number of runs stays as
+    readable as a few (the width never passes PER_BAND columns)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(runs)
+    bands = [runs[i:i + PER_BAND] for i in range(0, n, PER_BAND)]
     body = [r for r in table if r[""] != "picture"]
     config = set(differing(runs))
-    table_h, image_h = 0.25 * (len(body) + 1), 3.6  # inches
-    fig_h = table_h + image_h + 0.9
-    fig = plt.figure(figsize=(max(3.6 * n + 2.6, 7.0), fig_h))
-    grid = fig.add_gridspec(3, n, height_ratios=[table_h, 0.45, image_h], hspace=0.0,
+    table_h, image_h, gap = 0.25 * (len(body) + 1), 3.6, 0.45  # inches
+    band_h = table_h + gap + image_h + 0.5
+    fig_h = band_h * len(bands) + 0.4
+    cols = min(n, PER_BAND)
+    fig = plt.figure(figsize=(max(3.6 * cols + 2.6, 7.0), fig_h))
+    ratios = [h for _ in bands for h in (table_h, gap, image_h, 0.5)]
+    grid = fig.add_gridspec(4 * len(bands), cols, height_ratios=ratios, hspace=0.0,
                             top=1 - 0.4 / fig_h, bottom=0.02)
-    ax = fig.add_subplot(grid[0, :])
-    ax.axis("off")
-    cells = [[r[x.label] for x in runs] for r in body]
-    tab = ax.table(cellText=cells, rowLabels=[r[""] for r in body], colLabels=[x.label for x in runs],
-                   loc="center", cellLoc="center", bbox=[0, 0, 1, 1])
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
-    for i, r in enumerate(body, start=1):  # the keys that differ stand out from the metrics
-        if r[""] in config:
-            for j in range(-1, n):
-                tab[i, j].set_facecolor("#fff2b3")
-    for i, run in enumerate(runs):
-        a = fig.add_subplot(grid[2, i])
-        a.axis("off")
-        a.set_title(run.label, fontsize=9)
-        try:
-            if run.picture is None:
-                raise ValueError("no picture verified")
-            a.imshow(_image(run.picture), interpolation="nearest")
-        except (OSError, ValueError) as e:
-            a.text(0.5, 0.5, f"no picture:\n{e}", ha="center", va="center", fontsize=8, wrap=True)
-    fig.suptitle(f"{pipeline}: {n} run{'s' if n > 1 else ''} side by side", fontsize=11)
+    for b, band in enumerate(bands):
+        ax = fig.add_subplot(grid[4 * b, :len(band)])
+        ax.axis("off")
+        cells = [[_fit(str(r[x.label])) for x in band] for r in body]
+        tab = ax.table(cellText=cells, rowLabels=[r[""] for r in body], colLabels=[x.label for x in band],
+                       loc="center", cellLoc="center", bbox=[0, 0, 1, 1])
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+        for i, r in enumerate(body, start=1):  # the keys that differ stand out from the metrics
+            if r[""] in config:
+                for j in range(-1, len(band)):
+                    tab[i, j].set_facecolor("#fff2b3")
+        for i, run in enumerate(band):
+            a = fig.add_subplot(grid[4 * b + 2, i])
+            a.axis("off")
+            a.set_title(run.label, fontsize=9)
+            try:
+                if run.picture is None:
+                    raise ValueError("no picture verified")
+                a.imshow(_image(run.picture), interpolation="nearest")
+            except (OSError, ValueError) as e:
+                a.text(0.5, 0.5, f"no picture:\n{e}", ha="center", va="center", fontsize=8, wrap=True)
+    fig.suptitle(f"{pipeline}: {n} run{'s' if n > 1 else ''} side by side", fontsize=11,
+                 y=1 - 0.12 / fig_h, va="top")  # in the top margin, whatever the figure's height
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

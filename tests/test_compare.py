@@ -181,3 +181,35 @@ def test_training_writes_hparams_readable_back(two_runs):
         assert set(final) == set(history) and final
         for k, (step, value) in final.items():
             assert step == 6 and value == pytest.approx(np.float32(history[k][-1]))
+
+
+def test_fifty_runs_stay_readable(two_runs, tmp_path):
+    """50 run records (the two real runs' records copied under new ids, alternating): the figure
+    stacks bands of compare.PER_BAND runs, never wider than one band, every grid at the size it
+    has with two runs; the terminal's table goes on in blocks that each fit its width."""
+    from components import compare
+
+    root, runs = two_runs
+    copy = str(tmp_path / "root")
+    shutil.copytree(root, copy)
+    records = [json.load(open(f"{copy}/runs/{r['run_id']}.json")) for r in runs]
+    ids = []
+    for i in range(48):
+        rec = dict(records[i % 2], run_id=f"20300101T0000{i:02d}-{i:06x}", created=f"2030-01-01T00:00:{i:02d}")
+        ids.append(rec["run_id"])
+        with open(f"{copy}/runs/{rec['run_id']}.json", "w") as f:
+            json.dump(rec, f)
+    ids = [r["run_id"] for r in runs] + ids
+    store = ArtifactStore(copy)
+    got, table, png = compare.compare(store, PIPELINE, ids, str(tmp_path / "fifty.png"))
+    _, _, two = compare.compare(store, PIPELINE, ids[:2], str(tmp_path / "two.png"))
+    assert len(got) == 50
+    big, small = Image.open(png), Image.open(two)
+    bands = -(-50 // compare.PER_BAND)
+    one_band = Image.open(compare.compare(store, PIPELINE, ids[:compare.PER_BAND], str(tmp_path / "six.png"))[2])
+    assert big.width <= one_band.width + 10, (big.size, one_band.size)
+    assert big.height >= 0.9 * bands * (one_band.height - 60), (big.size, one_band.size)
+    assert small.width < big.width  # two runs: two columns, not six
+    text = compare.text(table, width=160)
+    assert max(map(len, text.splitlines())) <= 160
+    assert all(i in text for i in ids) and text.count("metric ") >= 2 * bands
