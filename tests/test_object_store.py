@@ -16,7 +16,7 @@ import pytest
 
 from tests import s3
 from tests.conftest import MNIST
-from tests.kill_harness import CONFIGS, Outcome, run as local_run
+from tests.kill_harness import CONFIGS, Outcome
 
 TINY_CLASSIFIER = [f"data.source=idx:{MNIST}", "data.max_examples=300", "data.val_holdout=50", "train.max_steps=20"]
 
@@ -305,20 +305,20 @@ def secret_nowhere(server, texts: list[str], homes: list[dict]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.signals
-def test_killed_on_one_machine_resumed_on_another(server, tmp_path):
-    """fashion-dcgan at its default batch size and intervals (a checkpoint every 5 epochs):
-    machine A SIGKILLed at a training step drawn at random after its first checkpoint, machine B
-    with an empty cache resumes from the bucket and ends as an uninterrupted local run ends."""
+def test_killed_on_one_machine_resumed_on_another(server, tmp_path, traced):
+    """fashion-dcgan at its default batch size and intervals (a checkpoint every 5 epochs, 6
+    epochs): machine A SIGKILLed at a training step drawn at random after its first checkpoint,
+    machine B with an empty cache resumes from the bucket and ends as the uninterrupted local
+    run of the same config ends (the reference the kill tests share, conftest.traced)."""
     pipeline = "fashion-dcgan"
-    config = [c for c in CONFIGS[pipeline] if not c.startswith("train.epochs=")] + ["train.epochs=8"]
-    reference = local_run(pipeline, str(tmp_path / "local"), config)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    steps = [i for i, m in enumerate(reference.moments) if m == f"train.{pipeline}.step"]
-    first_save = reference.moments.index(f"train.{pipeline}.checkpoint.done")
+    config = CONFIGS[pipeline]
+    reference, moments, _ = traced(pipeline)
+    steps = [i for i, m in enumerate(moments) if m == f"train.{pipeline}.step"]
+    first_save = moments.index(f"train.{pipeline}.checkpoint.done")
     # past the step right after it: a kill there may come before its upload has finished (then
     # the rerun starts over, which is right, but shows nothing about the resume)
     later = [n for n, i in enumerate(steps, 1) if i > first_save][1:]
-    assert later, reference.moments
+    assert later, moments
     seed = random.randrange(1 << 30)
     at = random.Random(seed).choice(later)
     print(f"kill at train.{pipeline}.step@{at} of {len(steps)} (seed {seed})")
@@ -341,8 +341,7 @@ def test_killed_on_one_machine_resumed_on_another(server, tmp_path):
     assert found and found[-1] > 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)
     assert not summary["stages"][f"{pipeline}/train"]["reused"]
-    assert download_outcome(server, summary, pipeline, tmp_path / "got").differences(
-        Outcome.of(reference.summary, pipeline)) == []
+    assert download_outcome(server, summary, pipeline, tmp_path / "got").differences(reference) == []
     v = s3.tapeline(b, "verify", "--root", root)
     assert v.returncode == 0 and " 0 damaged" in v.stdout, v.stdout + v.stderr
     secret_nowhere(server, [killed.stdout, killed.stderr, resumed.stdout, resumed.stderr], [a, b])
