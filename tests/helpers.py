@@ -338,3 +338,76 @@ def drawn(cases: list, keep: int, name: str) -> list:
     chosen = set(random.Random(f"{SLICE_SEED}/{name}").sample(range(len(cases)), min(keep, len(cases))))
     return [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=() if i in chosen else pytest.mark.long)
             for i, c in enumerate(cases)]
+
+
+# ---- a run stopped (SIGSTOP) past its lease, and a gc from another machine
+
+def stop_boundary(pipeline: str, name: str) -> str:
+    """A stage boundary of pipeline drawn with SLICE_SEED (any stage but the last, promote)."""
+    import random
+
+    from flows.registry import get
+
+    stages = [s.name for s in get(pipeline).stages if s.name != "promote"]
+    boundary = random.Random(f"{SLICE_SEED}/{name}").choice(stages)
+    print(f"SIGSTOP after {pipeline}/{boundary} (TAPELINE_SLICE_SEED={SLICE_SEED})")
+    return boundary
+
+
+def stopped_past_lease(run, pauses, pipeline: str, boundary: str) -> None:
+    """Wait for run (its own session; failpoint flow.after.PIPELINE/BOUNDARY@1:pause, a lease
+    heartbeat of 0.5 s) to reach the boundary, SIGSTOP its group (what Ctrl-Z sends the
+    foreground group) and wait past its lease's four missed heartbeats. SIGCONT lets it go on."""
+    import signal
+    import time
+
+    paused = pauses / f"flow.after.{pipeline}_{boundary}.paused"
+    deadline = time.time() + 900
+    while not paused.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert paused.exists(), run.communicate(timeout=60)[1][-3000:]
+    os.killpg(run.pid, signal.SIGSTOP)
+    paused.with_suffix(".resume").touch()  # seen once it runs again
+    time.sleep(3)
+
+
+def can_unshare() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def from_another_host(env: dict, *args: str, cwd: str | None = None):
+    """`tapeline ARGS` as another machine sees the root: a UTS namespace of its own with another
+    host name (a container's view), so no process of this one can be told alive from there."""
+    import subprocess
+    import sys
+
+    return subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname elsewhere && exec "$@"', "sh", sys.executable,
+                           "-c", "import sys; from flows.cli import main; sys.exit(main())", *args],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def woken(run) -> dict:
+    """SIGCONT to a run stopped_past_lease; it must end well, having rebuilt what was collected
+    while it was stopped. Its --json summary."""
+    import json
+    import signal
+
+    os.killpg(run.pid, signal.SIGCONT)
+    out, err = run.communicate(timeout=900)
+    assert run.returncode == 0, err[-4000:]
+    assert "was collected while this run was stopped: rebuilt" in err, err[-4000:]
+    return json.loads(out)
+
+
+def release(run) -> None:
+    """Whatever a failed test left of a stopped run: woken and killed, its whole group."""
+    import signal
+
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGCONT)
+        os.killpg(run.pid, signal.SIGKILL)

@@ -56,23 +56,6 @@ def test_gc_keep_0_during_a_live_run_of_every_stage_kind(tmp_path, harness):
     assert not os.listdir(os.path.join(root, "_leases"))  # the lease ends with the run
 
 
-def _other_machine(*args: str) -> subprocess.CompletedProcess:
-    """`tapeline ARGS` as another machine sees the root: a UTS namespace of its own with another
-    host name (a container's view), so no process of this one can be told alive from there."""
-    from tests.conftest import PYTHONPATH as path
-
-    return subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname elsewhere && exec "$@"', "sh",
-                           sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": path})
-
-
-def _can_unshare() -> bool:
-    try:
-        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.signals
 def test_a_run_stopped_past_its_lease_keeps_its_inputs_here_and_rebuilds_what_another_machine_collected(
@@ -82,18 +65,15 @@ def test_a_run_stopped_past_its_lease_keeps_its_inputs_here_and_rebuilds_what_an
     of the run (its holder is alive here); the same gc from another machine (another host name)
     collects everything the run reached and its lease; on SIGCONT the run re-takes its lease,
     rebuilds what was collected, and ends identical to an uninterrupted run."""
-    import random
-    import signal
 
     from tests import kill_harness as kh
-    from tests.helpers import SLICE_SEED
+    from tests.helpers import can_unshare, from_another_host, release, stop_boundary, stopped_past_lease, woken
 
-    if not _can_unshare():
+    if not can_unshare():
         pytest.skip("unshare --uts is refused here (not root): no second host name to gc from")
     pipeline = "mnist-classifier"
-    stages = [s.name for s in get(pipeline).stages if s.name != "promote"]
-    boundary = random.Random(f"{SLICE_SEED}/sigstop").choice(stages)
-    print(f"SIGSTOP after {pipeline}/{boundary} (TAPELINE_SLICE_SEED={SLICE_SEED})")
+    boundary = stop_boundary(pipeline, "sigstop")
+    stages = [s.name for s in get(pipeline).stages]
     root, pauses = str(tmp_path / "root"), tmp_path / "pauses"
     pauses.mkdir()
     env = {**os.environ, **api, "PYTHONPATH": PYTHONPATH, "TAPELINE_LEASE_SECONDS": "0.5",
@@ -104,14 +84,7 @@ def test_a_run_stopped_past_its_lease_keeps_its_inputs_here_and_rebuilds_what_an
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     try:
-        paused = pauses / f"flow.after.{pipeline}_{boundary}.paused"
-        deadline = time.time() + 900
-        while not paused.exists() and run.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert paused.exists(), run.communicate(timeout=60)[1][-3000:]
-        os.killpg(run.pid, signal.SIGSTOP)
-        paused.with_suffix(".resume").touch()  # seen once it runs again
-        time.sleep(3)  # past the lease's four missed heartbeats
+        stopped_past_lease(run, pauses, pipeline, boundary)
 
         def committed() -> list[str]:
             return sorted(glob.glob(f"{root}/{pipeline}/*/*/_COMMITTED"))
@@ -121,18 +94,13 @@ def test_a_run_stopped_past_its_lease_keeps_its_inputs_here_and_rebuilds_what_an
         here = tapeline("gc", "--root", root, "--keep", "0", "--grace", "0", timeout=300)
         assert here.returncode == 0 and committed() == held, here.stdout + here.stderr
         assert os.listdir(os.path.join(root, "_leases")), "this machine's gc took a live run's lease"
-        there = _other_machine("gc", "--root", root, "--keep", "0", "--grace", "0")
+        there = from_another_host({**os.environ, "PYTHONPATH": PYTHONPATH}, "gc", "--root", root, "--keep", "0",
+                                  "--grace", "0")
         assert there.returncode == 0, there.stdout + there.stderr
         assert committed() == [] and not os.listdir(os.path.join(root, "_leases")), there.stdout
-        os.killpg(run.pid, signal.SIGCONT)
-        out, err = run.communicate(timeout=900)
+        summary = woken(run)
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGCONT)
-            os.killpg(run.pid, signal.SIGKILL)
-    assert run.returncode == 0, err[-4000:]
-    assert "was collected while this run was stopped: rebuilt" in err, err[-4000:]
-    summary = json.loads(out)
+        release(run)
     assert kh.Outcome.of(summary, pipeline).differences(references(pipeline)) == []
     assert kh.root_problems(root, summary) == []
 

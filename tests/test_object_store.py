@@ -440,3 +440,45 @@ def test_gc_on_the_bucket_beside_a_live_run_on_another_machine(server, tmp_path)
     # what the champion was built from stayed (render is in no lineage: --keep 0 let it go)
     rebuilt = sorted(k for k, s in reused.items() if not s["reused"])
     assert rebuilt == ["mnist-classifier/promote", "mnist-classifier/render"], rebuilt
+
+
+@pytest.mark.slow
+@pytest.mark.signals
+def test_a_run_stopped_past_its_lease_rebuilds_what_gc_on_another_machine_collected(server, tmp_path, references):
+    """The object-store form of test_gc_live's SIGSTOP test: machine A's run SIGSTOPped at a
+    stage boundary drawn at random until its lease lapses; gc --keep 0 --grace 0 on machine B
+    (another host name: it cannot see A's process) collects what A reached in the bucket and
+    A's lease; on SIGCONT, A rebuilds it and ends identical to the uninterrupted local run."""
+    from flows.registry import get
+    from tests.helpers import can_unshare, from_another_host, release, stop_boundary, stopped_past_lease, woken
+
+    if not can_unshare():
+        pytest.skip("unshare --uts is refused here (not root): no second host name to gc from")
+    pipeline = "mnist-classifier"
+    boundary = stop_boundary(pipeline, "sigstop-s3")
+    stages = [s.name for s in get(pipeline).stages]
+    root = f"s3://{s3.BUCKET}/{prefix('stopped')}"
+    name = root.split("/", 3)[3]
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    a = s3.machine(tmp_path, "a", server.env())
+    run = s3.popen({**a, "TAPELINE_LEASE_SECONDS": "0.5", "TAPELINE_FAILPOINTS_PAUSE_DIR": str(pauses),
+                    "TAPELINE_FAILPOINTS": f"flow.after.{pipeline}/{boundary}@1:pause"},
+                   "run", pipeline, "--json", "--root", root, *sets(CONFIGS[pipeline]))
+
+    def committed() -> list[str]:
+        return sorted(k for k in server.keys(name + "/") if k.endswith("/_COMMITTED"))
+
+    try:
+        stopped_past_lease(run, pauses, pipeline, boundary)
+        assert len(committed()) == stages.index(boundary) + 1, committed()
+        b = s3.machine(tmp_path, "b", server.env())
+        gc = from_another_host(b, "gc", "--root", root, "--keep", "0", "--grace", "0", cwd=b["_WORK"])
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+        assert committed() == [] and not [k for k in server.keys(name + "/") if "/_leases/" in k], gc.stdout
+        summary = woken(run)
+    finally:
+        release(run)
+    assert download_outcome(server, summary, pipeline, tmp_path / "got").differences(references(pipeline)) == []
+    v = s3.tapeline(b, "verify", "--root", root)
+    assert v.returncode == 0 and " 0 damaged" in v.stdout, v.stdout + v.stderr
