@@ -83,15 +83,11 @@ class Lease:
     def lapsed(self) -> bool:
         """Whether the lease expired at some moment since the last call (the process was stopped,
         or its writes failed, for longer than MISSED_BEATS heartbeats): a gc elsewhere may have
-        collected what it named. The lease is written again before this returns True."""
+        collected what it named. Writes the lease (a write notes a lapse since the last one)."""
         with self._guard:
-            if self._written and time.time() - self._written > MISSED_BEATS * self.heartbeat:
-                self._lapsed = True
-            if not self._lapsed:
-                return False
             self._write()
-            self._lapsed = False
-            return True
+            lapsed, self._lapsed = self._lapsed, False
+            return lapsed
 
     def _write(self) -> None:
         now = time.time()

@@ -48,9 +48,8 @@ def _age(uri: str, now: float) -> float:
 def gc(store: ArtifactStore, keep: int, dry_run: bool = False, grace: float = 0.0) -> list[str]:
     """Remove committed artifacts that no champion, none of the last `keep` runs and no live
     lease needs, abandoned partial writes and the leases of dead runs; nothing younger than
-    `grace` seconds. Work dirs
-    (resumable training state) are kept. Nothing out of place is followed (store.skipped lists
-    it). Returns the removed URIs.
+    `grace` seconds. Work dirs (resumable training state) are kept. Nothing out of place is
+    followed (store.skipped lists it). Returns the removed URIs.
 
     Safe beside live runs: an artifact is removed only under its fingerprint's lock, the lock a
     run holds while it builds or reuses it, after the leases are read again under that lock."""
