@@ -55,8 +55,9 @@ def idle_minutes() -> float:
 
 
 def home() -> Path:
-    """PREFECT_HOME as Prefect reads it (without importing Prefect: that takes a second)."""
-    return Path(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect"))
+    """PREFECT_HOME as Prefect reads it (without importing Prefect: that takes a second), as an
+    absolute path: the record names it, and a server is believed only for the home it serves."""
+    return Path(os.path.abspath(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")))
 
 
 def state_file() -> Path:
@@ -65,6 +66,12 @@ def state_file() -> Path:
 
 def activity_file() -> Path:
     return home() / "tapeline-server.active"
+
+
+def serving_file() -> Path:
+    """Held (an exclusive lock) by the supervisor serving this home for as long as it lives, and
+    holding its record: one server per home whatever became of tapeline-server.json."""
+    return home() / "tapeline-server.serving"
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -77,17 +84,70 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _record() -> dict | None:
-    """The local server's record while its supervisor lives (starting or up), else None. The pid
-    is checked to be our supervisor: a stale record (a killed server, a reused pid) names none."""
+def serves_here(pid: int) -> bool:
+    """Whether process pid is the supervisor of this home's local server: its command line is
+    `... -m flows.local_server ... --home HOME` with this HOME. A record copied from another home
+    (a copied ~/.prefect, a restored backup) or a pid reused by another process names none."""
     try:
-        info = json.loads(state_file().read_text())
-        with open(f"/proc/{int(info['pid'])}/cmdline", "rb") as f:
-            if b"flows.local_server" not in f.read():
-                return None
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except (OSError, ValueError, TypeError):
+        return False
+    if "flows.local_server" not in args or "--home" not in args[:-1]:
+        return False
+    return args[args.index("--home") + 1] == str(home())
+
+
+def _read(path: Path) -> dict | None:
+    """A record as written: a JSON object naming this home and a pid serving it, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            info = json.loads(f.read(65536))
+        ok = isinstance(info, dict) and info.get("home") == str(home()) and serves_here(info["pid"]) \
+            and all(isinstance(info.get(k), str) for k in ("url", "ui"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return info if ok else None
+
+
+def _serving() -> dict | None:
+    """The record the supervisor keeps in its serving file while it holds that file's lock."""
+    try:
+        fd = os.open(serving_file(), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it: no supervisor serves this home
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+    return _read(serving_file())
+
+
+def _record() -> dict | None:
+    """The local server's record while its supervisor lives (starting or up), else None. It is
+    believed only when its pid is the supervisor of this home (serves_here). A damaged or missing
+    record while that supervisor lives is repaired from the one it keeps (serving_file), so the
+    next run never starts a second server on the same database."""
+    info = _read(state_file())
+    if info is not None:
+        return info
+    info = _serving()
+    if info is not None:
+        with contextlib.suppress(OSError):
+            _write_record(info)
     return info
+
+
+def _write_record(info: dict) -> None:
+    tmp = state_file().with_name(f".tapeline-server.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info))
+    os.replace(tmp, state_file())
 
 
 def _alive(pid: int) -> bool:
@@ -165,16 +225,20 @@ def _start() -> dict:
     idle = idle_minutes() * 60
     repo = str(Path(__file__).resolve().parents[1])
     with open(home() / "tapeline-server.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.local_server", "--port", str(port), "--idle", str(idle)],
+        proc = subprocess.Popen([sys.executable, "-m", "flows.local_server", "--port", str(port), "--idle", str(idle),
+                                 "--home", str(home())],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=repo,
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                     filter(None, [repo, os.environ.get("PYTHONPATH")]))})
-    info = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}/api", "ui": f"http://127.0.0.1:{port}",
-            "idle_seconds": idle, "started": time.time(), "starter": os.getpid()}
-    tmp = state_file().with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, state_file())
+    info = {**record(proc.pid, port, idle), "starter": os.getpid()}
+    _write_record(info)
     return info
+
+
+def record(pid: int, port: int, idle: float) -> dict:
+    """What the starter writes to tapeline-server.json and the supervisor keeps in serving_file."""
+    return {"pid": pid, "home": str(home()), "port": port, "url": f"http://127.0.0.1:{port}/api",
+            "ui": f"http://127.0.0.1:{port}", "idle_seconds": idle, "started": time.time()}
 
 
 def runs_file() -> Path:

@@ -4,12 +4,16 @@ Prefect's temporary server costs every run 3-5 s to start (and lived in the run'
 group, where a Ctrl-C killed it first). This one runs in a session of its own, serves the UI,
 and is found again by later runs through a state file in PREFECT_HOME. It stops by itself after
 `--idle` seconds without a run (a run touches the activity file while it lives), or with
-`tapeline server stop`. Run as `python -m flows.local_server --port P --idle S`: this process
-supervises uvicorn, and the kernel ends uvicorn if this process dies (PR_SET_PDEATHSIG).
+`tapeline server stop`. Run as `python -m flows.local_server --port P --idle S --home HOME`:
+this process supervises uvicorn, and the kernel ends uvicorn if this process dies
+(PR_SET_PDEATHSIG). While it lives it holds an exclusive lock on HOME/tapeline-server.serving,
+which also holds its record: a second supervisor for the same home (the same SQLite database)
+refuses to start, and a damaged tapeline-server.json is repaired from it (local_api._record).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -33,10 +37,29 @@ def _uvicorn(port: int) -> subprocess.Popen:
         preexec_fn=local_api.die_with_parent)
 
 
+def _hold() -> int | None:
+    """The serving file, locked and holding this supervisor's record; None where another
+    supervisor holds it."""
+    fd = os.open(local_api.serving_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def serve(port: int, idle: float, poll: float = 2.0) -> int:
     """Supervise the server until it is idle or signalled; the run that started this process
     wrote its record (state file) and this one removes it at the end."""
     state, activity = local_api.state_file(), local_api.activity_file()
+    held = _hold()
+    if held is None:
+        print(f"another local Prefect server serves {local_api.home()}: not starting a second one on its database",
+              file=sys.stderr)
+        return 3
+    os.ftruncate(held, 0)
+    os.pwrite(held, json.dumps(local_api.record(os.getpid(), port, idle)).encode(), 0)
     child = _uvicorn(port)
     stop = {"signal": None}
 
@@ -69,8 +92,10 @@ def serve(port: int, idle: float, poll: float = 2.0) -> int:
         try:  # only our own record: a newer server may have replaced it
             if json.loads(state.read_text()).get("pid") == os.getpid():
                 state.unlink()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
+        os.ftruncate(held, 0)  # emptied while still held (never unlinked: a new lock must meet this file)
+        os.close(held)
     return 0
 
 
@@ -78,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.local_server", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--idle", type=float, default=local_api.DEFAULT_IDLE)
+    parser.add_argument("--home", required=True, help="the PREFECT_HOME it serves (named so a record is checked)")
     args = parser.parse_args(argv)
+    if os.path.abspath(args.home) != str(local_api.home()):
+        parser.error(f"--home {args.home} is not this environment's PREFECT_HOME {local_api.home()}")
     Path(local_api.state_file()).parent.mkdir(parents=True, exist_ok=True)
     return serve(args.port, args.idle)
 

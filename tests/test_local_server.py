@@ -111,3 +111,59 @@ def test_server_stop_and_the_temporary_server_on_request(home, tmp_path):
     temp = run({**home, "TAPELINE_LOCAL_SERVER": "temporary"}, str(tmp_path / "root"))
     assert temp.returncode == 0, temp.stderr[-3000:]
     assert state(home) is None and "started a local Prefect server" not in temp.stderr
+
+
+def _supervisors(prefect_home: str) -> list[int]:
+    """The pids of every flows.local_server process serving prefect_home."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "flows.local_server" in args and "--home" in args and args[args.index("--home") + 1] == prefect_home:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.slow
+def test_a_record_is_believed_only_for_its_own_home_and_a_damaged_one_never_leads_to_a_second_server(
+        home, tmp_path):
+    started = subprocess.run(CLI + ["server", "start"], env=home, capture_output=True, text=True, timeout=200)
+    assert started.returncode == 0, started.stderr[-2000:]
+    info = state(home)
+    assert info and alive(info["pid"]) and info["home"] == home["PREFECT_HOME"]
+
+    # a record copied into another home (a copied ~/.prefect, a restored backup) names no server there
+    other = {**home, "PREFECT_HOME": str(tmp_path / "other-home")}
+    os.makedirs(other["PREFECT_HOME"])
+    with open(os.path.join(other["PREFECT_HOME"], "tapeline-server.json"), "w") as f:
+        json.dump(info, f)
+    for action in ("status", "stop"):
+        r = subprocess.run(CLI + ["server", action], env=other, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "no local Prefect server is running" in r.stdout, (action, r.stdout, r.stderr)
+    assert alive(info["pid"]), "`server stop` in another home stopped this home's server"
+    assert not os.path.exists(os.path.join(other["PREFECT_HOME"], "tapeline-server.json"))  # the stale copy went
+
+    # the record damaged (or gone) while the server runs: repaired from the server's own, no second server
+    for damage in ("{not json", None):
+        path = os.path.join(home["PREFECT_HOME"], "tapeline-server.json")
+        if damage is None:
+            os.unlink(path)
+        else:
+            with open(path, "w") as f:
+                f.write(damage)
+        again = run(home, str(tmp_path / f"root-{damage is None}"))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "started a local Prefect server" not in again.stderr, again.stderr[-2000:]
+        assert _supervisors(home["PREFECT_HOME"]) == [info["pid"]]
+        assert state(home)["pid"] == info["pid"]
+
+    # a second supervisor for the same home, started by hand, refuses
+    second = subprocess.run([sys.executable, "-m", "flows.local_server", "--port", "4299", "--idle", "60",
+                             "--home", home["PREFECT_HOME"]], env=home, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 3 and "another local Prefect server serves" in second.stderr, second.stderr
+    stopped = subprocess.run(CLI + ["server", "stop"], env=home, capture_output=True, text=True, timeout=60)
+    assert "stopped the local Prefect server" in stopped.stdout and not alive(info["pid"])
