@@ -60,6 +60,31 @@ def home() -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")))
 
 
+def check_home() -> None:
+    """PREFECT_HOME usable as Prefect uses it before a local or temporary server starts: a folder
+    this process can create and write, with room (Prefect keeps its profiles and the server's
+    SQLite database there). One line instead of a traceback, or a minute-long wait for a
+    temporary server that cannot start."""
+    where = home()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".tapeline-probe-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b"\0" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    except OSError as e:
+        why = "not a folder" if where.exists() and not where.is_dir() else (e.strerror or str(e)).lower()
+        raise UserError(f"PREFECT_HOME {where} cannot be used: {why}", "environment",
+                        "point PREFECT_HOME at a writable folder with free space (Prefect keeps its "
+                        "profiles and the local server's database there), or set PREFECT_API_URL to "
+                        "a running Prefect server") from None
+
+
 def state_file() -> Path:
     return home() / "tapeline-server.json"
 
@@ -198,6 +223,7 @@ def use_local_server() -> LocalServer | None:
     None where the environment names an API or asks for the temporary server."""
     if os.environ.get("PREFECT_API_URL") or os.environ.get(MODE, "reuse") == "temporary":
         return None
+    check_home()
     info = running()
     if info is None:
         with _locked():  # two runs starting at once share one server: the record is written here
@@ -320,6 +346,7 @@ def start_in_background() -> threading.Event | None:
     environment names an API."""
     if os.environ.get("PREFECT_API_URL"):
         return None
+    check_home()
     started = threading.Event()
 
     def body():

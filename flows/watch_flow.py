@@ -40,6 +40,7 @@ def watch_sources(pipelines: list[str] | None = None, overrides: dict[str, list[
     store = open_store(root)
     path = cache_path()
     cache = watching.load_cache(path)
+    _keep(path, cache)  # before any event: a watch that cannot keep its cache would announce again each tick
     out = []
     for name in pipelines or list(all_pipelines()):
         p = get(name)
@@ -53,8 +54,17 @@ def watch_sources(pipelines: list[str] | None = None, overrides: dict[str, list[
                        payload={"old": verdict["old"], "new": verdict["new"], "source": verdict["source"]})
         logger.info("%s: %s%s", name, "EVENT " if verdict["emit"] else "", verdict["why"])
         out.append(verdict)
-    watching.save_cache(path, cache)
+    _keep(path, cache)
     return out
+
+
+def _keep(path: str, cache: dict) -> None:
+    try:
+        watching.save_cache(path, cache)
+    except OSError as e:
+        raise UserError(f"the watch cannot keep its cache {path}: {e.strerror or e}", "PREFECT_HOME",
+                        "point PREFECT_HOME at a writable folder with room (the cache is what it has "
+                        "announced: without it, every change is announced again at each tick)") from None
 
 
 @flow(name="watch", log_prints=True)

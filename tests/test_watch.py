@@ -163,3 +163,19 @@ def test_a_tfds_source_read_from_its_local_copy_is_watched_by_that_folder(tmp_pa
     assert watch.content_key(params, cache)[2] == "keyed"
     assert watch.content_key(params, cache) == (f"idx:{d}", ingest.resolve_source(params).fingerprint,
                                                 "unchanged sizes and times")
+
+
+def test_a_watch_that_cannot_keep_its_cache_stops_in_one_line_before_any_event(tmp_path, harness, monkeypatch):
+    from artifacts.errors import UserError
+    from flows import watch_flow
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(watch_flow, "cache_path", lambda: str(tmp_path / "a-file" / "watch.json"))
+    emitted = []
+    monkeypatch.setattr(watch_flow, "emit_event", lambda **kw: emitted.append(kw))
+    d = _source(tmp_path / "src")
+    with pytest.raises(UserError) as err:
+        watch_flow.watch(pipelines=[PIPELINE], overrides={PIPELINE: [f"data.source=idx:{d}"]},
+                         root=str(tmp_path / "root"), settle_seconds=0)
+    assert "cannot keep its cache" in err.value.line() and "PREFECT_HOME" in err.value.line()
+    assert not emitted
