@@ -27,6 +27,8 @@ class Interrupted(BaseException):
         self.signum, self.stage, self.step, self.total, self.saved = signum, stage, step, total, saved
         self.note = ""  # what the stage had done when stopped, where "nothing committed" is untrue
         super().__init__(self.line())
+        if step is not None and _state.saved is None:
+            _state.saved = self  # where the run stopped, whatever is raised on the way out after it
 
     def __str__(self) -> str:
         return self.line()
@@ -70,6 +72,7 @@ class _State:
         self.deferring = 0               # > 0 while a stage polls requested() itself
         self.stage = ""                  # the stage whose own work runs now, for the message
         self.immediate = True            # outside a stage: raise at once (False: only note it)
+        self.saved: Interrupted | None = None  # the first stop at a step boundary, until reset()
 
 
 _state = _State()
@@ -114,6 +117,18 @@ def requested() -> int | None:
 
 def reset() -> None:
     _state.signum = None
+    _state.saved = None
+
+
+def stopped_at() -> "Interrupted | None":
+    """The first stop raised at a step boundary (train's, with its step and checkpoint) since the
+    last reset(), or None."""
+    return _state.saved
+
+
+def deferring() -> bool:
+    """Whether a stage is polling requested() now (a first signal only noted, its step being saved)."""
+    return _state.deferring > 0
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ def cmd_run(args) -> int:
     store = open_store(args.root)
     if server is not None:
         server.wait()
-    with local_api.activity():
+    with local_api.activity(), local_api.watched():
         summary = run_pipeline(pipeline.name, args.set, store.root)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -317,11 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:  # e.g. prefect.serve's SIGTERM handler: a clean stop
         raise
     except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+        if local_api.lost(exc) is not None:
+            print(f"tapeline: error: {local_api.lost(exc).line()}", file=sys.stderr)
+            return 2
         return _interrupted(exc)
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
-        if _is_cancelled_run(exc) and interrupt.requested():
+        if _is_cancelled_run(exc) and interrupt.requested() and local_api.lost(exc) is None:
             return _interrupted(exc)
-        user = UserError.find(exc) or _store_error(exc, args)
+        user = local_api.lost(_interrupted_in(exc)) or UserError.find(exc) or _store_error(exc, args)
         if user is None:
             traceback.print_exc()
             return 1
@@ -337,6 +340,17 @@ def _store_error(exc: BaseException, args) -> UserError | None:
 
     root = getattr(args, "root", None) or default_root()
     return objstore.user_error(exc, root, "") if objstore.is_object(root) else None
+
+
+def _interrupted_in(exc: BaseException) -> BaseException:
+    """The Interrupted that exc was raised while handling (Prefect reporting a stopped task to a
+    server that is gone), else exc."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, interrupt.Interrupted):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
 
 
 def _is_cancelled_run(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from artifacts.errors import UserError
+from components import interrupt
 
 _PR_SET_PDEATHSIG = 1
 MODE = "TAPELINE_LOCAL_SERVER"             # reuse (default) | temporary
@@ -289,6 +290,91 @@ def activity() -> Iterator[None]:
         with contextlib.suppress(OSError):
             activity_file().touch()  # the idle time counts from the end of the last run
         os.close(fd)
+
+
+_lost: dict = {}  # the local server that stopped answering during this process's run: {"ui": ...}
+
+
+@contextlib.contextmanager
+def watched(every: float = 1.0, misses: int = 3) -> Iterator[None]:
+    """While a run uses the local server, its supervisor and port are looked at every `every`
+    seconds. When the server is gone (`tapeline server stop --force`, killed), the run is asked to
+    stop as on SIGTERM: train saves a checkpoint at its next step, nothing half-done is committed.
+    Prefect's logging is silenced first (its client would log every refused connection, with
+    tracebacks), and the command ends with the one line of lost() instead."""
+    info = _record() if os.environ.get(MODE, "reuse") != "temporary" else None
+    if info is None or os.environ.get("PREFECT_API_URL") != info["url"]:
+        yield
+        return
+    done, main = threading.Event(), threading.main_thread().ident
+
+    def look() -> None:
+        missed = 0
+        while not done.wait(every):
+            missed = 0 if _answers(info) else missed + 1
+            if missed >= misses:
+                break
+        else:
+            return
+        _lost["ui"] = info["ui"]
+        _silence_prefect()
+        signal.pthread_kill(main, signal.SIGTERM)
+        # between stages a first signal is only noted, and Prefect's client would retry the lost
+        # server for minutes: once no stage is saving its step, a second one stops the run where it is
+        while not done.wait(2.0):
+            if not interrupt.deferring():
+                signal.pthread_kill(main, signal.SIGTERM)
+
+    watcher = threading.Thread(target=look, name="local-server-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()  # no signal from it after this
+
+
+def _silence_prefect() -> None:
+    """No more log lines: every record Prefect would log now is about the server that is gone.
+    Its internal loggers ignore logging.disable (prefect._internal._logging.SafeLogger), so each
+    is disabled itself."""
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("prefect"):
+            logging.getLogger(name).disabled = True
+
+
+def _answers(info: dict) -> bool:
+    """Whether the local server is there: its supervisor alive and something listening on its
+    port (a slow answer on a loaded machine is not a lost server)."""
+    if not _alive(int(info["pid"])):
+        return False
+    try:
+        socket.create_connection(("127.0.0.1", int(info["port"])), timeout=2).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def lost(exc: BaseException) -> UserError | None:
+    """The one line for a run whose local server stopped under it (see watched()), with where the
+    run stopped; None where it did not."""
+    if not _lost:
+        return None
+    stop = interrupt.stopped_at() or (exc if isinstance(exc, interrupt.Interrupted) else None)
+    if stop is not None and stop.step is not None:
+        at = f"{stop.stage} at step {stop.step}/{stop.total}, " + ("checkpoint saved" if stop.saved else
+                                                                   "last checkpoint kept")
+    elif stop is not None and stop.stage:
+        at = f"{stop.stage}, {stop.note or 'nothing committed'}"
+    else:
+        at = "nothing committed since the last stage"
+    return UserError(f"the local Prefect server at {_lost['ui']} stopped during the run ({at})", "environment",
+                     "run the same command again to resume (it starts the server again)")
 
 
 def runs_live() -> bool:

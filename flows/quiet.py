@@ -150,7 +150,8 @@ class _QuietLoader(importlib.abc.Loader):
                 if self._name == "tensorflow":  # device discovery logs cuInit failures: now
                     module.config.list_physical_devices()
         finally:
-            logging.disable(previous)
+            if logging.root.manager.disable == logging.WARNING:  # unless another thread silenced more since
+                logging.disable(previous)
 
 
 class _QuietImports(importlib.abc.MetaPathFinder):

@@ -3,8 +3,10 @@ the next (no temporary server), out of reach of a run's signals, stopped when id
 `tapeline server stop`. Each test has a PREFECT_HOME of its own and stops what it started."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +169,42 @@ def test_a_record_is_believed_only_for_its_own_home_and_a_damaged_one_never_lead
     assert second.returncode == 3 and "another local Prefect server serves" in second.stderr, second.stderr
     stopped = subprocess.run(CLI + ["server", "stop"], env=home, capture_output=True, text=True, timeout=60)
     assert "stopped the local Prefect server" in stopped.stdout and not alive(info["pid"])
+
+
+@pytest.mark.signals
+@pytest.mark.slow
+def test_server_stop_force_during_training_ends_the_run_in_one_line_and_the_rerun_resumes(home, tmp_path):
+    root, trace = str(tmp_path / "root"), str(tmp_path / "trace")
+    args = ["run", "mnist-gan", "--root", root, "--set", f"data.source=idx:{MNIST}", "--set", "data.max_examples=128",
+            "--set", "train.epochs=20"]
+    proc = subprocess.Popen(CLI + args, env={**home, "TAPELINE_FAILPOINTS_TRACE": trace}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        steps = 0
+        end = time.time() + 300
+        while steps < 3 and proc.poll() is None and time.time() < end:  # a few steps into training
+            time.sleep(0.1)
+            with contextlib.suppress(OSError), open(trace) as f:
+                steps = sum(ln.startswith("train.mnist-gan.step") for ln in f)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        forced = subprocess.run(CLI + ["server", "stop", "--force"], env=home, capture_output=True, text=True,
+                                timeout=60)
+        assert "stopped the local Prefect server" in forced.stdout, forced.stdout + forced.stderr
+        t0 = time.time()
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "ConnectError" not in err, err[-3000:]
+    assert re.match(r"tapeline: error: the local Prefect server at http://127\.0\.0\.1:\d+ stopped during the run "
+                    r"\(mnist-gan/train at step \d+/\d+, checkpoint saved\) \(environment\) — run the same command "
+                    r"again to resume", last), last
+    assert took < 30, f"took {took:.1f} s to stop"
+    step = int(re.search(r"at step (\d+)/", last).group(1))
+    again = subprocess.run(CLI + args, env={**home, "PREFECT_LOGGING_LEVEL": "INFO"}, cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from step {step}" in again.stderr, again.stderr[-3000:]
