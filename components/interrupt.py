@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -166,14 +167,31 @@ def handlers(between_stages: bool = False) -> Iterator[None]:
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     mode, _state.immediate = _state.immediate, not between_stages
+    hook = sys.unraisablehook
     for s in SIGNALS:
         signal.signal(s, _handler)
+    sys.unraisablehook = _unraisable_hook(hook)
     try:
         yield
     finally:
         _state.immediate = mode
+        sys.unraisablehook = hook
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _unraisable_hook(previous):
+    """Where Python cannot raise (a weakref callback or other garbage-collection callback, a
+    finalizer _in_finalizer missed), the stop raised there would be printed as "Exception ignored
+    in ..." and dropped while the stage went on (seen: a SIGTERM in evaluate, inside a
+    WeakValueDictionary's remove callback, and evaluate ran to its end). It is delivered again
+    instead, once that callback has returned."""
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            _redeliver(unraisable.exc_value.signum)
+            return
+        previous(unraisable)
+    return hook
 
 
 def check(next_stage: str = "") -> None:

@@ -303,6 +303,45 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_stage_in_one_line(mo
     assert signal.getsignal(signal.SIGTERM) is not interrupt._handler  # the handlers came back off
 
 
+def test_a_signal_that_lands_in_a_weakref_callback_still_stops_the_stage():
+    """Seen in the SIGTERM test during evaluate (a fresh clone's make test): the signal arrived
+    inside a WeakValueDictionary's remove callback, which the garbage collector runs where nothing
+    can be raised; the Interrupted was printed as "Exception ignored in ... remove" and dropped, and
+    evaluate ran on to its end. Now it is delivered again once the callback has returned."""
+    import weakref
+
+    from components import interrupt
+
+    class Thing:
+        pass
+
+    def callback(ref):
+        os.kill(os.getpid(), signal.SIGTERM)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.2:  # the handler runs here, inside the callback
+            pass
+
+    interrupt.reset()
+    printed, before = [], sys.unraisablehook
+    with pytest.raises(interrupt.Interrupted) as stopped:
+        with interrupt.handlers(), interrupt.stage("demo/evaluate"):
+            hook = sys.unraisablehook
+            sys.unraisablehook = lambda u, hook=hook: (printed.append(u), hook(u))
+            try:
+                obj = Thing()
+                ref = weakref.ref(obj, callback)
+                del obj
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            finally:
+                sys.unraisablehook = hook
+    interrupt.reset()
+    assert ref() is None and printed, "the signal did not land in the callback"
+    assert stopped.value.exit_code == 143 and "during demo/evaluate (nothing committed)" in stopped.value.line()
+    assert sys.unraisablehook is before  # the hook came back off with the handlers
+
+
 def test_the_interrupted_line_reads_back_as_what_it_says():
     from components.interrupt import Interrupted
 
