@@ -84,10 +84,18 @@ def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
         todo.extend(ast.iter_child_nodes(node))
 
 
-def _imports(name: str, path: Path, packages: tuple[str, ...]) -> set[str]:
+def _imports(name: str, path: Path, packages: tuple[str, ...]) -> frozenset[str]:
     """Project modules named by the import statements of one module. `from pkg import sub` names
     the submodule sub, not pkg (a package's __init__ is code only where a name is taken from it):
     so a module importing one stage of components/stages/ does not pull in its siblings."""
+    st = path.stat()
+    return _parsed_imports(name, str(path), st.st_mtime_ns, st.st_size, packages)
+
+
+@lru_cache(maxsize=None)
+def _parsed_imports(name: str, file: str, mtime_ns: int, size: int, packages: tuple[str, ...]) -> frozenset[str]:
+    """_imports of one version of a file (its mtime and size in the key: an edit is parsed again)."""
+    path = Path(file)
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_pkg = path.name == "__init__.py"
     package = name if is_pkg else name.rpartition(".")[0]
@@ -107,7 +115,7 @@ def _imports(name: str, path: Path, packages: tuple[str, ...]) -> set[str]:
         found |= modules
         if len(modules) < len(subs):  # some name is an attribute of mod itself
             found.add(mod)
-    return {m for m in found if _module_file(m, packages) is not None}
+    return frozenset(m for m in found if _module_file(m, packages) is not None)
 
 
 def module_closure(module: str, packages: tuple[str, ...] = PROJECT_PACKAGES,
