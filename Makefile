@@ -49,8 +49,10 @@ stack-status: $(STAMP)
 run: $(STAMP) data
 	$(VENV)/bin/tapeline run $(PIPELINE) $(ARGS)
 
+# TEST_WORKERS=1 runs the suite in one process (pytest -n 0); the default, 2, suits CI's two cores.
+TEST_WORKERS ?= 2
 test: $(STAMP) data test-deps
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n $(if $(filter 1,$(TEST_WORKERS)),0,$(TEST_WORKERS)) --dist loadgroup
 
 # What is too long for the default suite (kills under MirroredStrategy, ...): pytest -m long.
 test-long: $(STAMP) data test-deps

@@ -15,8 +15,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# each `tapeline run` of a test gets Prefect's temporary server, gone with it (tests of the reused
-# local server, tests/test_local_server.py, give it a PREFECT_HOME of its own and stop it)
+# a process that drops the session's API (shared_api) gets Prefect's temporary server, gone with it
+# (tests of the reused local server, tests/test_local_server.py, give it a PREFECT_HOME of its own
+# and stop it)
 os.environ.setdefault("TAPELINE_LOCAL_SERVER", "temporary")
 # a loaded 2-core machine can take longer than the default 30 s to start the test server
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -49,6 +50,19 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=180):  # its explicit 30 s ignores the env above
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_api(harness):
+    """Every process a test starts talks to the session's Prefect test server, as the runs of a
+    work pool share one: no temporary server started and stopped per process (about 6 s each).
+    A test of what a user's own environment starts (the temporary server, the local server) drops
+    PREFECT_API_URL from the environment it gives."""
+    import prefect.settings
+
+    os.environ["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
+    yield
+    os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
@@ -125,8 +139,10 @@ def local_root(tmp_path) -> str:
 
 def run_py(code: str, *args: str, timeout: float = 600, env: dict | None = None,
            **kw) -> subprocess.CompletedProcess:
-    """Run python code in a fresh process with the repo importable."""
+    """Run python code in a fresh process with the repo importable; env adds to this process's
+    environment (a value None leaves a variable out)."""
     full_env = {**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: leave the variable out
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, **kw)
 
@@ -134,6 +150,38 @@ def run_py(code: str, *args: str, timeout: float = 600, env: dict | None = None,
 def tapeline(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_py("import sys; from flows.cli import main; sys.exit(main())", *args,
                   timeout=timeout, env=env)
+
+
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): the tests of one module
+# run on one worker (module fixtures, and a module's tests kept in their order), and so do the modules
+# that share a session-wide reference run (conftest.traced, tiny_flow), which each worker would
+# otherwise make again.
+SHARED_RUNS = {"traced": ("test_kill_harness", "test_gc_live", "test_object_store"),
+               "tiny-flows": ("test_flow", "test_compare", "test_serving")}
+
+
+def pytest_collection_modifyitems(config, items):
+    groups = {module: group for group, modules in SHARED_RUNS.items() for module in modules}
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
+
+
+def pytest_configure(config):
+    # what every xdist worker must agree on, fixed once by the process that starts them: the day's
+    # slice of the signal and kill tests (a run across midnight would draw two), and one cache of
+    # feature models (tests.helpers.seed_feature_models: built once, whichever worker needs it first;
+    # the store's own locks make a second builder wait and reuse)
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        import datetime
+        import tempfile
+
+        os.environ.setdefault("TAPELINE_SLICE_SEED", datetime.date.today().isoformat())
+        if "TAPELINE_TEST_FEATURE_CACHE" not in os.environ:
+            import shutil
+
+            made = os.environ["TAPELINE_TEST_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="tapeline-feature-models-")
+            config.add_cleanup(lambda: shutil.rmtree(made, True))
 
 
 def pytest_report_header(config):

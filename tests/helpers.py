@@ -129,9 +129,13 @@ _FEATURE_CACHE: dict[str, str] = {}  # {"root": this pytest run's cache root}, m
 
 
 def _feature_cache() -> str:
+    """The root the feature models are built in: the one this pytest run shares between its workers
+    (conftest.pytest_configure), else a folder of this process's own."""
     if "root" not in _FEATURE_CACHE:
-        _FEATURE_CACHE["root"] = tempfile.mkdtemp(prefix="tapeline-feature-models-")
-        atexit.register(shutil.rmtree, _FEATURE_CACHE["root"], True)
+        shared = os.environ.get("TAPELINE_TEST_FEATURE_CACHE")
+        _FEATURE_CACHE["root"] = shared or tempfile.mkdtemp(prefix="tapeline-feature-models-")
+        if shared is None:
+            atexit.register(shutil.rmtree, _FEATURE_CACHE["root"], True)
     return _FEATURE_CACHE["root"]
 
 
