@@ -225,6 +225,7 @@ def use_local_server() -> LocalServer | None:
     if os.environ.get("PREFECT_API_URL") or os.environ.get(MODE, "reuse") == "temporary":
         return None
     check_home()
+    _hold_runs_lock()  # before the record is read: the server cannot stop idle between here and the run's end
     info = running()
     if info is None:
         with _locked():  # two runs starting at once share one server: the record is written here
@@ -281,15 +282,13 @@ def activity() -> Iterator[None]:
             or not state_file().exists():
         yield
         return
-    fd = os.open(runs_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    _hold_runs_lock()
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
         activity_file().touch()
         yield
     finally:
         with contextlib.suppress(OSError):
             activity_file().touch()  # the idle time counts from the end of the last run
-        os.close(fd)
 
 
 _lost: dict = {}  # the local server that stopped answering during this process's run: {"ui": ...}
@@ -375,6 +374,32 @@ def lost(exc: BaseException) -> UserError | None:
         at = "nothing committed since the last stage"
     return UserError(f"the local Prefect server at {_lost['ui']} stopped during the run ({at})", "environment",
                      "run the same command again to resume (it starts the server again)")
+
+
+_held: list[int] = []  # the runs file, held shared by this process from its choice of the server to its exit
+
+
+def _hold_runs_lock() -> None:
+    """A shared lock on the runs file for the rest of this process. The supervisor stops idle only
+    once it takes that file's lock exclusively (local_server.serve), so a run that chose the server
+    never meets it stopping; a run that starts while it stops waits here, then finds no record
+    and starts another."""
+    if not _held:
+        fd = os.open(runs_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _held.append(fd)
+
+
+def idle_stop_lock() -> int | None:
+    """For the supervisor: the runs file locked exclusively (no run holds it), kept by the caller
+    until it has stopped and removed its record; None while a run holds it."""
+    fd = os.open(runs_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def runs_live() -> bool:

@@ -79,8 +79,10 @@ def serve(port: int, idle: float, poll: float = 2.0) -> int:
                 last = activity.stat().st_mtime
             except OSError:
                 last = 0.0
-            if time.time() - last > idle and not local_api.runs_live():
-                break
+            if time.time() - last > idle:
+                stopping = local_api.idle_stop_lock()  # held until the record is gone: no run starts on us now
+                if stopping is not None:
+                    break
     finally:
         if child.poll() is None:
             child.terminate()
