@@ -174,9 +174,12 @@ def test_a_record_is_believed_only_for_its_own_home_and_a_damaged_one_never_lead
 @pytest.mark.signals
 @pytest.mark.slow
 def test_server_stop_force_during_training_ends_the_run_in_one_line_and_the_rerun_resumes(home, tmp_path):
+    from tests.helpers import seed_feature_models
+
     root, trace = str(tmp_path / "root"), str(tmp_path / "trace")
-    args = ["run", "mnist-gan", "--root", root, "--set", f"data.source=idx:{MNIST}", "--set", "data.max_examples=128",
-            "--set", "train.epochs=20"]
+    sets = [f"data.source=idx:{MNIST}", "data.max_examples=128", "train.epochs=8"]
+    seed_feature_models(root, "mnist-gan", sets)  # this test stops the GAN's own training, not the classifiers'
+    args = ["run", "mnist-gan", "--root", root, *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.Popen(CLI + args, env={**home, "TAPELINE_FAILPOINTS_TRACE": trace}, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
