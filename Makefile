@@ -52,7 +52,7 @@ run: $(STAMP) data
 # TEST_WORKERS=1 runs the suite in one process (pytest -n 0); the default, 2, suits CI's two cores.
 TEST_WORKERS ?= 2
 test: $(STAMP) data test-deps
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n $(if $(filter 1,$(TEST_WORKERS)),0,$(TEST_WORKERS)) --dist loadgroup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -q -n $(if $(filter 1,$(TEST_WORKERS)),0,$(TEST_WORKERS)) --dist loadfile
 
 # What is too long for the default suite (kills under MirroredStrategy, ...): pytest -m long.
 test-long: $(STAMP) data test-deps

@@ -152,19 +152,10 @@ def tapeline(*args: str, timeout: float = 900, env: dict | None = None) -> subpr
                   timeout=timeout, env=env)
 
 
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): the tests of one module
-# run on one worker (module fixtures, and a module's tests kept in their order), and so do the modules
-# that share a session-wide reference run (conftest.traced, tiny_flow), which each worker would
-# otherwise make again.
-SHARED_RUNS = {"traced": ("test_kill_harness", "test_gc_live", "test_object_store"),
-               "tiny-flows": ("test_flow", "test_compare", "test_serving")}
-
-
-def pytest_collection_modifyitems(config, items):
-    groups = {module: group for group, modules in SHARED_RUNS.items() for module in modules}
-    for item in items:
-        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
-        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
+# `make test` runs the suite on two pytest-xdist workers with --dist loadfile: the tests of one module
+# run on one worker, in order (module fixtures; the local-server tests never start two servers at
+# once). --dist loadgroup would keep the modules sharing a session reference run together, but
+# pytest-xdist 3.8's group suffix is lost on pytest 9's node ids, so each test went its own way.
 
 
 def pytest_configure(config):
