@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:  # e.g. prefect.serve's SIGTERM handler: a clean stop
         raise
     except (interrupt.Interrupted, KeyboardInterrupt) as exc:
-        if local_api.lost(exc) is not None:
-            print(f"tapeline: error: {local_api.lost(exc).line()}", file=sys.stderr)
+        lost = local_api.lost(exc)
+        if lost is not None:
+            print(f"tapeline: error: {lost.line()}", file=sys.stderr)
             return 2
         return _interrupted(exc)
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes

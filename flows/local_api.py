@@ -72,8 +72,7 @@ def check_home() -> None:
         probe = where / f".tapeline-probe-{os.getpid()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, b"\0" * 65536)
-            os.fsync(fd)
+            os.write(fd, b"\0" * 65536)  # a full disk refuses this (no fsync: it would cost every run's start)
         finally:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -390,16 +389,22 @@ def _hold_runs_lock() -> None:
         _held.append(fd)
 
 
-def idle_stop_lock() -> int | None:
-    """For the supervisor: the runs file locked exclusively (no run holds it), kept by the caller
-    until it has stopped and removed its record; None while a run holds it."""
-    fd = os.open(runs_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def try_exclusive(path: Path) -> int | None:
+    """path opened (created where missing, never through a link) and locked exclusively without
+    waiting: the fd, kept locked by the caller until it closes it; None while another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
     return fd
+
+
+def idle_stop_lock() -> int | None:
+    """For the supervisor: the runs file locked exclusively (no run holds it), kept by the caller
+    until it has stopped and removed its record; None while a run holds it."""
+    return try_exclusive(runs_file())
 
 
 def runs_live() -> bool:

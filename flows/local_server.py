@@ -13,7 +13,6 @@ refuses to start, and a damaged tapeline-server.json is repaired from it (local_
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -37,23 +36,11 @@ def _uvicorn(port: int) -> subprocess.Popen:
         preexec_fn=local_api.die_with_parent)
 
 
-def _hold() -> int | None:
-    """The serving file, locked and holding this supervisor's record; None where another
-    supervisor holds it."""
-    fd = os.open(local_api.serving_file(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def serve(port: int, idle: float, poll: float = 2.0) -> int:
     """Supervise the server until it is idle or signalled; the run that started this process
     wrote its record (state file) and this one removes it at the end."""
     state, activity = local_api.state_file(), local_api.activity_file()
-    held = _hold()
+    held = local_api.try_exclusive(local_api.serving_file())  # held for life; it will hold our record
     if held is None:
         print(f"another local Prefect server serves {local_api.home()}: not starting a second one on its database",
               file=sys.stderr)
